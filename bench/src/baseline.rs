@@ -1,0 +1,123 @@
+//! The baseline: a bare tokio-tungstenite broadcast server, no engine.
+//!
+//! It speaks just enough of protocol v1 (JSON) for the harness's clients:
+//! `hello` → `welcome`, `subscribe` → an empty `state`, and each `write` →
+//! a delta-shaped frame of the same shape (and so about the same size) as
+//! the engine's, encoded once and shared by every subscriber, plus a
+//! `writeResponse` to the writer. No store, no checks: what is left is the
+//! cost of the transport and the broadcast, the ceiling the engine is
+//! measured against. Its WebSocket buffers are sized as the engine's
+//! transport sizes them by default (8 KiB read, no write buffering). Run as `statecast-bench baseline-server`; it prints
+//! `listening ws://127.0.0.1:PORT/ws` like the real server.
+
+use crate::client::BoxError;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, broadcast};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// Deltas a subscriber may fall behind before it is dropped (the engine's
+/// default outbox holds 1,024 frames).
+const LAG_LIMIT: usize = 1024;
+
+struct Hub {
+    /// The last seq; held while a delta is published so that a subscribe sees
+    /// a seq and a receiver that agree.
+    seq: Mutex<u64>,
+    tx: broadcast::Sender<Utf8Bytes>,
+}
+
+pub async fn run(addr: &str) -> Result<(), BoxError> {
+    let listener = TcpListener::bind(addr).await?;
+    println!("listening ws://{}/ws", listener.local_addr()?);
+    let (tx, _) = broadcast::channel(LAG_LIMIT);
+    let hub = Arc::new(Hub { seq: Mutex::new(0), tx });
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            // A failed connection ends only itself.
+            let _ = serve(tcp, hub).await;
+        });
+    }
+}
+
+async fn serve(tcp: TcpStream, hub: Arc<Hub>) -> Result<(), BoxError> {
+    tcp.set_nodelay(true)?;
+    // The same buffer sizes as the engine's WebSocket transport (its defaults).
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+    let ws = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await?;
+    let (mut sink, mut stream) = ws.split();
+    let mut sub: Option<broadcast::Receiver<Utf8Bytes>> = None;
+    loop {
+        tokio::select! {
+            incoming = stream.next() => {
+                let Some(msg) = incoming else { return Ok(()) };
+                let Message::Text(text) = msg? else { continue };
+                let v: Value = serde_json::from_str(&text)?;
+                match v["type"].as_str() {
+                    Some("hello") => {
+                        let welcome = json!({"type": "welcome", "connectionId": "baseline", "user": {"id": 1},
+                            "epoch": "baseline", "applied": []});
+                        sink.send(Message::text(welcome.to_string())).await?;
+                    }
+                    Some("subscribe") => {
+                        let anchor = v["anchorId"].as_i64().unwrap_or(1);
+                        let seq = hub.seq.lock().await;
+                        sub = Some(hub.tx.subscribe());
+                        let state = json!({"type": "state", "context": format!("job/{anchor}"), "channel": "job",
+                            "anchorId": anchor, "epoch": "baseline", "seq": *seq, "instances": []});
+                        drop(seq);
+                        sink.send(Message::text(state.to_string())).await?;
+                    }
+                    Some("write") => {
+                        let mut seq = hub.seq.lock().await;
+                        *seq += 1;
+                        let n = *seq;
+                        // The engine's delta for a save of one field, same field names.
+                        let mut change = json!({"op": "update", "_type": v["instanceType"], "id": v["instanceId"],
+                            "_version": n});
+                        if let (Some(c), Some(data)) = (change.as_object_mut(), v["data"].as_object()) {
+                            for (k, val) in data {
+                                c.insert(k.clone(), val.clone());
+                            }
+                        }
+                        let delta = json!({"type": "delta", "context": v["context"], "seq": n, "prev": n - 1,
+                            "changes": [change]});
+                        // No receivers is fine: nobody subscribed yet.
+                        let _ = hub.tx.send(Utf8Bytes::from(delta.to_string()));
+                        drop(seq);
+                        let resp = json!({"type": "writeResponse", "writeId": v["writeId"], "success": true, "seq": n});
+                        sink.send(Message::text(resp.to_string())).await?;
+                    }
+                    Some("ping") => sink.send(Message::text(r#"{"type":"pong"}"#)).await?,
+                    _ => {}
+                }
+            }
+            delta = recv(&mut sub) => {
+                match delta {
+                    Ok(bytes) => {
+                        sink.feed(Message::Text(bytes)).await?;
+                        // Batch: queue whatever else is ready, then flush once.
+                        while let Some(Ok(more)) = sub.as_mut().map(broadcast::Receiver::try_recv) {
+                            sink.feed(Message::Text(more)).await?;
+                        }
+                        sink.flush().await?;
+                    }
+                    // A slow consumer is dropped, as the engine does.
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+async fn recv(sub: &mut Option<broadcast::Receiver<Utf8Bytes>>) -> Result<Utf8Bytes, broadcast::error::RecvError> {
+    match sub {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,734 @@
+//! `statecast-bench`: drives the real `statecast-server` binary over loopback
+//! and reports fan-out (as a ratio to a bare tokio-tungstenite broadcast
+//! server measured in the same run), durable write throughput, initial load,
+//! many contexts with denied writes, a reconnect storm, memory per idle
+//! connection and stream routing.
+//!
+//! Latency is open-loop: every write has an intended send time on a fixed
+//! schedule, carried in the row itself, and latency is measured from that
+//! time, so a stalled server can't hide its stall (no coordinated omission).
+//! `--quick` takes about a minute; `--full` sweeps every scenario.
+
+// A command-line tool: its report on stdout (and progress on stderr) is its interface.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod baseline;
+mod client;
+mod fanout;
+mod proc_stats;
+mod scenarios;
+mod server;
+
+use clap::{Parser, Subcommand};
+use client::{Client, Kind};
+use fanout::FanoutResult;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks statecast-server over loopback")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// About a minute: WebSocket only, small sizes (the default).
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// Every scenario swept (many minutes).
+    #[arg(long)]
+    full: bool,
+    /// The server binary (default: $CARGO_TARGET_DIR or target, then release/statecast-server).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Override: subscriber counts for the fan-out scenario.
+    #[arg(long, value_delimiter = ',')]
+    subscribers: Option<Vec<usize>>,
+    /// Override: write rates (writes/s) for the fan-out scenario.
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<u64>>,
+    /// Override: A/B pairs (statecast, baseline) per fan-out point.
+    #[arg(long)]
+    pairs: Option<usize>,
+    /// Override: seconds each measurement runs.
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Override: writer concurrency levels for the durable write scenario.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Option<Vec<usize>>,
+    /// Stream subscriptions in the streams scenario.
+    #[arg(long, default_value_t = 10_000)]
+    stream_subscribers: usize,
+    /// Distinct index values (jobs) the stream subscriptions are spread over.
+    #[arg(long, default_value_t = 1000)]
+    stream_values: usize,
+    /// Connections holding the stream subscriptions (many subscriptions each).
+    #[arg(long, default_value_t = 20)]
+    stream_connections: usize,
+    /// Writes per second in the streams scenario.
+    #[arg(long, default_value_t = 50)]
+    stream_rate: u64,
+    /// Override: transports to measure, each with its own server.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    transports: Option<Vec<Kind>>,
+    /// Append the report to this markdown file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Override: stores, each `sled`, `sqlite` or a `postgres://` URL (a fresh schema per server).
+    #[arg(long, value_delimiter = ',')]
+    stores: Option<Vec<server::StoreArg>>,
+    /// Override: scenarios: fanout, writes, load, contexts, storm, memory, streams.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Option<Vec<String>>,
+    /// Override: context sizes (rows) of the initial-load scenario.
+    #[arg(long, value_delimiter = ',')]
+    load_rows: Option<Vec<usize>>,
+    /// Override: client counts of the reconnect storm.
+    #[arg(long, value_delimiter = ',')]
+    storm_clients: Option<Vec<usize>>,
+    /// Override: idle connection counts of the memory scenario.
+    #[arg(long, value_delimiter = ',')]
+    idle_connections: Option<Vec<usize>>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the bare tokio-tungstenite broadcast baseline server (no engine).
+    BaselineServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        addr: String,
+    },
+}
+
+/// What one run measures: the mode's defaults with the flags' overrides.
+#[derive(Debug)]
+struct Plan {
+    mode: &'static str,
+    scenarios: Vec<String>,
+    transports: Vec<Kind>,
+    stores: Vec<server::StoreArg>,
+    seconds: u64,
+    subscribers: Vec<usize>,
+    rates: Vec<u64>,
+    pairs: usize,
+    concurrency: Vec<usize>,
+    write_subscribers: Vec<usize>,
+    load_rows: Vec<usize>,
+    contexts_clients: usize,
+    contexts_rate: u64,
+    storm_clients: Vec<usize>,
+    storm_rate: u64,
+    idle_connections: Vec<usize>,
+}
+
+impl Plan {
+    fn new(a: &Args) -> Plan {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let mut p = if a.full {
+            Plan {
+                mode: "full",
+                scenarios: s(&["fanout", "writes", "load", "contexts", "storm", "memory", "streams"]),
+                transports: vec![Kind::Ws, Kind::Quic],
+                stores: vec![server::StoreArg::Sled, server::StoreArg::Sqlite],
+                seconds: 4,
+                subscribers: vec![1, 100, 1000, 5000],
+                rates: vec![100, 1000],
+                pairs: 3,
+                concurrency: vec![1, 8, 64],
+                write_subscribers: vec![0, 100],
+                load_rows: vec![100, 1000, 10_000, 100_000],
+                contexts_clients: 50,
+                contexts_rate: 20,
+                storm_clients: vec![1000, 5000],
+                storm_rate: 100,
+                idle_connections: vec![1000, 10_000],
+            }
+        } else {
+            Plan {
+                mode: "quick",
+                scenarios: s(&["fanout", "writes", "load", "contexts", "storm", "memory"]),
+                transports: vec![Kind::Ws],
+                stores: vec![server::StoreArg::Sled],
+                seconds: 2,
+                subscribers: vec![1000],
+                rates: vec![200],
+                pairs: 3,
+                concurrency: vec![1, 16],
+                write_subscribers: vec![0, 100],
+                load_rows: vec![100, 1000, 10_000],
+                contexts_clients: 10,
+                contexts_rate: 20,
+                storm_clients: vec![300],
+                storm_rate: 100,
+                idle_connections: vec![1000],
+            }
+        };
+        if let Some(v) = &a.scenarios {
+            p.scenarios = v.clone();
+        }
+        if let Some(v) = &a.transports {
+            p.transports = v.clone();
+        }
+        if let Some(v) = &a.stores {
+            p.stores = v.clone();
+        }
+        if let Some(v) = a.seconds {
+            p.seconds = v.max(1);
+        }
+        if let Some(v) = &a.subscribers {
+            p.subscribers = v.clone();
+        }
+        if let Some(v) = &a.rates {
+            p.rates = v.clone();
+        }
+        if let Some(v) = a.pairs {
+            p.pairs = v.max(1);
+        }
+        if let Some(v) = &a.concurrency {
+            p.concurrency = v.clone();
+        }
+        if let Some(v) = &a.load_rows {
+            p.load_rows = v.clone();
+        }
+        if let Some(v) = &a.storm_clients {
+            p.storm_clients = v.clone();
+        }
+        if let Some(v) = &a.idle_connections {
+            p.idle_connections = v.clone();
+        }
+        p
+    }
+
+    fn runs(&self, name: &str) -> bool {
+        self.scenarios.iter().any(|s| s == name)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), client::BoxError> {
+    let args = Args::parse();
+    if let Some(Cmd::BaselineServer { addr }) = &args.cmd {
+        return baseline::run(addr).await;
+    }
+    let plan = Plan::new(&args);
+    let bin = args.server_bin.clone().unwrap_or_else(server::default_binary);
+    let started = Instant::now();
+    let mut report = String::new();
+    let _ = writeln!(report, "\n## Run of {} ({} mode)\n", humanish_now(), plan.mode);
+    let _ = writeln!(
+        report,
+        "Machine: {} cores shared by the server, the load generator (and the baseline) and other engineers' builds; \
+         loopback only. Load average at start: {}.\n",
+        cores(),
+        loadavg()
+    );
+    let command: Vec<String> =
+        std::env::args().map(|a| if a.contains("://") { "postgres://…".to_owned() } else { a }).collect();
+    let _ = writeln!(report, "Command: `{}`\n", command.join(" "));
+    // A scenario that fails (a server that died, a full disk) is noted in the
+    // report and the others still run; the report is always written.
+    if plan.runs("fanout") {
+        let r = fanout_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "fanout", r);
+    }
+    if plan.runs("writes") {
+        let r = writes_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "writes", r);
+    }
+    if plan.runs("load") {
+        let r = load_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "load", r);
+    }
+    if plan.runs("contexts") {
+        let r = contexts_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "contexts", r);
+    }
+    if plan.runs("storm") {
+        let r = storm_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "storm", r);
+    }
+    if plan.runs("memory") {
+        let r = memory_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "memory", r);
+    }
+    if plan.runs("streams") {
+        let r = streams_report(&mut report, &bin, &args, &plan).await;
+        note_failure(&mut report, "streams", r);
+    }
+    let _ = writeln!(report, "\nWall time: {:.0} s.", started.elapsed().as_secs_f64());
+    println!("{report}");
+    if let Some(path) = args.out {
+        let mut existing = std::fs::read_to_string(&path).unwrap_or_default();
+        existing.push_str(&report);
+        std::fs::write(&path, existing)?;
+    }
+    Ok(())
+}
+
+fn note_failure(report: &mut String, scenario: &str, result: Result<(), client::BoxError>) {
+    if let Err(e) = result {
+        eprintln!("scenario {scenario} failed: {e}");
+        let _ = writeln!(report, "\n**Scenario `{scenario}` failed: {e}** (the rows above it were measured).\n");
+    }
+}
+
+async fn load_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    for store in &plan.stores {
+        let rs = scenarios::initial_load(bin, store, &plan.load_rows).await?;
+        let _ = writeln!(report, "\n### Initial load on {store} (cold: the context is loaded from the store)\n");
+        let _ = writeln!(
+            report,
+            "| rows in state | runs | min ms | median ms | max ms | seeding rows/s |\n|---|---|---|---|---|---|"
+        );
+        for r in rs {
+            eprintln!("load {store}: {r:?}");
+            let _ = writeln!(
+                report,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} |",
+                r.rows, r.runs, r.min_ms, r.median_ms, r.max_ms, r.seed_rows_per_sec
+            );
+        }
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn fanout_row(report: &mut String, label: &str, n: usize, rate: u64, r: &FanoutResult) {
+    let views = r.views_differing.map_or_else(|| "n/a".to_owned(), |v| v.to_string());
+    let _ = writeln!(
+        report,
+        "| {label} | {n} | {rate} | {:.0} | {}/{} | {} / {} {} | {} | {} | {views} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0}% | {:.0}% | {:.2}/{:.2} | {:.0} |",
+        r.deliveries_per_sec,
+        r.received,
+        r.expected,
+        r.writes_refused,
+        r.writes_unanswered,
+        r.refusal_codes,
+        r.disconnected,
+        r.chain_violations,
+        r.p50_ms,
+        r.p99_ms,
+        r.max_ms,
+        r.server_us_per_delivery(),
+        r.server_cpu * 100.0 / r.elapsed.max(1e-9),
+        r.bench_cpu * 100.0 / r.elapsed.max(1e-9),
+        r.send_lag_p99_ms,
+        r.send_lag_max_ms,
+        r.delta_bytes,
+    );
+}
+
+/// Fan-out points offering more deliveries per second than this are skipped
+/// (on 2 shared cores they only measure a backlog).
+const MAX_OFFERED: u64 = 1_000_000;
+
+const FANOUT_HEADER: &str = "| server | subscribers | writes/s | deliveries/s | received/expected | writes refused / unanswered (codes) | disconnected | chain violations | views differing | p50 ms | p99 ms | max ms | server CPU µs/delivery | server CPU | bench CPU | send lag p99/max ms | delta bytes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+async fn fanout_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
+    let _ = writeln!(
+        report,
+        "### Hot-context fan-out on {store}: Statecast (A) vs the bare tokio-tungstenite broadcast baseline (B)\n\n\
+         One writer saves task 1 of `job/1` on a fixed schedule ({} s per run); runs interleaved A B A B ({} pairs), \
+         each on a fresh server process. CPU % is of one core (200% = both).\n",
+        plan.seconds, plan.pairs
+    );
+    let _ = writeln!(report, "{FANOUT_HEADER}");
+    let length = Duration::from_secs(plan.seconds);
+    let mut summary = String::new();
+    for &n in &plan.subscribers {
+        for &rate in &plan.rates {
+            if n as u64 * rate > MAX_OFFERED {
+                let _ = writeln!(
+                    summary,
+                    "| {n} | {rate} | skipped: {} deliveries/s offered, over the {MAX_OFFERED} cap |||||||",
+                    n as u64 * rate
+                );
+                continue;
+            }
+            let (mut a_runs, mut b_runs) = (Vec::new(), Vec::new());
+            for pair in 0..plan.pairs {
+                let srv = server::Server::start(bin, &store)?;
+                let a = fanout::run(&srv, Kind::Ws, n, rate, length, true).await?;
+                drop(srv);
+                eprintln!("fan-out A n={n} rate={rate} pair {pair}: {a:?}");
+                let base = server::Server::start_baseline()?;
+                let b = fanout::run(&base, Kind::Ws, n, rate, length, false).await?;
+                drop(base);
+                eprintln!("fan-out B n={n} rate={rate} pair {pair}: {b:?}");
+                fanout_row(report, "A statecast WS", n, rate, &a);
+                fanout_row(report, "B baseline WS", n, rate, &b);
+                a_runs.push(a);
+                b_runs.push(b);
+            }
+            let ratio = |f: &dyn Fn(&FanoutResult) -> f64, inverse: bool| {
+                median(
+                    a_runs
+                        .iter()
+                        .zip(&b_runs)
+                        .map(|(a, b)| if inverse { f(b) / f(a).max(1e-9) } else { f(a) / f(b).max(1e-9) })
+                        .collect(),
+                )
+            };
+            let _ = writeln!(
+                summary,
+                "| {n} | {rate} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} | {:.1} / {:.1} | {:.2} |",
+                median(a_runs.iter().map(|r| r.deliveries_per_sec).collect()),
+                median(b_runs.iter().map(|r| r.deliveries_per_sec).collect()),
+                ratio(&|r| r.deliveries_per_sec, false),
+                median(a_runs.iter().map(|r| r.p99_ms).collect()),
+                median(b_runs.iter().map(|r| r.p99_ms).collect()),
+                ratio(&|r| r.p99_ms, false),
+                median(a_runs.iter().map(FanoutResult::server_us_per_delivery).collect()),
+                median(b_runs.iter().map(FanoutResult::server_us_per_delivery).collect()),
+                ratio(&FanoutResult::server_us_per_delivery, true),
+            );
+            for &kind in plan.transports.iter().filter(|k| **k == Kind::Quic) {
+                let srv = server::Server::start(bin, &store)?;
+                let q = fanout::run(&srv, kind, n, rate, length, true).await?;
+                eprintln!("fan-out QUIC n={n} rate={rate}: {q:?}");
+                fanout_row(report, "statecast QUIC (no baseline)", n, rate, &q);
+            }
+        }
+    }
+    let _ = writeln!(
+        report,
+        "\nMedians over the pairs; ratios are per pair (A/B), then the median. CPU ratio = baseline CPU per delivery \
+         / Statecast CPU per delivery (1.0 = as cheap as the bare broadcast).\n\n\
+         | subscribers | writes/s | A deliveries/s | B deliveries/s | A/B deliveries | p99 ms A / B | A/B p99 | server CPU µs/delivery A / B | CPU efficiency B/A |\n\
+         |---|---|---|---|---|---|---|---|---|\n{summary}"
+    );
+    Ok(())
+}
+
+async fn writes_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    for store in &plan.stores {
+        let _ = writeln!(
+            report,
+            "\n### Durable writes on {store} (closed loop per connection: each create waits for its answer, {} s)\n",
+            plan.seconds
+        );
+        let _ = writeln!(
+            report,
+            "| transport | writer connections | subscribers | confirmed writes/s | p50 ms | p99 ms | refused | unanswered | frames to subscribers | subscribers dropped |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for &subs in &plan.write_subscribers {
+            for &c in &plan.concurrency {
+                for &kind in &plan.transports {
+                    let r = scenarios::writes(bin, store, kind, c, subs, Duration::from_secs(plan.seconds)).await?;
+                    eprintln!("writes {store} {} c={c} subs={subs}: {r:?}", kind.label());
+                    let _ = writeln!(
+                        report,
+                        "| {} | {c} | {subs} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                        kind.label(),
+                        r.per_sec,
+                        r.p50_ms,
+                        r.p99_ms,
+                        r.refused,
+                        r.unanswered,
+                        r.sub_frames,
+                        r.sub_disconnected
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn contexts_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
+    let k = plan.contexts_clients;
+    let r = scenarios::contexts(bin, &store, 2, k, plan.contexts_rate, Duration::from_secs(plan.seconds)).await?;
+    eprintln!("contexts: {r:?}");
+    let _ = writeln!(
+        report,
+        "\n### Many contexts on {store}: {} contexts × {k} clients, each writing {} times/s (open loop, {} s)\n\n\
+         The demo app has two jobs and clients can't create jobs, so M = 2 (`job/1`, `job/2`). Three in four \
+         clients are alice (create a task, save notes, delete a task she created, in turn); one in four is dave, \
+         whose saves and creates are all denied (403). Latency: intended send time → `writeResponse`.\n",
+        r.contexts, plan.contexts_rate, plan.seconds
+    );
+    let _ = writeln!(
+        report,
+        "| clients | writes sent | ok | denied (expected) | other errors | unanswered | answer p50 ms | p99 ms | max ms | deltas received | chain violations | disconnected | views differing | server CPU | bench CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let length = plan.seconds as f64;
+    let _ = writeln!(
+        report,
+        "| {} | {} | {} | {} ({}) | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+        r.clients,
+        r.sent,
+        r.ok,
+        r.denied,
+        r.denied_expected,
+        r.other_errors,
+        r.unanswered,
+        r.p50_ms,
+        r.p99_ms,
+        r.max_ms,
+        r.deltas,
+        r.chain_violations,
+        r.disconnected,
+        r.views_differing,
+        r.server_cpu * 100.0 / length,
+        r.bench_cpu * 100.0 / length
+    );
+    Ok(())
+}
+
+async fn storm_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
+    let _ = writeln!(
+        report,
+        "\n### Reconnect storm on {store}: every subscriber of `job/1` drops and reconnects at once while a writer \
+         saves {} times/s\n\nReconnect = connect + hello + subscribe (state received); live = a delta arrived after. \
+         Write latency: intended send time → `writeResponse`, over the whole run.\n",
+        plan.storm_rate
+    );
+    let _ = writeln!(
+        report,
+        "| clients | reconnected | failed | live after | reconnect p50 ms | p99 ms | max ms | connect / hello / subscribe p50 ms | … max ms | writes | write p99 ms | write max ms | writes failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for &n in &plan.storm_clients {
+        let r = scenarios::storm(bin, &store, n, plan.storm_rate).await?;
+        eprintln!("storm {n}: {r:?}");
+        let _ = writeln!(
+            report,
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {} | {:.2} | {:.2} | {} |",
+            r.clients,
+            r.reconnected,
+            r.failed,
+            r.live_after,
+            r.reconnect_p50_ms,
+            r.reconnect_p99_ms,
+            r.reconnect_max_ms,
+            r.phase_p50_ms[0],
+            r.phase_p50_ms[1],
+            r.phase_p50_ms[2],
+            r.phase_max_ms[0],
+            r.phase_max_ms[1],
+            r.phase_max_ms[2],
+            r.writes,
+            r.write_p99_ms,
+            r.write_max_ms,
+            r.writes_failed
+        );
+    }
+    Ok(())
+}
+
+async fn memory_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
+    let _ = writeln!(
+        report,
+        "\n### Memory per idle WebSocket connection (hello + subscribe `job/1`, then idle)\n\n\
+         Server RSS (VmRSS) growth over the RSS before the first connection, divided by the connections held; \
+         clients bound to 127.0.0.2 … 127.0.0.9. The baseline holds a broadcast receiver per connection.\n"
+    );
+    let _ = writeln!(
+        report,
+        "| server | connections held | failed | RSS before MiB | RSS after MiB | KiB per connection |\n|---|---|---|---|---|---|"
+    );
+    for baseline in [false, true] {
+        let srv = if baseline { server::Server::start_baseline()? } else { server::Server::start(bin, &store)? };
+        let steps = scenarios::memory(&srv, &plan.idle_connections).await?;
+        for s in steps {
+            eprintln!("memory baseline={baseline}: {s:?}");
+            let _ = writeln!(
+                report,
+                "| {} | {} | {} | {:.1} | {:.1} | {:.1} |",
+                if baseline { "baseline" } else { "statecast" },
+                s.connections,
+                s.failed,
+                s.rss_base as f64 / 1048576.0,
+                s.rss as f64 / 1048576.0,
+                s.per_connection() / 1024.0
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn streams_report(report: &mut String, bin: &Path, args: &Args, plan: &Plan) -> Result<(), client::BoxError> {
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
+    let (n, values, conns) = (args.stream_subscribers, args.stream_values, args.stream_connections);
+    let _ = writeln!(
+        report,
+        "\n### Stream routing: {n} subscriptions of `tasks` over {values} `job` values on {conns} connections \
+         (open loop, {} writes/s, {} s; each write matches {} subscriptions)\n",
+        args.stream_rate,
+        plan.seconds,
+        n / values.max(1)
+    );
+    let _ = writeln!(
+        report,
+        "| index | writes | evaluations/write | events expected | received | p50 ms | p99 ms | max ms | server CPU ms/write |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for index in [true, false] {
+        let r =
+            streams(bin, &store, n, values, conns, index, args.stream_rate, Duration::from_secs(plan.seconds)).await?;
+        eprintln!("streams index={index}: {r:?}");
+        let _ = writeln!(
+            report,
+            "| {} | {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.3} |",
+            if index { "on" } else { "off" },
+            r.writes,
+            r.evaluations_per_write,
+            r.expected,
+            r.received,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.server_cpu_ms_per_write
+        );
+    }
+    Ok(())
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn humanish_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("unix time {secs}")
+}
+
+pub(crate) fn micros_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+#[derive(Debug)]
+struct StreamsResult {
+    writes: usize,
+    evaluations_per_write: f64,
+    expected: u64,
+    received: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    server_cpu_ms_per_write: f64,
+}
+
+/// `n` subscriptions of the `tasks` stream filtered on `job`, `n / values` per
+/// job value, spread over `conns` connections; one writer saves task 1 (job 1)
+/// on a fixed schedule, so each write matches one group. Latency runs from the
+/// write's intended send time (carried in the row) to each event's arrival.
+#[allow(clippy::too_many_arguments)]
+async fn streams(
+    bin: &Path,
+    store: &server::StoreArg,
+    n: usize,
+    values: usize,
+    conns: usize,
+    index: bool,
+    rate: u64,
+    length: Duration,
+) -> Result<StreamsResult, client::BoxError> {
+    let srv = server::Server::start_with(bin, store, &["--stream-index", if index { "true" } else { "false" }])?;
+    let target = srv.target.clone();
+    let (values, conns) = (values.max(1), conns.max(1));
+    let per_value = (n / values).max(1);
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let mut c = Client::connect(Kind::Ws, &target).await?;
+        c.hello("bob").await?;
+        clients.push(c);
+    }
+    // Subscription i: job (i / per_value) + 1, on connection i % conns, so one
+    // job's group is spread over several connections.
+    for i in 0..n {
+        let job = (i / per_value) % values + 1;
+        clients[i % conns]
+            .subscribe_stream(json!({"stream": "tasks", "filters": {"job": job}, "fields": ["notes"]}))
+            .await?;
+    }
+    for (k, c) in clients.iter_mut().enumerate() {
+        for _ in (0..n).filter(|i| i % conns == k) {
+            c.subscribed().await?;
+        }
+    }
+    let matching = (0..n).filter(|i| (i / per_value).is_multiple_of(values)).count() as u64;
+    let received = Arc::new(AtomicU64::new(0));
+    let total = (rate * length.as_secs()) as usize;
+    let expected = total as u64 * matching;
+    let mut tasks = Vec::new();
+    for mut c in clients {
+        let received = received.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let deadline = Instant::now() + length + Duration::from_secs(10);
+            // Every connection stays open (its subscriptions live) until all
+            // expected events arrived or the deadline passed.
+            while Instant::now() < deadline && received.load(Ordering::Relaxed) < expected {
+                let msg = match c.recv_timeout(Duration::from_millis(200)).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => continue,
+                    Err(_) => break,
+                };
+                if msg["type"] != "event" {
+                    continue;
+                }
+                if let Some(sent) = msg["data"]["notes"].as_str().and_then(|s| s.parse::<u64>().ok()) {
+                    let _ = hist.record(micros_now().saturating_sub(sent).max(1));
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            hist
+        }));
+    }
+    let evals_before = srv.metric("statecast_stream_evaluations_total").await?;
+    let cpu_before = proc_stats::cpu_seconds(srv.pid());
+    let mut writer = Client::connect(Kind::Ws, &target).await?;
+    writer.hello("alice").await?;
+    writer.subscribe("job", 1).await?;
+    let interval = Duration::from_micros(1_000_000 / rate.max(1));
+    let start = Instant::now();
+    let wall_start = micros_now();
+    for i in 0..total {
+        let intended = start + interval * i as u32;
+        tokio::time::sleep_until(intended.into()).await;
+        let sent = wall_start + (interval * i as u32).as_micros() as u64;
+        writer
+            .send(json!({"type": "write", "writeId": i + 1, "operation": "save", "instanceType": "Task",
+                "instanceId": 1, "context": "job/1", "data": {"notes": sent.to_string()}}))
+            .await?;
+        // Keep the writer's own answers flowing so its queue never fills.
+        while let Ok(Some(_)) = writer.recv_timeout(Duration::from_micros(1)).await {}
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        hist.add(t.await?)?;
+    }
+    let cpu_after = proc_stats::cpu_seconds(srv.pid());
+    let evals_after = srv.metric("statecast_stream_evaluations_total").await?;
+    let writes = total.max(1);
+    Ok(StreamsResult {
+        writes: total,
+        evaluations_per_write: (evals_after - evals_before) / writes as f64,
+        expected,
+        received: received.load(Ordering::Relaxed),
+        p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+        max_ms: hist.max() as f64 / 1000.0,
+        server_cpu_ms_per_write: (cpu_after - cpu_before) * 1000.0 / writes as f64,
+    })
+}

@@ -1,0 +1,266 @@
+//! `statecast`: watch a context live, or send one write, from the command line.
+
+// A command-line tool: stdout carries its output, stderr its errors.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use statecast_client::{Client, ClientConfig, ClientError, QuicTrust, StreamRequest, ViewEvent, ViewRow, WriteOptions};
+use statecast_core::protocol::Codec;
+use statecast_core::protocol::v1::Write;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "statecast", version, about = "Statecast command-line client")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How to reach the server.
+#[derive(clap::Args, Debug)]
+struct Conn {
+    /// Server URL: ws://127.0.0.1:7100/ws, wss://host/ws or quic://127.0.0.1:7101
+    url: String,
+    #[arg(long, env = "STATECAST_TOKEN")]
+    token: String,
+    /// Speak MessagePack (binary frames) instead of JSON over WebSocket (QUIC always does).
+    #[arg(long)]
+    msgpack: bool,
+    /// wss:// and QUIC: trust server certificates issued by the CA(s) in this PEM file.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["fingerprint", "insecure_dev"])]
+    ca: Option<std::path::PathBuf>,
+    /// QUIC: trust exactly the certificate with this SHA-256 fingerprint (the server prints it).
+    #[arg(long, value_name = "HEX", conflicts_with = "insecure_dev")]
+    fingerprint: Option<String>,
+    /// QUIC: trust any certificate. For local demos only.
+    #[arg(long)]
+    insecure_dev: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a context's view as one JSON line per change (rows with their pending mark).
+    Watch {
+        #[command(flatten)]
+        conn: Conn,
+        /// Channel name, e.g. job
+        channel: String,
+        /// Anchor id, e.g. 1
+        anchor: i64,
+    },
+    /// Send one write (the seed's message without `type`/`writeId`) and print the answer.
+    Write {
+        #[command(flatten)]
+        conn: Conn,
+        /// The write as JSON, e.g. '{"operation":"save","instanceType":"Task","instanceId":1,"data":{"status":"done"}}'
+        write: String,
+        /// The context to check the write against (default: the write's `context`).
+        #[arg(long)]
+        context: Option<String>,
+    },
+    /// Print a stream's events as one JSON line each.
+    Stream {
+        #[command(flatten)]
+        conn: Conn,
+        /// The stream's name, e.g. tasks
+        name: String,
+        /// A filter FIELD[__LOOKUP]=VALUE (VALUE is JSON if it parses, else a string); repeatable.
+        #[arg(long = "filter", value_name = "FIELD[__LOOKUP]=VALUE")]
+        filters: Vec<String>,
+        /// Project full-payload events to these fields.
+        #[arg(long, value_delimiter = ',')]
+        fields: Option<Vec<String>>,
+        /// First print the rows that match now.
+        #[arg(long)]
+        snapshot: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(2, &format!("can't start the async runtime: {e}")),
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Watch { conn, channel, anchor } => watch(conn, channel, anchor).await,
+            Command::Write { conn, write, context } => write_once(conn, write, context).await,
+            Command::Stream { conn, name, filters, fields, snapshot } => {
+                stream(conn, name, filters, fields, snapshot).await
+            }
+        }
+    })
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("statecast: {message}");
+    ExitCode::from(code)
+}
+
+fn client_error(e: &ClientError) -> ExitCode {
+    match e {
+        ClientError::Unauthenticated(w) => {
+            fail(3, &format!("the server refused the token: {} {}: {}", w.code, w.reason, w.message))
+        }
+        ClientError::Refused(w) => fail(1, &format!("refused: {} {}: {}", w.code, w.reason, w.message)),
+        other => fail(2, &other.to_string()),
+    }
+}
+
+fn config(conn: Conn) -> ClientConfig {
+    let mut cfg = ClientConfig::new(conn.url, conn.token);
+    if conn.msgpack {
+        cfg.codec = Codec::MsgPack;
+    }
+    cfg.tls_ca_file = conn.ca.clone();
+    cfg.quic_trust = match (conn.ca, conn.fingerprint, conn.insecure_dev) {
+        (Some(ca), _, _) => Some(QuicTrust::CaFile(ca)),
+        (None, Some(fp), _) => Some(QuicTrust::Fingerprint(fp)),
+        (None, None, true) => Some(QuicTrust::InsecureDev),
+        (None, None, false) => None,
+    };
+    cfg
+}
+
+fn row_json(r: &ViewRow) -> Value {
+    let mut obj = r.fields.clone();
+    obj.insert("_type".into(), json!(&*r.ty));
+    obj.insert("id".into(), json!(r.id));
+    obj.insert("_key".into(), json!(r.key));
+    obj.insert("_version".into(), json!(r.version));
+    obj.insert("_pending".into(), json!(r.pending));
+    Value::Object(obj)
+}
+
+async fn watch(conn: Conn, channel: String, anchor: i64) -> ExitCode {
+    let client = match Client::connect(config(conn)).await {
+        Ok(c) => c,
+        Err(e) => return client_error(&e),
+    };
+    let ctx = match client.subscribe(&channel, anchor).await {
+        Ok(c) => c,
+        Err(e) => return client_error(&e),
+    };
+    let mut events = ctx.watch();
+    let print = |ctx: &statecast_client::Context| {
+        let rows: Vec<Value> = ctx.view().iter().map(row_json).collect();
+        println!("{}", json!({"context": ctx.name(), "seq": ctx.seq(), "rows": rows}));
+    };
+    print(&ctx);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(ViewEvent::Closed(reason)) => {
+                    println!("{}", json!({"context": ctx.name(), "closed": reason}));
+                    return ExitCode::SUCCESS;
+                }
+                Ok(_) => print(&ctx),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => print(&ctx),
+                Err(_) => return ExitCode::SUCCESS,
+            },
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+async fn write_once(conn: Conn, write: String, context: Option<String>) -> ExitCode {
+    let mut value: Value = match serde_json::from_str(&write) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return fail(2, "the write must be a JSON object"),
+        Err(e) => return fail(2, &format!("the write is not valid JSON: {e}")),
+    };
+    value["writeId"] = json!(0);
+    let context = context.or_else(|| value.get("context").and_then(Value::as_str).map(str::to_owned));
+    let Some(context) = context else { return fail(2, "name the context with --context (or `context` in the write)") };
+    let Some((channel, anchor)) = statecast_core::channel::parse_context(&context) else {
+        return fail(2, &format!("`{context}` is not a context name like job/1"));
+    };
+    let ops = match serde_json::from_value::<Write>(value)
+        .map_err(|e| e.to_string())
+        .and_then(|w| w.row_ops().map_err(|e| e.message))
+    {
+        Ok(ops) => ops,
+        Err(e) => return fail(2, &format!("the write is not valid: {e}")),
+    };
+    let client = match Client::connect(config(conn)).await {
+        Ok(c) => c,
+        Err(e) => return client_error(&e),
+    };
+    let ctx = match client.subscribe(channel, anchor).await {
+        Ok(c) => c,
+        Err(e) => return client_error(&e),
+    };
+    let handle = match ctx.write(ops, WriteOptions { optimistic: false, temp_ids: true }) {
+        Ok(h) => h,
+        Err(e) => return client_error(&e),
+    };
+    let write_id = handle.write_id;
+    let result = handle.await;
+    client.close().await;
+    match result {
+        Ok(o) => {
+            println!(
+                "{}",
+                json!({"type": "writeResponse", "writeId": write_id, "success": true, "seq": o.seq, "created": o.created, "duplicate": o.duplicate})
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::Refused(e)) => {
+            println!("{}", json!({"type": "writeResponse", "writeId": write_id, "success": false, "error": e}));
+            fail(1, &format!("refused: {} {}: {}", e.code, e.reason, e.message))
+        }
+        Err(e) => client_error(&e),
+    }
+}
+
+/// `FIELD[__LOOKUP]=VALUE` → (key, JSON value or string).
+fn parse_filter(f: &str) -> Result<(String, Value), String> {
+    let (key, value) = f.split_once('=').ok_or_else(|| format!("`{f}`: expected FIELD[__LOOKUP]=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("`{f}`: the field name is missing"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    Ok((key.to_owned(), value))
+}
+
+async fn stream(
+    conn: Conn,
+    name: String,
+    filters: Vec<String>,
+    fields: Option<Vec<String>>,
+    snapshot: bool,
+) -> ExitCode {
+    let mut request = StreamRequest::new(name);
+    for f in &filters {
+        match parse_filter(f) {
+            Ok((k, v)) => request = request.filter(&k, v),
+            Err(e) => return fail(2, &e),
+        }
+    }
+    request.fields = fields;
+    request.snapshot = snapshot;
+    let client = match Client::connect(config(conn)).await {
+        Ok(c) => c,
+        Err(e) => return client_error(&e),
+    };
+    let mut sub = match client.stream(request).await {
+        Ok(s) => s,
+        Err(e) => return client_error(&e),
+    };
+    for row in &sub.snapshot {
+        println!("{}", json!({"snapshot": &**row}));
+    }
+    loop {
+        tokio::select! {
+            event = sub.next() => match event {
+                Some(e) => println!("{}", json!({"seq": e.seq, "action": e.action, "id": e.id, "data": e.data})),
+                None => return ExitCode::SUCCESS,
+            },
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! The client against the real server binary (demo app): optimistic writes,
+//! rollbacks, temp-id swaps, reconnects with exactly-once resends, the
+//! persisted queue, and the CLI.
+
+mod support;
+
+use serde_json::{Value, json};
+use statecast_client::{Client, ClientConfig, ClientError, Parent, ViewEvent, WriteOptions};
+use statecast_core::error::ErrorReason;
+use std::time::Duration;
+use support::Server;
+
+const JOB1: Parent<'static> = Parent { ty: "Job", id: 1, relation: "tasks" };
+
+async fn client(server: &Server, token: &str) -> Client {
+    Client::connect(ClientConfig::new(server.url.clone(), token)).await.expect("connect")
+}
+
+fn field(ctx: &statecast_client::Context, id: i64, name: &str) -> Option<Value> {
+    ctx.row("Task", id).and_then(|r| r.fields.get(name).cloned())
+}
+
+fn refused_reason(r: Result<statecast_client::WriteOutcome, ClientError>) -> Option<ErrorReason> {
+    match r {
+        Err(ClientError::Refused(e)) => Some(e.reason),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test]
+async fn a_write_shows_before_the_answer_and_reaches_the_other_client() {
+    let server = Server::start();
+    let (alice, bob) = (client(&server, "alice").await, client(&server, "bob").await);
+    let (a, b) = (alice.subscribe("job", 1).await.expect("a"), bob.subscribe("job", 1).await.expect("b"));
+    let handle = a.save("Task", 1, json!({"status": "done"})).expect("save");
+    let row = a.row("Task", 1).expect("row");
+    assert_eq!((row.fields["status"].clone(), row.pending), (json!("done"), true), "visible before the server answers");
+    let outcome = handle.await.expect("confirmed");
+    assert!(outcome.seq > 0);
+    assert!(!a.row("Task", 1).expect("row").pending);
+    eventually("bob sees alice's change", || field(&b, 1, "status") == Some(json!("done"))).await;
+
+    let created = a.create("Task", JOB1, json!({"name": "From alice"})).expect("create");
+    let id = created.id().expect("id at once");
+    assert!(a.row("Task", id).is_some_and(|r| r.pending));
+    created.await.expect("created");
+    eventually("bob sees the new task", || field(&b, id, "name") == Some(json!("From alice"))).await;
+    #[derive(serde::Deserialize)]
+    struct Task {
+        id: i64,
+        name: String,
+        status: String,
+    }
+    let tasks: Vec<Task> = b.rows("Task").expect("typed rows");
+    assert!(tasks.iter().any(|t| t.id == id && t.name == "From alice" && t.status == "todo"));
+}
+
+#[tokio::test]
+async fn refused_save_create_and_delete_roll_back() {
+    let server = Server::start();
+    let (alice, dave, bob) =
+        (client(&server, "alice").await, client(&server, "dave").await, client(&server, "bob").await);
+    let a = alice.subscribe("job", 1).await.expect("a");
+    let order_before: Vec<i64> = a.view().iter().map(|r| r.key).collect();
+
+    // Alice is task 1's assignee but may change only status/notes.
+    let h = a.save("Task", 1, json!({"name": "Renamed"})).expect("save");
+    assert_eq!(field(&a, 1, "name"), Some(json!("Renamed")));
+    assert_eq!(refused_reason(h.await), Some(ErrorReason::Denied));
+    assert_eq!(field(&a, 1, "name"), Some(json!("Write docs")));
+
+    // Dave is not a member of the project.
+    let d = dave.subscribe("job", 1).await.expect("d");
+    let h = d.create("Task", JOB1, json!({"name": "Intruder"})).expect("create");
+    let id = h.id().expect("id");
+    assert!(d.row("Task", id).is_some());
+    assert_eq!(refused_reason(h.await), Some(ErrorReason::Denied));
+    assert!(d.row("Task", id).is_none(), "the refused create disappears");
+
+    // Bob did not create task 1 and is no admin.
+    let b = bob.subscribe("job", 1).await.expect("b");
+    let h = b.delete("Task", 1).expect("delete");
+    assert!(b.row("Task", 1).is_none());
+    assert_eq!(refused_reason(h.await), Some(ErrorReason::Denied));
+    let order_after: Vec<i64> = b.view().iter().map(|r| r.key).collect();
+    assert_eq!(order_after, order_before, "the deleted row is back at its position");
+}
+
+#[tokio::test]
+async fn a_temp_id_is_swapped_with_no_duplicate_at_any_moment() {
+    let server = Server::start();
+    let alice = client(&server, "alice").await;
+    let a = alice.subscribe("job", 1).await.expect("a");
+    let mut events = a.watch();
+    let watcher = a.clone();
+    let observer = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
+            if let ViewEvent::Changed(_) = ev {
+                let n = watcher.view().iter().filter(|r| r.fields.get("name") == Some(&json!("Temp row"))).count();
+                seen.push(n);
+            }
+        }
+        seen
+    });
+    let opts = WriteOptions { temp_ids: true, ..WriteOptions::default() };
+    let op = statecast_core::protocol::v1::WriteOp {
+        operation: statecast_core::protocol::v1::Operation::Create,
+        instance_type: "Task".into(),
+        instance_id: None,
+        parent_type: Some("Job".into()),
+        parent_id: Some(1),
+        relation_name: Some("tasks".into()),
+        data: Some(json!({"name": "Temp row"}).as_object().cloned().unwrap_or_default()),
+        if_version: None,
+    };
+    let h = a.write(vec![op], opts).expect("create");
+    let temp = h.id().expect("temp id");
+    assert!(temp < 0);
+    let outcome = h.await.expect("created");
+    let real = outcome.created[0].id;
+    assert_eq!(outcome.created[0].temp_id, Some(temp));
+    let row = a.row("Task", real).expect("row by real id");
+    assert_eq!((row.key, row.id), (temp, real), "the key stays the temp id");
+    let seen = observer.await.expect("observer");
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|n| *n == 1), "exactly one row at every observed moment: {seen:?}");
+}
+
+#[tokio::test]
+async fn a_write_cut_off_by_a_crash_is_applied_once_after_reconnect() {
+    let mut server = Server::start();
+    let mut cfg = ClientConfig::new(server.url.clone(), "alice");
+    cfg.backoff_min = Duration::from_millis(200);
+    let alice = Client::connect(cfg).await.expect("connect");
+    let a = alice.subscribe("job", 1).await.expect("a");
+    let h = a.create("Task", JOB1, json!({"name": "Survivor"})).expect("create");
+    let id = h.id().expect("id");
+    server.kill9();
+    server.restart_same_port();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), h).await.expect("settles").expect("applied");
+    assert_eq!(outcome.created[0].id, id);
+    let bob = client(&server, "bob").await;
+    let b = bob.subscribe("job", 1).await.expect("b");
+    let count = b.view().iter().filter(|r| r.fields.get("name") == Some(&json!("Survivor"))).count();
+    assert_eq!(count, 1, "applied exactly once");
+    eventually("alice's view settles", || a.row("Task", id).is_some_and(|r| !r.pending)).await;
+}
+
+#[tokio::test]
+async fn another_users_change_during_a_pending_save_shows_after_the_refusal() {
+    let mut server = Server::start();
+    let mut cfg = ClientConfig::new(server.url.clone(), "alice");
+    cfg.backoff_min = Duration::from_secs(3);
+    let alice = Client::connect(cfg).await.expect("connect");
+    let a = alice.subscribe("job", 1).await.expect("a");
+    server.kill9();
+    eventually("alice notices", || true).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Written while disconnected: queued, shown at once.
+    let h = a.save("Task", 1, json!({"name": "Alice's name"})).expect("save");
+    assert_eq!(field(&a, 1, "name"), Some(json!("Alice's name")));
+    server.restart_same_port();
+    // Carol (admin) renames the task before alice is back.
+    let carol = client(&server, "carol").await;
+    let c = carol.subscribe("job", 1).await.expect("c");
+    c.save("Task", 1, json!({"name": "Carol's name"})).expect("save").await.expect("carol's save");
+    assert_eq!(
+        refused_reason(tokio::time::timeout(Duration::from_secs(20), h).await.expect("settles")),
+        Some(ErrorReason::Denied)
+    );
+    eventually("alice shows carol's value", || field(&a, 1, "name") == Some(json!("Carol's name"))).await;
+    assert!(!a.row("Task", 1).expect("row").pending);
+}
+
+#[tokio::test]
+async fn a_write_with_no_answer_times_out_and_stays_queued() {
+    let mut server = Server::start();
+    let mut cfg = ClientConfig::new(server.url.clone(), "alice");
+    cfg.write_timeout = Duration::from_millis(300);
+    let alice = Client::connect(cfg).await.expect("connect");
+    let a = alice.subscribe("job", 1).await.expect("a");
+    server.kill9();
+    let h = a.save("Task", 1, json!({"status": "doing"})).expect("save");
+    match h.await {
+        Err(ClientError::Timeout { .. }) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert_eq!(alice.pending_count(), 1, "the write is still queued");
+}
+
+#[tokio::test]
+async fn the_persisted_queue_survives_a_client_restart() {
+    let mut server = Server::start();
+    let queue = tempfile::tempdir().expect("queue dir");
+    let path = queue.path().join("queue");
+    let mut cfg = ClientConfig::new(server.url.clone(), "alice");
+    cfg.queue_path = Some(path.clone());
+    cfg.backoff_min = Duration::from_secs(30);
+    let id = {
+        let alice = Client::connect(cfg.clone()).await.expect("connect");
+        let a = alice.subscribe("job", 1).await.expect("a");
+        server.kill9();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let h = a.create("Task", JOB1, json!({"name": "Persisted"})).expect("create");
+        let id = h.id().expect("id");
+        alice.close().await;
+        id
+    };
+    server.restart_same_port();
+    cfg.backoff_min = Duration::from_millis(100);
+    let alice = Client::connect(cfg).await.expect("reconnect");
+    assert_eq!(alice.pending_count(), 1, "the write came back from disk");
+    let a = alice.subscribe("job", 1).await.expect("a");
+    eventually("the restored write is applied", || {
+        a.row("Task", id).is_some_and(|r| !r.pending) && alice.pending_count() == 0
+    })
+    .await;
+    let bob = client(&server, "bob").await;
+    let b = bob.subscribe("job", 1).await.expect("b");
+    assert!(b.row("Task", id).is_some());
+}
+
+#[tokio::test]
+async fn the_cli_writes_and_watches() {
+    let server = Server::start();
+    let cli = support::cli_binary();
+    let ok = tokio::process::Command::new(&cli)
+        .args(["write", &server.url, "--token", "alice", "--context", "job/1"])
+        .arg(r#"{"operation":"save","instanceType":"Task","instanceId":1,"data":{"status":"done"}}"#)
+        .output()
+        .await
+        .expect("run cli");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let answer: Value = serde_json::from_slice(&ok.stdout).expect("json answer");
+    assert_eq!(answer["success"], true);
+
+    let denied = tokio::process::Command::new(&cli)
+        .args(["write", &server.url, "--token", "dave", "--context", "job/1"])
+        .arg(r#"{"operation":"create","instanceType":"Task","parentType":"Job","parentId":1,"relationName":"tasks","data":{"name":"x"}}"#)
+        .output()
+        .await
+        .expect("run cli");
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("403 DENIED"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+
+    let bad_token = tokio::process::Command::new(&cli)
+        .args(["write", &server.url, "--token", "mallory", "--context", "job/1", "{}"])
+        .output()
+        .await
+        .expect("run cli");
+    assert_eq!(bad_token.status.code(), Some(2), "a write with no operation is refused before connecting");
+    let bad_token = tokio::process::Command::new(&cli)
+        .args([
+            "write",
+            &server.url,
+            "--token",
+            "mallory",
+            "--context",
+            "job/1",
+            r#"{"operation":"delete","instanceType":"Task","instanceId":1}"#,
+        ])
+        .output()
+        .await
+        .expect("run cli");
+    assert_eq!(bad_token.status.code(), Some(3));
+    let bad_json = tokio::process::Command::new(&cli)
+        .args(["write", &server.url, "--token", "alice", "{nope"])
+        .output()
+        .await
+        .expect("run");
+    assert!(String::from_utf8_lossy(&bad_json.stderr).contains("not valid JSON"));
+    let refused = tokio::process::Command::new(&cli)
+        .args([
+            "write",
+            "ws://127.0.0.1:1/ws",
+            "--token",
+            "alice",
+            "--context",
+            "job/1",
+            r#"{"operation":"delete","instanceType":"Task","instanceId":1}"#,
+        ])
+        .output()
+        .await
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("can't connect"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let mut watch = tokio::process::Command::new(&cli)
+        .args(["watch", &server.url, "job", "1", "--token", "bob"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("watch");
+    let stdout = watch.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first: Value = serde_json::from_str(&lines.next_line().await.expect("line").expect("some")).expect("json");
+    assert_eq!(first["context"], "job/1");
+    assert!(
+        first["rows"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|row| row["_type"] == "Task" && row["_pending"] == false))
+    );
+    let alice = client(&server, "alice").await;
+    alice
+        .subscribe("job", 1)
+        .await
+        .expect("a")
+        .save("Task", 1, json!({"notes": "seen by watch"}))
+        .expect("save")
+        .await
+        .expect("ok");
+    let line = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let l = lines.next_line().await.expect("line").expect("some");
+            if l.contains("seen by watch") {
+                return l;
+            }
+        }
+    })
+    .await
+    .expect("watch printed the change");
+    assert!(line.contains("\"rows\""));
+}
+
+#[tokio::test]
+async fn a_quic_client_and_a_websocket_client_share_a_context() {
+    let server = Server::start();
+    let mut cfg = ClientConfig::new(server.quic_url.clone(), "alice");
+    cfg.quic_trust = Some(statecast_client::QuicTrust::Fingerprint(server.quic_fingerprint.clone()));
+    let alice = Client::connect(cfg).await.expect("quic connect");
+    let bob = client(&server, "bob").await;
+    let (a, b) = (alice.subscribe("job", 1).await.expect("a"), bob.subscribe("job", 1).await.expect("b"));
+    a.save("Task", 1, json!({"notes": "over QUIC"})).expect("save").await.expect("ok");
+    eventually("bob sees the QUIC write", || field(&b, 1, "notes") == Some(json!("over QUIC"))).await;
+    b.save("Task", 2, json!({"notes": "over WebSocket"})).expect("save").await.expect("ok");
+    eventually("alice sees the WebSocket write", || field(&a, 2, "notes") == Some(json!("over WebSocket"))).await;
+
+    let mut wrong = ClientConfig::new(server.quic_url.clone(), "alice");
+    wrong.quic_trust = Some(statecast_client::QuicTrust::Fingerprint("00".repeat(32)));
+    match Client::connect(wrong).await {
+        Err(ClientError::Connect { reason, .. }) => assert!(reason.contains("fingerprint"), "{reason}"),
+        other => panic!("an untrusted certificate must be refused, got {:?}", other.map(|_| ())),
+    }
+    let no_trust = ClientConfig::new(server.quic_url.clone(), "alice");
+    assert!(matches!(Client::connect(no_trust).await, Err(ClientError::Connect { .. })));
+}
+
+#[tokio::test]
+async fn a_stream_delivers_filtered_events_and_the_cli_prints_them() {
+    let server = Server::start();
+    let bob = client(&server, "bob").await;
+    let request = statecast_client::StreamRequest::new("tasks").filter("job", 1).fields(["name", "status"]).snapshot();
+    let mut sub = bob.stream(request).await.expect("subscribed");
+    let ids: Vec<i64> = sub.snapshot.iter().map(|r| r.id).collect();
+    assert_eq!(ids, vec![1, 2], "the job-1 tasks now");
+    let mut cli = tokio::process::Command::new(support::cli_binary())
+        .args(["stream", &server.url, "my-tasks", "--token", "alice"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cli stream");
+    // Give the CLI a moment to subscribe before the write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let alice = client(&server, "alice").await;
+    alice
+        .subscribe("job", 1)
+        .await
+        .expect("a")
+        .save("Task", 1, json!({"status": "doing"}))
+        .expect("save")
+        .await
+        .expect("ok");
+    let event = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("in time").expect("event");
+    assert_eq!((event.action, event.id), (statecast_core::protocol::v1::ChangeOp::Update, 1));
+    #[derive(serde::Deserialize, Debug)]
+    struct Task {
+        id: i64,
+        status: String,
+    }
+    let task: Task = event.data_as().expect("typed");
+    assert_eq!((task.id, task.status.as_str()), (1, "doing"));
+    let stdout = cli.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+        .await
+        .expect("in time")
+        .expect("io")
+        .expect("line");
+    let printed: Value = serde_json::from_str(&line).expect("json");
+    assert_eq!((printed["action"].as_str(), printed["id"].as_i64()), (Some("update"), Some(1)), "{printed}");
+    let bad = bob.stream(statecast_client::StreamRequest::new("tasks").filter("nope__icontains", "x")).await;
+    assert!(matches!(bad, Err(ClientError::Refused(ref e)) if e.code == 400), "{:?}", bad.err());
+}
+
+#[tokio::test]
+async fn a_stream_is_resubscribed_after_a_reconnect() {
+    let mut server = Server::start();
+    let bob = client(&server, "bob").await;
+    let mut sub = bob.stream(statecast_client::StreamRequest::new("tasks").filter("job", 1)).await.expect("subscribed");
+    server.kill9();
+    server.restart_same_port();
+    // Written while bob is still reconnecting, or just after: either way it reaches him once.
+    let alice = client(&server, "alice").await;
+    alice
+        .subscribe("job", 1)
+        .await
+        .expect("a")
+        .save("Task", 1, json!({"notes": "after restart"}))
+        .expect("save")
+        .await
+        .expect("ok");
+    let event = tokio::time::timeout(Duration::from_secs(15), sub.next()).await.expect("in time").expect("event");
+    assert_eq!(event.id, 1);
+    assert_eq!(event.data.as_ref().and_then(|d| d.get("notes")).cloned(), Some(json!("after restart")));
+    assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err(), "no duplicate event");
+}
+
+/// A TLS-terminating proxy in front of the server (the deployment README
+/// describes): `wss://localhost:PORT/ws` → `ws://127.0.0.1:SERVER/ws`.
+async fn tls_proxy(upstream: String, dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert = statecast_transport_quic::ensure_self_signed(dir).expect("self-signed certificate");
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&cert.cert_path).expect("cert").collect::<Result<_, _>>().expect("pem");
+    let key = PrivateKeyDer::from_pem_file(&cert.key_path).expect("key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (port, cert.cert_path)
+}
+
+#[tokio::test]
+async fn wss_through_a_tls_proxy_with_a_ca_file() {
+    let server = Server::start();
+    let certs = tempfile::tempdir().expect("dir");
+    let upstream = format!("127.0.0.1:{}", server.port);
+    let (port, ca) = tls_proxy(upstream, certs.path()).await;
+    let url = format!("wss://localhost:{port}/ws");
+    let mut cfg = ClientConfig::new(url.clone(), "alice");
+    cfg.tls_ca_file = Some(ca);
+    let alice = Client::connect(cfg).await.expect("wss connect");
+    let a = alice.subscribe("job", 1).await.expect("a");
+    a.save("Task", 1, json!({"notes": "over TLS"})).expect("save").await.expect("ok");
+    // Without trusting that CA, the handshake is refused with the reason.
+    match Client::connect(ClientConfig::new(url, "alice")).await {
+        Err(ClientError::Connect { reason, .. }) => assert!(reason.to_lowercase().contains("certificate"), "{reason}"),
+        other => panic!("an untrusted certificate must be refused, got {:?}", other.map(|_| ())),
+    }
+}

@@ -1,0 +1,129 @@
+//! End-to-end support: the real `statecast-server` binary on a temp sled dir.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The server binary next to this package's `statecast` binary (built once if missing).
+pub fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cli = PathBuf::from(env!("CARGO_BIN_EXE_statecast"));
+        let bin = cli.with_file_name("statecast-server");
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "-p", "statecast-server", "--bin", "statecast-server"])
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "building statecast-server failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+pub fn cli_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_statecast"))
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub port: u16,
+    /// `quic://127.0.0.1:PORT` and the certificate's SHA-256 fingerprint.
+    pub quic_url: String,
+    pub quic_fingerprint: String,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Server {
+            child: None,
+            dir,
+            url: String::new(),
+            port: 0,
+            quic_url: String::new(),
+            quic_fingerprint: String::new(),
+        };
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
+    fn spawn(&mut self, addr: &str) {
+        let data = self.dir.path().join("data");
+        let mut child = Command::new(server_binary())
+            .args(["--ws-addr", addr, "--quic-addr", "127.0.0.1:0", "--store"])
+            .arg(format!("sled:{}", data.display()))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start statecast-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let quic_tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(url) = line.strip_prefix("listening ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if let Some(fp) = line.trim().strip_prefix("quic fingerprint (sha-256): ") {
+                    let _ = quic_tx.send(format!("fingerprint {fp}"));
+                }
+            }
+        });
+        let (mut url, mut quic, mut fingerprint) = (String::new(), String::new(), String::new());
+        while url.is_empty() || quic.is_empty() || fingerprint.is_empty() {
+            let line = rx.recv_timeout(Duration::from_secs(30)).expect("the server printed its listening lines");
+            if line.starts_with("ws://") {
+                url = line;
+            } else if line.starts_with("quic://") {
+                quic = line;
+            } else if let Some(fp) = line.strip_prefix("fingerprint ") {
+                fingerprint = fp.to_owned();
+            }
+        }
+        self.quic_url = quic;
+        self.quic_fingerprint = fingerprint;
+        self.port =
+            url.rsplit(':').next().and_then(|p| p.split('/').next()).and_then(|p| p.parse().ok()).expect("port");
+        self.url = url;
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, then start again on the same data and the same port.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart_same_port(&mut self) {
+        let addr = format!("127.0.0.1:{}", self.port);
+        self.spawn(&addr);
+    }
+
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

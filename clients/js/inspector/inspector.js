@@ -1,0 +1,545 @@
+// The Statecast inspector: sign in, open a context, watch its rows live, edit,
+// create and delete through the JavaScript client, and read the raw frames.
+// Plain DOM, no build step; the server serves this file as is.
+
+import { StatecastClient } from './statecast.js';
+
+const $ = (id) => document.getElementById(id);
+const MAX_FRAMES = 500;
+const MAX_WRITES = 200;
+const MAX_FRAME_TEXT = 256 * 1024;
+
+const wsPath = document.querySelector('meta[name="statecast-ws-path"]')?.content || '/ws';
+const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${wsPath}`;
+
+/** What the page holds; also `window.statecastInspector` for tests and the console. */
+const app = {
+  client: null,
+  ctx: null,
+  stopCtx: null,
+  editing: null, // {type, id, field}
+  frames: [],
+  writes: new Map(),
+  events: [], // compact change events, for tests
+};
+window.statecastInspector = app;
+
+/** Creates an element: `h('td', {class: 'x', onclick}, 'text', child…)`. Text is never parsed as HTML. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (k in el && k !== 'list') el[k] = v;
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const show = (v) => (v === null || v === undefined ? '—' : typeof v === 'object' ? JSON.stringify(v) : String(v));
+const label = (row) => `${row._type} #${row.id}${row.name !== undefined ? ` ${row.name}` : ''}`;
+
+// ---- sign in ---------------------------------------------------------------
+
+function setStatus(status) {
+  const el = $('status');
+  el.dataset.status = status;
+  el.textContent = { idle: 'not connected', connecting: 'connecting…', open: 'connected', reconnecting: 'reconnecting…', closed: 'closed' }[status] ?? status;
+}
+
+async function signIn(token) {
+  if (app.client) app.client.close();
+  app.ctx = null;
+  app.stopCtx?.();
+  const client = new StatecastClient({ url: wsUrl, token });
+  app.client = client;
+  client.on('status', (s) => {
+    if (app.client === client) setStatus(s);
+  });
+  client.on('frame', (f) => {
+    if (app.client === client) addFrame(f);
+  });
+  client.on('write', (w) => {
+    if (app.client === client) trackWrite(w);
+  });
+  client.on('error', (e) => {
+    if (app.client === client) notice('error', `${e.code} ${e.reason}`, e.message);
+  });
+  try {
+    const welcome = await client.connect();
+    $('user').textContent = `signed in as ${welcome.user.name ?? ''} (user ${welcome.user.id})`;
+    fillChannels(welcome.schema);
+    return true;
+  } catch (e) {
+    $('user').textContent = '';
+    // A refused token was already shown by the client's `error` event.
+    if (!client.fatal) notice('error', `${e.code} ${e.reason}`, e.message || 'could not sign in');
+    return false;
+  }
+}
+
+function fillChannels(schema) {
+  const select = $('channel');
+  select.replaceChildren(...(schema?.channels ?? []).map((c) => h('option', { value: c.name }, `${c.name} (anchor ${c.anchor})`)));
+  for (const id of ['channel', 'anchor', 'subscribe']) $(id).disabled = false;
+}
+
+// ---- the context -----------------------------------------------------------
+
+function open(channel, anchorId) {
+  const client = app.client;
+  if (!client) return;
+  app.stopCtx?.();
+  app.ctx?.close();
+  app.editing = null;
+  const ctx = client.subscribe(channel, anchorId);
+  app.ctx = ctx;
+  $('context-name').textContent = ctx.name;
+  app.stopCtx = ctx.onChange((e) => {
+    app.events.push({
+      cause: e.cause,
+      added: e.added.map((r) => `${r._type}:${r._key}:${r._pending ? 'pending' : 'canonical'}`),
+      updated: e.updated.map((r) => `${r._type}:${r._key}:${r._pending ? 'pending' : 'canonical'}`),
+      removed: e.removed.map((r) => `${r._type}:${r._key}`),
+    });
+    if (app.events.length > 1_000) app.events.splice(0, app.events.length - 1_000);
+    if (app.ctx === ctx) render();
+  });
+  render();
+  ctx.ready.catch((e) => {
+    if (app.ctx === ctx) notice('error', `${e.code} ${e.reason}`, e.message);
+    render();
+  });
+  const url = new URL(location.href);
+  url.searchParams.set('channel', channel);
+  url.searchParams.set('anchor', anchorId);
+  history.replaceState(null, '', url);
+}
+
+function render() {
+  const ctx = app.ctx;
+  if (!ctx) return;
+  renderTree(ctx);
+  renderTables(ctx);
+}
+
+function renderTree(ctx) {
+  const el = $('tree');
+  if (ctx.status === 'loading' && ctx.rows().length === 0) {
+    el.replaceChildren(h('p', { class: 'muted' }, 'loading…'));
+    return;
+  }
+  if (ctx.status === 'closed') {
+    el.replaceChildren(h('p', { class: 'muted' }, `closed (${ctx.closeReason})`));
+    return;
+  }
+  const tree = ctx.tree();
+  if (!tree) {
+    el.replaceChildren(h('p', { class: 'muted' }, 'the anchor is not in the view'));
+    return;
+  }
+  const node = ({ row, children }) =>
+    h(
+      'li',
+      {},
+      h('span', { class: `node${row._pending ? ' pending' : ''}`, title: `version ${row._version}` }, label(row), statusTag(row)),
+      Object.entries(children).map(([relation, kids]) =>
+        h('ul', {}, h('li', { class: 'relation' }, h('span', { class: 'muted' }, `${relation} (${kids.length})`), h('ul', {}, kids.map(node)))),
+      ),
+    );
+  el.replaceChildren(h('ul', { class: 'root' }, node(tree)));
+}
+
+function statusTag(row) {
+  return row.status !== undefined ? h('span', { class: `tag s-${row.status}` }, row.status) : null;
+}
+
+/** The types of the context in tree order: the anchor type, then each edge's child. */
+function contextTypes(ctx) {
+  const info = app.client.schema?.channels?.find((c) => c.name === ctx.channel);
+  const types = info ? [info.anchor, ...info.tree.map((e) => e.child)] : [];
+  for (const r of ctx.rows()) if (!types.includes(r._type)) types.push(r._type);
+  return [...new Set(types)];
+}
+
+function writableOps(ctx, type) {
+  const info = app.client.schema?.channels?.find((c) => c.name === ctx.channel);
+  return new Set(info?.writable?.[type] ?? []);
+}
+
+function renderTables(ctx) {
+  const schema = app.client.schema;
+  const sections = contextTypes(ctx).map((type) => {
+    const fields = schema?.types?.[type]?.fields ?? [];
+    const ops = writableOps(ctx, type);
+    const rows = ctx.rows(type);
+    const head = h('tr', {}, h('th', {}, 'id'), fields.map((f) => h('th', { title: fieldTitle(f) }, f.name)), h('th', {}, 'version'), h('th', {}, ''));
+    const body = rows.map((row) =>
+      h(
+        'tr',
+        { class: row._pending ? 'pending' : '', 'data-type': type, 'data-id': row.id, 'data-key': row._key },
+        h('td', { class: 'id' }, String(row.id), row._key !== row.id ? h('span', { class: 'muted' }, ` (key ${row._key})`) : null,
+          row._pending ? h('span', { class: 'badge', title: 'a write to this row is not confirmed yet' }, 'pending') : null),
+        fields.map((f) => cell(ctx, row, f, ops.has('save') && !f.readOnly)),
+        h('td', { class: 'num' }, String(row._version)),
+        h('td', { class: 'actions' }, ops.has('delete')
+          ? h('button', { class: 'danger small', type: 'button', title: `delete ${type} #${row.id}`, onclick: () => run(ctx.delete(type, row.id)) }, 'delete')
+          : null),
+      ),
+    );
+    return h(
+      'section',
+      { class: 'panel', 'data-table': type },
+      h('h2', {}, type, h('span', { class: 'muted' }, ` ${rows.length} row${rows.length === 1 ? '' : 's'}`), ops.size ? h('span', { class: 'muted' }, ` · writable: ${[...ops].join(', ')}`) : null),
+      h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, head), h('tbody', {}, body))),
+      ops.has('create') ? createForm(ctx, type, fields) : null,
+    );
+  });
+  const tables = $('tables');
+  const focused = document.activeElement?.closest?.('form.create');
+  // Keep a create form the user is typing in: re-render only the tables around it.
+  if (focused && tables.contains(focused)) {
+    for (const section of sections) {
+      const old = tables.querySelector(`section[data-table="${section.dataset.table}"]`);
+      if (!old) continue;
+      old.querySelector('.scroll').replaceWith(section.querySelector('.scroll'));
+      old.querySelector('h2').replaceWith(section.querySelector('h2'));
+    }
+    return;
+  }
+  // Replacing a focused editor blurs it; that blur is not the user leaving the field.
+  app.rerendering = true;
+  try {
+    tables.replaceChildren(...sections);
+  } finally {
+    app.rerendering = false;
+  }
+  restoreEdit();
+}
+
+function fieldTitle(f) {
+  const parts = [f.kind + (f.target ? ` → ${f.target}` : '')];
+  if (f.nullable) parts.push('nullable');
+  if (f.allowed) parts.push(`one of ${f.allowed.join(', ')}`);
+  if (f.readOnly) parts.push('read-only');
+  return parts.join('; ');
+}
+
+function cell(ctx, row, field, editable) {
+  const value = row[field.name];
+  const td = h('td', { 'data-field': field.name, class: editable ? 'editable' : '' });
+  const editing = app.editing;
+  if (editable && editing && editing.type === row._type && editing.key === row._key && editing.field === field.name) {
+    td.append(editor(ctx, row, field));
+    return td;
+  }
+  td.append(show(value));
+  if (editable) {
+    td.title = 'click to edit';
+    td.tabIndex = 0;
+    const start = () => {
+      app.editing = { type: row._type, key: row._key, field: field.name };
+      render();
+    };
+    td.addEventListener('click', start);
+    td.addEventListener('keydown', (e) => e.key === 'Enter' && start());
+  }
+  return td;
+}
+
+/** An input for one field: a select for allowed values and booleans, a number for ints and references. */
+function input(field, value) {
+  if (field.allowed || field.kind === 'bool') {
+    const options = field.allowed ?? [true, false];
+    const el = h('select', {}, field.nullable ? h('option', { value: 'null' }, '—') : null,
+      options.map((v) => h('option', { value: JSON.stringify(v), selected: Object.is(v, value) }, String(v))));
+    if (value === null && field.nullable) el.value = 'null';
+    return el;
+  }
+  const numeric = ['int', 'float', 'reference'].includes(field.kind);
+  return h('input', {
+    type: numeric ? 'number' : 'text',
+    value: value === null || value === undefined ? '' : typeof value === 'object' ? JSON.stringify(value) : String(value),
+    placeholder: field.nullable ? 'empty = null' : field.kind,
+    step: field.kind === 'float' ? 'any' : undefined,
+    size: 14,
+  });
+}
+
+function readInput(field, el) {
+  if (el.tagName === 'SELECT') return JSON.parse(el.value);
+  const raw = el.value;
+  if (raw === '' && field.nullable) return null;
+  if (['int', 'reference'].includes(field.kind)) return raw === '' ? null : Number.parseInt(raw, 10);
+  if (field.kind === 'float') return Number.parseFloat(raw);
+  if (field.kind === 'json') {
+    try {
+      return JSON.parse(raw);
+    } catch {
+      return raw;
+    }
+  }
+  return raw;
+}
+
+function editor(ctx, row, field) {
+  const editing = app.editing;
+  const el = input(field, row[field.name]);
+  if (editing.draft !== undefined) el.value = editing.draft; // typed before a re-render
+  el.className = 'edit';
+  el.dataset.editing = field.name;
+  el.addEventListener('input', () => {
+    editing.draft = el.value;
+  });
+  let done = false;
+  const commit = () => {
+    if (done || app.rerendering) return;
+    done = true;
+    app.editing = null;
+    const value = readInput(field, el);
+    if (!Object.is(value, row[field.name])) run(ctx.save(row._type, row.id, { [field.name]: value }));
+    render();
+  };
+  const cancel = () => {
+    done = true;
+    app.editing = null;
+    render();
+  };
+  el.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') commit();
+    if (e.key === 'Escape') cancel();
+  });
+  el.addEventListener(el.tagName === 'SELECT' ? 'change' : 'blur', commit);
+  if (el.tagName === 'SELECT') el.addEventListener('blur', () => !done && !app.rerendering && cancel());
+  return el;
+}
+
+function restoreEdit() {
+  const el = document.querySelector('[data-editing]');
+  if (el && document.activeElement !== el) {
+    el.focus();
+    if (app.editing?.draft === undefined) el.select?.();
+  }
+}
+
+function createForm(ctx, type, fields) {
+  const info = app.client.schema?.channels?.find((c) => c.name === ctx.channel);
+  const edges = (info?.tree ?? []).filter((e) => e.child === type);
+  const parentField = new Set(edges.map((e) => e.field));
+  const inputs = fields.filter((f) => !f.readOnly && !parentField.has(f.name));
+  const parents = edges.flatMap((e) => ctx.rows(e.parent).map((p) => ({ edge: e, row: p })));
+  const parentSelect = h('select', { name: '_parent', title: 'the parent the new row joins' },
+    parents.map(({ edge, row }, i) => h('option', { value: String(i) }, `${label(row)} · ${edge.relation}`)));
+  const form = h(
+    'form',
+    { class: 'create inline', 'data-create': type, autocomplete: 'off' },
+    h('strong', {}, `New ${type}`),
+    h('label', {}, 'under ', parentSelect),
+    inputs.map((f) => {
+      const el = input(f, f.default ?? (f.nullable ? null : f.allowed?.[0]));
+      el.name = f.name;
+      if (el.tagName === 'INPUT') el.placeholder = f.name + (f.nullable || f.default !== undefined ? '' : ' *');
+      return h('label', { title: fieldTitle(f) }, `${f.name} `, el);
+    }),
+    h('label', { class: 'muted', title: 'skip the optimistic step: show the row only once the server confirms it' },
+      h('input', { type: 'checkbox', name: '_wait' }), ' wait for the server'),
+    h('button', { type: 'submit' }, 'Create'),
+  );
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const choice = parents[Number(parentSelect.value)];
+    if (!choice) return notice('error', 'no parent', `there is no ${edges.map((x) => x.parent).join(' or ')} to create a ${type} under`);
+    const data = {};
+    for (const f of inputs) {
+      const el = form.elements.namedItem(f.name);
+      const v = readInput(f, el);
+      if (!(v === '' && f.default !== undefined)) data[f.name] = v;
+    }
+    const options = { parent: { type: choice.edge.parent, id: choice.row.id }, relation: choice.edge.relation };
+    if (form.elements.namedItem('_wait').checked) options.optimistic = false;
+    run(ctx.create(type, data, options));
+    for (const f of inputs) {
+      const el = form.elements.namedItem(f.name);
+      if (el.tagName === 'INPUT' && f.kind === 'string' && !f.allowed) el.value = '';
+    }
+    form.querySelector('input:not([type=checkbox])')?.focus();
+  });
+  return form;
+}
+
+/** Every write's promise is handled here; refusals show as notices and in the writes log. */
+function run(handle) {
+  handle.catch(() => {});
+  return handle;
+}
+
+// ---- writes and notices ----------------------------------------------------
+
+function describeOps(w) {
+  return w.ops
+    .map((op) => {
+      const target = op.operation === 'create' ? `${op.instanceType} under ${op.parentType} #${op.parentId}` : `${op.instanceType} #${op.instanceId}`;
+      return `${op.operation} ${target}${op.data && Object.keys(op.data).length ? ` ${JSON.stringify(op.data)}` : ''}`;
+    })
+    .join('; ');
+}
+
+function trackWrite(w) {
+  const list = $('writes');
+  let li = app.writes.get(w.writeId);
+  if (!li) {
+    li = h('li', { 'data-write': w.writeId });
+    app.writes.set(w.writeId, li);
+    list.prepend(li);
+    while (list.children.length > MAX_WRITES) {
+      const last = list.lastElementChild;
+      app.writes.delete(Number(last.dataset.write));
+      last.remove();
+    }
+  }
+  li.dataset.status = w.status;
+  const err = w.error;
+  li.replaceChildren(...h('div', {},
+    h('span', { class: `tag w-${w.status}` }, w.status),
+    h('span', { class: 'muted' }, ` #${w.writeId} `),
+    describeOps(w),
+    w.after.length ? h('span', { class: 'muted' }, ` after ${w.after.join(', ')}`) : null,
+    !w.optimistic ? h('span', { class: 'muted' }, ' (not optimistic)') : null,
+    w.result ? h('span', { class: 'muted' }, ` → seq ${w.result.seq}${w.result.duplicate ? ' (duplicate)' : ''}`) : null,
+    err ? h('div', { class: 'refusal' }, h('code', {}, `${err.code} ${err.reason}`), ` ${err.message}`) : null,
+  ).childNodes);
+  if (w.status === 'refused') notice('refused', `${err.code} ${err.reason}`, `write #${w.writeId} (${describeOps(w)}) was refused: ${err.message}`);
+}
+
+function notice(kind, title, message) {
+  const box = $('notices');
+  const el = h('div', { class: `notice ${kind}`, role: 'alert' },
+    h('strong', { class: 'code' }, title), ' ', h('span', {}, message),
+    h('button', { class: 'link', type: 'button', title: 'dismiss', onclick: () => el.remove() }, '×'));
+  box.prepend(el);
+  while (box.children.length > 4) box.lastElementChild.remove();
+  setTimeout(() => el.remove(), 15_000);
+}
+
+// ---- frames ----------------------------------------------------------------
+
+function addFrame({ dir, text }) {
+  if ($('frame-pause').checked) return;
+  let type = '?';
+  let summary = '';
+  try {
+    const msg = JSON.parse(text);
+    type = msg.type;
+    summary = frameSummary(msg);
+  } catch {
+    summary = text.slice(0, 80);
+  }
+  // Keep the log's memory bounded: a whole state can be large.
+  const kept = text.length > MAX_FRAME_TEXT ? `${text.slice(0, MAX_FRAME_TEXT)}\n… (${text.length} characters in all)` : text;
+  const frame = { dir, text: kept, type, summary, at: new Date() };
+  app.frames.push(frame);
+  if (app.frames.length > MAX_FRAMES) app.frames.shift();
+  const li = frameItem(frame);
+  const list = $('frames');
+  list.append(li);
+  while (list.children.length > MAX_FRAMES) list.firstElementChild.remove();
+  if (list.scrollHeight - list.scrollTop - list.clientHeight < 80) list.scrollTop = list.scrollHeight;
+}
+
+function frameSummary(m) {
+  switch (m.type) {
+    case 'state':
+      return `${m.context} seq ${m.seq}${m.incremental ? ' incremental' : ''} · ${m.instances?.length ?? 0} rows`;
+    case 'delta':
+      return `${m.context} seq ${m.seq} (prev ${m.prev})${m.writeId != null ? ` writeId ${m.writeId}` : ''} · ${(m.changes ?? []).map((c) => `${c.op} ${c._type}#${c.id}`).join(', ')}`;
+    case 'write':
+      return `#${m.writeId} ${m.operation} ${m.instanceType ?? ''}${m.instanceId != null ? `#${m.instanceId}` : ''}`;
+    case 'writeResponse':
+      return `#${m.writeId} ${m.success ? `ok seq ${m.seq}` : `${m.error?.code} ${m.error?.reason}`}`;
+    case 'subscribe':
+      return `${m.channel}/${m.anchorId}${m.since != null ? ` since ${m.since}` : ''}`;
+    case 'welcome':
+      return `user ${m.user?.id} · epoch ${String(m.epoch).slice(0, 8)}…`;
+    case 'hello':
+      return `clientId ${String(m.clientId).slice(0, 8)}…${m.pending?.length ? ` pending ${m.pending.join(',')}` : ''}`;
+    case 'error':
+      return `${m.code} ${m.reason} ${m.message ?? ''}`;
+    default:
+      return '';
+  }
+}
+
+function frameItem(f) {
+  const filter = $('frame-filter').value.trim().toLowerCase();
+  const li = h('li', { class: `frame ${f.dir}`, 'data-type': f.type, hidden: filter && !f.text.toLowerCase().includes(filter) },
+    h('span', { class: 'dir', title: f.dir === 'in' ? 'from the server' : 'to the server' }, f.dir === 'in' ? '←' : '→'),
+    h('span', { class: 'time' }, f.at.toTimeString().slice(0, 8)),
+    h('span', { class: 'ftype' }, f.type),
+    h('span', { class: 'summary' }, f.summary));
+  li.addEventListener('click', () => {
+    const pre = li.querySelector('pre');
+    if (pre) return pre.remove();
+    let pretty = f.text;
+    try {
+      pretty = JSON.stringify(JSON.parse(f.text), null, 2);
+    } catch {
+      // not JSON: show as is
+    }
+    li.append(h('pre', {}, pretty));
+  });
+  return li;
+}
+
+function refilterFrames() {
+  const filter = $('frame-filter').value.trim().toLowerCase();
+  const items = $('frames').children;
+  app.frames.slice(-items.length).forEach((f, i) => {
+    items[i].hidden = Boolean(filter) && !f.text.toLowerCase().includes(filter);
+  });
+}
+
+// ---- wiring ----------------------------------------------------------------
+
+$('signin').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const token = $('token').value.trim();
+  if (!token) return;
+  const url = new URL(location.href);
+  url.searchParams.set('token', token);
+  history.replaceState(null, '', url);
+  if (await signIn(token)) open($('channel').value, Number($('anchor').value));
+});
+
+$('picker').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const anchor = Number($('anchor').value);
+  if (!Number.isSafeInteger(anchor) || anchor < 1) return notice('error', 'bad anchor', 'the anchor is a row id: a whole number from 1');
+  open($('channel').value, anchor);
+});
+
+$('frame-filter').addEventListener('input', refilterFrames);
+$('clear-frames').addEventListener('click', () => {
+  app.frames = [];
+  $('frames').replaceChildren();
+});
+$('clear-writes').addEventListener('click', () => {
+  app.writes.clear();
+  $('writes').replaceChildren();
+});
+
+// `?token=alice&channel=job&anchor=1` signs in and opens the context at once.
+const params = new URLSearchParams(location.search);
+if (params.get('anchor')) $('anchor').value = params.get('anchor');
+if (params.get('token')) {
+  $('token').value = params.get('token');
+  signIn(params.get('token')).then((ok) => {
+    if (!ok) return;
+    if (params.get('channel')) $('channel').value = params.get('channel');
+    open($('channel').value, Number($('anchor').value));
+  });
+}

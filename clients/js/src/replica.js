@@ -1,0 +1,1122 @@
+// The optimistic layer of the Statecast client as a plain data structure.
+// Server messages go in (`connected`, `receive`), frames to send come out
+// (the `send` hook), time comes from the `now` hook: no sockets and no timers,
+// so the client drives it and the unit tests drive it directly.
+
+/** 2^52: the smallest client-minted id. */
+export const MINTED_MIN = 2 ** 52;
+/** 2^53: one past the largest client-minted id. */
+export const MINTED_END = 2 ** 53;
+
+/** Server reasons that mean "nothing certain happened yet": the write stays pending and is sent again. */
+const RETRYABLE = new Set(['OUTCOME_UNKNOWN', 'UNAVAILABLE', 'RATE_LIMITED']);
+
+/** View row → the canonical (or replayed) row it was made from, to reuse it while that row is unchanged. */
+const SOURCE = new WeakMap();
+
+/** A refused or failed write (or subscription): `code` and `reason` as on the wire. */
+export class StatecastError extends Error {
+  constructor(code, reason, message, extra = {}) {
+    super(message || reason);
+    this.name = 'StatecastError';
+    this.code = code;
+    this.reason = reason;
+    for (const k of ['field', 'op', 'writeId', 'context']) {
+      if (extra[k] !== undefined && extra[k] !== null) this[k] = extra[k];
+    }
+  }
+
+  /** From a wire error `{code, reason, message, field?, op?}`. */
+  static from(wire, extra = {}) {
+    const e = wire ?? {};
+    return new StatecastError(e.code ?? 500, e.reason ?? 'INTERNAL', e.message ?? '', {
+      field: e.field,
+      op: e.op,
+      ...extra,
+    });
+  }
+}
+
+/** A fresh random 128-bit client id as 32 hex digits. */
+export function newClientId() {
+  const bytes = new Uint8Array(16);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** A random client-minted id in [2^52, 2^53). */
+export function mintId() {
+  const words = new Uint32Array(2);
+  globalThis.crypto.getRandomValues(words);
+  return MINTED_MIN + (words[0] & 0xfffff) * 2 ** 32 + words[1];
+}
+
+/** The map key of a row: `"Task:4"`. */
+export const rowKey = (type, id) => `${type}:${id}`;
+
+/** A promise with its resolve and reject. */
+export function deferred() {
+  let resolve;
+  let reject;
+  const promise = new Promise((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+function saveOp(type, id, data, options = {}) {
+  const op = { operation: 'save', instanceType: type, instanceId: id, data: { ...data } };
+  if (options.ifVersion != null) op.ifVersion = options.ifVersion;
+  return op;
+}
+
+function deleteOp(type, id, options = {}) {
+  const op = { operation: 'delete', instanceType: type, instanceId: id };
+  if (options.ifVersion != null) op.ifVersion = options.ifVersion;
+  return op;
+}
+
+function shallowEqual(a, b) {
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  for (const k of ka) {
+    if (!Object.is(a[k], b[k]) && JSON.stringify(a[k]) !== JSON.stringify(b[k])) return false;
+  }
+  return true;
+}
+
+function emit(listeners, event) {
+  for (const fn of [...listeners]) {
+    try {
+      fn(event);
+    } catch (e) {
+      // A listener's bug must not break the client's state; report it and go on.
+      queueMicrotask(() => {
+        throw e;
+      });
+    }
+  }
+}
+
+/**
+ * One subscribed context: its canonical rows (from `state` and `delta`) and
+ * its view (canonical with the client's pending writes replayed on top).
+ */
+export class Context {
+  constructor(replica, channel, anchorId) {
+    this.replica = replica;
+    this.name = `${channel}/${anchorId}`;
+    this.channel = channel;
+    this.anchorId = anchorId;
+    /** 'loading' (waiting for a state), 'ready' or 'closed'. */
+    this.status = 'loading';
+    /** Why it closed: an `unsubscribed` reason, or the subscribe error. */
+    this.closeReason = null;
+    this.epoch = null;
+    /** The seq of the last state or delta applied; null before the first state. */
+    this.seq = null;
+    /** Canonical rows in the server's order, by `rowKey`. */
+    this.canonical = new Map();
+    this.view = new Map(); // by `rowKey(type, key)`, in order
+    this.list = []; // the view's rows as an array; null until read again after a change
+    this.listeners = new Set();
+    this.partial = null; // the parts of a multi-part state so far
+    this.deltaParts = null; // the parts of a multi-part delta so far
+    const ready = deferred();
+    ready.promise.catch(() => {}); // rejected only when the subscription fails; callers may not await it
+    this.readyDeferred = ready;
+    /** Resolves with the context at its first state; rejects if the subscription fails. */
+    this.ready = ready.promise;
+  }
+
+  /** The rows of the view in order (of one type, if given). */
+  rows(type) {
+    this.list ??= [...this.view.values()];
+    return type === undefined ? this.list : this.list.filter((r) => r._type === type);
+  }
+
+  /** The view row with this id or key (a temp id keeps finding its row after the swap). */
+  get(type, id) {
+    const real = this.replica.resolve(type, id);
+    const key = real < 0 ? real : (this.replica.keyMap.get(rowKey(type, real)) ?? real);
+    return this.view.get(rowKey(type, key)) ?? this.view.get(rowKey(type, id));
+  }
+
+  /** Does a pending write touch this row? */
+  isPending(type, id) {
+    return this.get(type, id)?._pending === true;
+  }
+
+  /** The anchor row of the view, if present. */
+  anchor() {
+    return this.get(this.anchorType(), this.anchorId);
+  }
+
+  anchorType() {
+    return this.replica.channelInfo(this.channel)?.anchor;
+  }
+
+  /**
+   * The view as a tree: `{row, children: {relation: [node…]}}` from the
+   * anchor down, children in relation order (a declared `orderBy` field,
+   * else creation order; new creates at the end).
+   */
+  tree() {
+    const anchor = this.anchor();
+    if (!anchor) return null;
+    const edges = this.replica.edges(this.channel);
+    const kids = new Map(); // "Parent:id/relation" → rows
+    for (const row of this.rows()) {
+      for (const e of edges) {
+        if (e.child !== row._type || row[e.field] == null) continue;
+        const k = `${rowKey(e.parent, row[e.field])}/${e.relation}`;
+        if (!kids.has(k)) kids.set(k, []);
+        kids.get(k).push(row);
+      }
+    }
+    const build = (row, seen) => {
+      const children = {};
+      for (const e of edges) {
+        if (e.parent !== row._type) continue;
+        let list = kids.get(`${rowKey(row._type, row.id)}/${e.relation}`) ?? [];
+        if (e.orderBy) list = [...list].sort((a, b) => compare(a[e.orderBy], b[e.orderBy]));
+        children[e.relation] = list.filter((c) => !seen.has(c)).map((c) => build(c, new Set(seen).add(c)));
+      }
+      return { row, children };
+    };
+    return build(anchor, new Set([anchor]));
+  }
+
+  /** Calls `fn(event)` after every change of this view; returns a function that stops it. */
+  onChange(fn) {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  /** Saves `data` (only the fields being changed) to the row `type`/`id`. */
+  save(type, id, data, options = {}) {
+    return this.replica.write(this.name, 'save', [saveOp(type, id, data, options)], options);
+  }
+
+  /**
+   * Creates a row of `type`. The parent comes from `options.parent`
+   * (`{type, id}` or `[type, id]`) and `options.relation`, else from a tree
+   * field in `data` (`{job: 1}`), else the anchor. The handle's `id` is the
+   * new row's id at once: client-minted unless `options.tempId` (or the
+   * client's `ids: 'temp'`) asks for a negative temp id.
+   */
+  create(type, data = {}, options = {}) {
+    const { op, id } = this.replica.createOp(this, type, data, options);
+    const handle = this.replica.write(this.name, 'create', [op], options);
+    handle.id = id;
+    return handle;
+  }
+
+  /** Deletes the row `type`/`id` (and, on the server, what cascades from it). */
+  delete(type, id, options = {}) {
+    return this.replica.write(this.name, 'delete', [deleteOp(type, id, options)], options);
+  }
+
+  /**
+   * One all-or-nothing write of several ops: `build(b)` calls `b.save`,
+   * `b.create` (returns the new id) and `b.delete`. The handle's `ids` lists
+   * the ids of the creates.
+   */
+  batch(build, options = {}) {
+    const ops = [];
+    const ids = [];
+    const b = {
+      save: (type, id, data, o) => {
+        ops.push(saveOp(type, id, data, o));
+      },
+      create: (type, data = {}, o = {}) => {
+        const { op, id } = this.replica.createOp(this, type, data, o);
+        ops.push(op);
+        ids.push(id);
+        return id;
+      },
+      delete: (type, id, o) => {
+        ops.push(deleteOp(type, id, o));
+      },
+    };
+    build(b);
+    if (ops.length === 0) throw new TypeError('a batch needs at least one op');
+    const handle = this.replica.write(this.name, 'batch', ops, options);
+    handle.ids = ids;
+    return handle;
+  }
+
+  /** Stops the subscription; its unsent writes fail with CONTEXT_CLOSED. */
+  close() {
+    this.replica.unsubscribe(this.name);
+  }
+}
+
+function compare(a, b) {
+  if (a === b) return 0;
+  if (a === null || a === undefined) return -1;
+  if (b === null || b === undefined) return 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/**
+ * The rows of a context as the pending writes leave them: the canonical map
+ * (never changed here) plus the rows the writes change, add and remove. Rows
+ * keep their canonical position; new rows follow in the order they were added.
+ */
+class Overlay {
+  constructor(canonical) {
+    this.canonical = canonical;
+    this.changed = new Map(); // key → row, or null when removed
+    this.appended = []; // keys of rows not in canonical, in order
+    this.children = null; // "Type:field:parentId" → child keys, built on the first need
+  }
+
+  get(k) {
+    return this.changed.has(k) ? (this.changed.get(k) ?? undefined) : this.canonical.get(k);
+  }
+
+  has(k) {
+    return this.get(k) !== undefined;
+  }
+
+  set(k, row) {
+    if (!this.canonical.has(k) && !this.changed.has(k)) this.appended.push(k);
+    else if (!this.canonical.has(k) && this.changed.get(k) === null) {
+      this.appended = this.appended.filter((a) => a !== k); // removed, then added again: at the end
+      this.appended.push(k);
+    }
+    this.changed.set(k, row);
+    this.children = null;
+  }
+
+  delete(k) {
+    if (this.has(k)) this.changed.set(k, null);
+  }
+
+  /** The keys of the present rows that point at `parentId` through edge `e`. */
+  childrenOf(e, parentId) {
+    if (!this.children) {
+      this.children = new Map();
+      for (const [k, r] of this.entries()) {
+        for (const [field, v] of Object.entries(r)) {
+          if (typeof v !== 'number') continue;
+          const ck = `${r._type}:${field}:${v}`;
+          if (!this.children.has(ck)) this.children.set(ck, []);
+          this.children.get(ck).push(k);
+        }
+      }
+    }
+    return (this.children.get(`${e.child}:${e.field}:${parentId}`) ?? []).filter((k) => this.has(k));
+  }
+
+  *entries() {
+    for (const [k, r] of this.canonical) {
+      const row = this.changed.has(k) ? this.changed.get(k) : r;
+      if (row) yield [k, row];
+    }
+    for (const k of this.appended) {
+      const row = this.changed.get(k);
+      if (row) yield [k, row];
+    }
+  }
+}
+
+/**
+ * The client's whole optimistic state: every context and the one ordered
+ * queue of pending writes.
+ */
+export class Replica {
+  constructor(options = {}) {
+    this.clientId = options.clientId ?? newClientId();
+    this.ids = options.ids ?? 'minted';
+    this.writeTimeout = options.writeTimeout ?? 30_000;
+    this.now = options.now ?? (() => Date.now());
+    this.mintId = options.mintId ?? mintId;
+    this.transmit = options.send ?? (() => {});
+    this.schema = options.schema ?? null;
+    this.user = options.user ?? null;
+    this.nextWriteId = options.nextWriteId ?? 1;
+    this.nextTempId = -1;
+    this.epoch = null;
+    this.online = false;
+    /** @type {Map<string, Context>} */
+    this.contexts = new Map();
+    /** The pending writes, in the order they were made. */
+    this.queue = [];
+    this.idMap = new Map(); // "Type:tempId" → real id
+    this.keyMap = new Map(); // "Type:realId" → the row's first (temp) id
+    this.changeListeners = new Set();
+    this.writeListeners = new Set();
+    this.storage = options.storage ?? null;
+    this.savedUser = null;
+    this.storageKey = options.storageKey ?? 'statecast';
+    if (this.storage) this.restore();
+  }
+
+  // ---- schema --------------------------------------------------------------
+
+  channelInfo(channel) {
+    return this.schema?.channels?.find((c) => c.name === channel);
+  }
+
+  /** The channel's tree edges: `{parent, relation, child, field, orderBy?}`. */
+  edges(channel) {
+    return this.channelInfo(channel)?.tree ?? [];
+  }
+
+  fieldsOf(type) {
+    return this.schema?.types?.[type]?.fields ?? [];
+  }
+
+  /** The parent-child edge for a create under `parentType.relation`. */
+  edgeFor(channel, parentType, relation) {
+    const e = this.edges(channel).find((e) => e.parent === parentType && e.relation === relation);
+    if (e) return e;
+    const r = this.schema?.types?.[parentType]?.relations?.[relation];
+    return r ? { parent: r.parent, relation: r.name, child: r.child, field: r.field } : undefined;
+  }
+
+  // ---- ids -----------------------------------------------------------------
+
+  /** A temp id's real id once its create is confirmed; any other id as is. */
+  resolve(type, id) {
+    return typeof id === 'number' && id < 0 ? (this.idMap.get(rowKey(type, id)) ?? id) : id;
+  }
+
+  /** `data` with temp ids in its reference fields resolved. */
+  resolveRefs(type, data) {
+    let out = data;
+    for (const f of this.fieldsOf(type)) {
+      if (f.kind !== 'reference') continue;
+      const v = data[f.name];
+      if (typeof v === 'number' && v < 0) {
+        const real = this.resolve(f.target, v);
+        if (real !== v) out = { ...out, [f.name]: real };
+      }
+    }
+    return out;
+  }
+
+  /** The rows an op names: its target (save, delete), its parent (create), its references. */
+  refsOf(op) {
+    const refs = [];
+    if (op.operation === 'create') {
+      if (op.parentType != null && op.parentId != null) refs.push([op.parentType, op.parentId]);
+    } else if (op.instanceId != null) {
+      refs.push([op.instanceType, op.instanceId]);
+    }
+    for (const f of this.fieldsOf(op.instanceType)) {
+      const v = op.data?.[f.name];
+      if (f.kind === 'reference' && typeof v === 'number') refs.push([f.target, v]);
+    }
+    return refs;
+  }
+
+  mapCreated(created) {
+    for (const c of created ?? []) {
+      if (c.tempId == null || c.tempId === c.id) continue;
+      this.idMap.set(rowKey(c._type, c.tempId), c.id);
+      this.keyMap.set(rowKey(c._type, c.id), c.tempId);
+    }
+  }
+
+  // ---- contexts ------------------------------------------------------------
+
+  /** The context `channel/anchorId`, subscribed if it isn't yet. */
+  subscribe(channel, anchorId) {
+    const name = `${channel}/${anchorId}`;
+    let ctx = this.contexts.get(name);
+    if (ctx) return ctx;
+    ctx = new Context(this, channel, anchorId);
+    this.contexts.set(name, ctx);
+    if (this.online) this.sendSubscribe(ctx);
+    return ctx;
+  }
+
+  unsubscribe(name) {
+    const ctx = this.contexts.get(name);
+    if (!ctx) return;
+    if (this.online) this.transmit({ type: 'unsubscribe', context: name });
+    this.dropContext(ctx, 'CLIENT_REQUEST', null);
+  }
+
+  sendSubscribe(ctx) {
+    ctx.status = 'loading';
+    ctx.partial = null;
+    ctx.deltaParts = null;
+    const frame = { type: 'subscribe', channel: ctx.channel, anchorId: ctx.anchorId };
+    if (ctx.seq !== null && ctx.epoch !== null) {
+      frame.since = ctx.seq;
+      frame.epoch = ctx.epoch;
+    }
+    this.transmit(frame);
+  }
+
+  dropContext(ctx, reason, error) {
+    this.contexts.delete(ctx.name);
+    ctx.status = 'closed';
+    ctx.closeReason = reason;
+    ctx.canonical = new Map();
+    if (error) ctx.readyDeferred.reject(error);
+    else ctx.readyDeferred.reject(new StatecastError(410, 'CONTEXT_CLOSED', `${ctx.name} was closed (${reason})`));
+    // Writes already sent settle by their writeResponse; unsent ones fail now.
+    for (const w of [...this.queue]) {
+      if (w.context === ctx.name && !w.sent && !w.settled && this.queue.includes(w)) {
+        const msg = `${ctx.name} was closed (${reason}) before write ${w.writeId} was sent`;
+        this.fail(w, new StatecastError(410, 'CONTEXT_CLOSED', msg, { writeId: w.writeId, context: w.context }));
+      }
+    }
+    this.gc(); // confirmed writes waiting only for this context's state are done
+    this.refresh('closed', ctx);
+  }
+
+  // ---- the connection ------------------------------------------------------
+
+  /** The writeIds a reconnecting `hello` names in `pending`: those that may have reached the server. */
+  pendingWriteIds() {
+    return this.queue.filter((w) => !w.settled && w.everSent).map((w) => w.writeId);
+  }
+
+  /** After `welcome`: retire what it reports applied, resubscribe (with `since`), resend in order. */
+  connected(welcome) {
+    if (welcome.schema) this.schema = welcome.schema;
+    if (welcome.user) this.user = welcome.user;
+    const newEpoch = this.epoch !== null && welcome.epoch !== this.epoch;
+    this.epoch = welcome.epoch ?? this.epoch;
+    // Every context is stale until its state arrives: mark them first, so that
+    // writes confirmed below stay in the views until the states include them.
+    for (const ctx of this.contexts.values()) {
+      ctx.status = 'loading';
+      if (newEpoch) ctx.seq = null; // a new store: ask for a whole state
+    }
+    if (this.savedUser != null && welcome.user && welcome.user.id !== this.savedUser) {
+      // Restored writes were made by another user: never send them as this one.
+      for (const w of this.queue.filter((x) => x.restored && !x.settled)) {
+        const msg = `write ${w.writeId} was made by user ${this.savedUser}, not by user ${welcome.user.id}`;
+        if (this.queue.includes(w)) this.fail(w, new StatecastError(409, 'USER_CHANGED', msg, { writeId: w.writeId, context: w.context }));
+      }
+    }
+    this.savedUser = null;
+    for (const a of welcome.applied ?? []) {
+      const w = this.find(a.writeId);
+      if (w && !w.settled) this.confirm(w, { ...a, success: true, duplicate: true });
+    }
+    this.online = true; // only now: resubscribe first, then resend
+    for (const ctx of this.contexts.values()) this.sendSubscribe(ctx);
+    this.pump();
+  }
+
+  /** The connection is gone: everything unsettled will be sent again. */
+  disconnected() {
+    this.online = false;
+    for (const w of this.queue) {
+      if (!w.settled) w.sent = false;
+    }
+    for (const ctx of this.contexts.values()) {
+      ctx.partial = null;
+      ctx.deltaParts = null;
+    }
+  }
+
+  /** One message from the server (`welcome` goes to `connected`). */
+  receive(msg) {
+    switch (msg?.type) {
+      case 'state':
+        return this.onState(msg);
+      case 'delta':
+        return this.onDelta(msg);
+      case 'writeResponse':
+        return this.onWriteResponse(msg);
+      case 'unsubscribed':
+        return this.onUnsubscribed(msg);
+      case 'error':
+        return this.onError(msg);
+      default:
+        return undefined; // clients ignore message types they don't know
+    }
+  }
+
+  onState(msg) {
+    const ctx = this.contexts.get(msg.context);
+    if (!ctx) return;
+    if (msg.part != null) {
+      if (msg.part === 0 || !ctx.partial) ctx.partial = { instances: [], removed: [] };
+      ctx.partial.instances.push(...(msg.instances ?? []));
+      ctx.partial.removed.push(...(msg.removed ?? []));
+      if (!msg.last) return;
+      msg = { ...msg, instances: ctx.partial.instances, removed: ctx.partial.removed };
+      ctx.partial = null;
+    }
+    if (msg.incremental && ctx.seq !== null && msg.epoch === ctx.epoch) {
+      for (const row of msg.instances ?? []) {
+        const k = rowKey(row._type, row.id);
+        const cur = ctx.canonical.get(k);
+        if (!cur || msg.seq > cur._version) ctx.canonical.set(k, row);
+      }
+      for (const r of msg.removed ?? []) {
+        const k = rowKey(r._type, r.id);
+        const cur = ctx.canonical.get(k);
+        if (cur && msg.seq > cur._version) ctx.canonical.delete(k);
+      }
+    } else {
+      ctx.canonical = new Map((msg.instances ?? []).map((r) => [rowKey(r._type, r.id), r]));
+    }
+    ctx.seq = msg.seq;
+    ctx.epoch = msg.epoch ?? ctx.epoch;
+    ctx.status = 'ready';
+    for (const w of this.queue) {
+      if (w.response && w.response.seq <= msg.seq) w.retiredIn.add(ctx.name);
+    }
+    this.gc();
+    this.refresh('state', ctx);
+    ctx.readyDeferred.resolve(ctx);
+  }
+
+  onDelta(msg) {
+    const ctx = this.contexts.get(msg.context);
+    // While a context loads, the state on its way covers every delta sent before it.
+    if (!ctx || ctx.status !== 'ready') return;
+    if (msg.part != null) {
+      if (msg.part === 0 || !ctx.deltaParts) ctx.deltaParts = { changes: [], created: [], writeId: undefined };
+      ctx.deltaParts.changes.push(...(msg.changes ?? []));
+      ctx.deltaParts.created.push(...(msg.created ?? []));
+      ctx.deltaParts.writeId ??= msg.writeId;
+      if (!msg.last) return;
+      msg = { ...msg, ...ctx.deltaParts };
+      ctx.deltaParts = null;
+    }
+    if (msg.prev !== ctx.seq) {
+      // A gap: something was missed. Ask for what changed since the last seq applied.
+      this.sendSubscribe(ctx);
+      return;
+    }
+    for (const ch of msg.changes ?? []) this.applyChange(ctx, msg.seq, ch);
+    ctx.seq = msg.seq;
+    this.mapCreated(msg.created);
+    if (msg.writeId != null) this.find(msg.writeId)?.retiredIn.add(ctx.name);
+    this.gc();
+    this.refresh('delta', ctx);
+    if (msg.created?.length) this.pump(); // writes waiting for these temp ids can go
+  }
+
+  applyChange(ctx, seq, change) {
+    const { op, ...row } = change;
+    const k = rowKey(row._type, row.id);
+    const cur = ctx.canonical.get(k);
+    if (cur && !(seq > cur._version)) return; // already as new as this change
+    if (op === 'create') ctx.canonical.set(k, cur ? { ...cur, ...row } : row);
+    else if (op === 'update') {
+      if (cur) ctx.canonical.set(k, { ...cur, ...row });
+    } else if (op === 'delete' && cur) {
+      ctx.canonical.delete(k);
+      this.keyMap.delete(k);
+    }
+  }
+
+  onWriteResponse(msg) {
+    const w = this.find(msg.writeId);
+    if (!w || w.settled) return; // a write that timed out or was refused with its dependency
+    if (msg.success) {
+      this.confirm(w, msg);
+      return;
+    }
+    const err = msg.error ?? { code: 500, reason: 'INTERNAL', message: 'refused without an error' };
+    if (RETRYABLE.has(err.reason)) {
+      // The server does not know yet (or is busy): keep the write and send it again, same writeId.
+      w.sent = false;
+      w.attempts += 1;
+      w.retryAt = this.now() + Math.min(30_000, 250 * 2 ** w.attempts) * (0.5 + Math.random() / 2);
+      w.status = 'retrying';
+      this.emitWrite(w, StatecastError.from(err, { writeId: w.writeId, context: w.context }));
+      return;
+    }
+    this.fail(w, StatecastError.from(err, { writeId: w.writeId, context: w.context }));
+  }
+
+  onUnsubscribed(msg) {
+    const ctx = this.contexts.get(msg.context);
+    if (ctx) this.dropContext(ctx, msg.reason ?? 'UNKNOWN', null);
+  }
+
+  onError(msg) {
+    const ctx = msg.context ? this.contexts.get(msg.context) : undefined;
+    if (ctx) this.dropContext(ctx, msg.reason, StatecastError.from(msg, { context: msg.context }));
+  }
+
+  // ---- writes --------------------------------------------------------------
+
+  find(writeId) {
+    return this.queue.find((w) => w.writeId === writeId);
+  }
+
+  /** Builds a create op: its parent, relation and id. */
+  createOp(ctx, type, data, options) {
+    let parent = options.parent;
+    if (Array.isArray(parent)) parent = { type: parent[0], id: parent[1] };
+    let relation = options.relation;
+    let field;
+    const edges = this.edges(ctx.channel).filter((e) => e.child === type);
+    if (parent) {
+      const e = relation
+        ? this.edgeFor(ctx.channel, parent.type, relation)
+        : edges.find((e) => e.parent === parent.type);
+      relation ??= e?.relation;
+      field = e?.field;
+    } else {
+      const e = edges.find((e) => data[e.field] != null) ?? edges.find((e) => e.parent === ctx.anchorType());
+      if (e) {
+        parent = { type: e.parent, id: data[e.field] ?? ctx.anchorId };
+        relation ??= e.relation;
+        field = e.field;
+      }
+    }
+    if (!parent || !relation) {
+      throw new TypeError(
+        `can't tell where a ${type} goes in ${ctx.name}: pass options.parent and options.relation ` +
+          '(the schema arrives with the first welcome)',
+      );
+    }
+    let id = options.id;
+    if (id == null) id = options.tempId || (this.ids === 'temp' && options.tempId !== false) ? this.nextTempId-- : this.mintId();
+    const payload = { ...data };
+    if (field && payload[field] === parent.id) delete payload[field];
+    const op = {
+      operation: 'create',
+      instanceType: type,
+      instanceId: id,
+      parentType: parent.type,
+      parentId: parent.id,
+      relationName: relation,
+      data: payload,
+    };
+    return { op, id };
+  }
+
+  /**
+   * Queues a write, shows it in the views at once (unless `optimistic:
+   * false`), sends it when it can, and returns a promise of its outcome
+   * with `writeId` on it.
+   */
+  write(context, operation, ops, options = {}) {
+    const writeId = this.nextWriteId++;
+    const d = deferred();
+    const handle = d.promise;
+    handle.writeId = writeId;
+    const ctx = this.contexts.get(context);
+    if (!ctx) {
+      d.reject(new StatecastError(410, 'CONTEXT_CLOSED', `${context} is not subscribed`, { writeId, context }));
+      return handle;
+    }
+    const w = this.newWrite(writeId, context, operation, ops, options, d);
+    // A write that names a row an unconfirmed create makes depends on that create.
+    const own = new Set(w.creates);
+    for (const op of ops) {
+      for (const [type, id] of this.refsOf(op)) {
+        const k = rowKey(type, this.resolve(type, id));
+        if (own.has(k)) continue;
+        const dep = this.queue.find((x) => !x.settled && x.creates.includes(k));
+        if (dep && !w.after.includes(dep.writeId)) w.after.push(dep.writeId);
+      }
+    }
+    this.queue.push(w);
+    this.emitWrite(w);
+    this.refresh('write');
+    this.pump();
+    this.persist();
+    return handle;
+  }
+
+  newWrite(writeId, context, operation, ops, options, d) {
+    const timeout = options.timeout ?? this.writeTimeout;
+    return {
+      writeId,
+      context,
+      operation,
+      ops,
+      after: [],
+      optimistic: options.optimistic !== false,
+      timeout,
+      deadline: this.now() + timeout,
+      creates: ops.filter((o) => o.operation === 'create').map((o) => rowKey(o.instanceType, o.instanceId)),
+      sent: false,
+      everSent: false,
+      settled: false,
+      status: 'pending',
+      attempts: 0,
+      retryAt: 0,
+      retiredIn: new Set(),
+      response: null,
+      error: null,
+      deferred: d,
+    };
+  }
+
+  // ---- the persisted queue ---------------------------------------------------
+
+  /**
+   * Saves the client id, the writeId counter and the unanswered writes to
+   * `storage` (a `localStorage`-like object), so that they survive a reload.
+   */
+  persist() {
+    if (!this.storage) return;
+    const saved = {
+      v: 1,
+      clientId: this.clientId,
+      user: this.user?.id ?? this.savedUser ?? null,
+      nextWriteId: this.nextWriteId,
+      nextTempId: this.nextTempId,
+      idMap: [...this.idMap],
+      writes: this.queue
+        .filter((w) => !w.settled)
+        .map((w) => ({
+          writeId: w.writeId,
+          context: w.context,
+          operation: w.operation,
+          ops: w.ops,
+          after: w.after,
+          optimistic: w.optimistic,
+          everSent: w.everSent,
+        })),
+    };
+    try {
+      this.storage.setItem(this.storageKey, JSON.stringify(saved));
+    } catch {
+      // Storage full or gone: the queue still lives in memory.
+    }
+  }
+
+  /** Takes back a queue saved by `persist`: same client id, the writes pending again (their contexts subscribed). */
+  restore() {
+    let saved = null;
+    try {
+      saved = JSON.parse(this.storage.getItem(this.storageKey) ?? 'null');
+    } catch {
+      saved = null;
+    }
+    if (saved?.v !== 1 || typeof saved.clientId !== 'string') return;
+    this.clientId = saved.clientId;
+    this.savedUser = saved.user ?? null;
+    this.nextWriteId = Math.max(this.nextWriteId, saved.nextWriteId ?? 1);
+    this.nextTempId = Math.min(this.nextTempId, saved.nextTempId ?? -1);
+    for (const [k, v] of saved.idMap ?? []) this.idMap.set(k, v);
+    for (const s of saved.writes ?? []) {
+      const d = deferred();
+      d.promise.catch(() => {}); // nobody from before the reload awaits it; the `write` event tells its fate
+      const w = this.newWrite(s.writeId, s.context, s.operation, s.ops, { optimistic: s.optimistic }, d);
+      w.after = s.after ?? [];
+      w.everSent = s.everSent === true;
+      w.restored = true;
+      this.queue.push(w);
+      const slash = s.context.lastIndexOf('/');
+      this.subscribe(s.context.slice(0, slash), Number(s.context.slice(slash + 1)));
+    }
+  }
+
+  /** Does this write name a temp id whose create is not confirmed yet? (Then it waits.) */
+  held(w) {
+    const own = new Set(w.creates);
+    return w.ops.some((op) =>
+      this.refsOf(op).some(([type, id]) => {
+        const k = rowKey(type, this.resolve(type, id));
+        return id < 0 && !own.has(k) && this.queue.some((x) => !x.settled && x !== w && x.creates.includes(k));
+      }),
+    );
+  }
+
+  /** The wire frame of a write, with confirmed temp ids replaced by real ones. */
+  frameOf(w) {
+    const ops = w.ops.map((op) => {
+      const out = { ...op };
+      if (op.operation !== 'create' && op.instanceId != null) out.instanceId = this.resolve(op.instanceType, op.instanceId);
+      if (op.parentId != null) out.parentId = this.resolve(op.parentType, op.parentId);
+      if (op.data) out.data = this.resolveRefs(op.instanceType, op.data);
+      return out;
+    });
+    const frame = { type: 'write', writeId: w.writeId, context: w.context };
+    if (w.operation === 'batch') Object.assign(frame, { operation: 'batch', ops });
+    else Object.assign(frame, ops[0]);
+    if (w.after.length) frame.after = [...w.after];
+    return frame;
+  }
+
+  /** Sends the unsent writes in order, stopping at the first that must wait. */
+  pump() {
+    if (!this.online) return;
+    const now = this.now();
+    for (const w of this.queue) {
+      if (w.settled || w.sent) continue;
+      if (w.retryAt > now || this.held(w)) break;
+      w.sent = true;
+      w.everSent = true;
+      w.status = 'sent';
+      this.transmit(this.frameOf(w));
+      this.emitWrite(w);
+      if (!w.everSentSaved) {
+        w.everSentSaved = true;
+        this.persist();
+      }
+    }
+  }
+
+  /** Time passes: writes past their deadline fail with TIMEOUT; retries that are due go out. */
+  tick() {
+    const now = this.now();
+    for (const w of [...this.queue]) {
+      if (!w.settled && w.deadline <= now && this.queue.includes(w)) {
+        const fate = w.everSent ? 'it may still be applied' : 'it was never sent';
+        const msg = `write ${w.writeId} got no answer within ${w.timeout} ms; ${fate}`;
+        this.fail(w, new StatecastError(408, 'TIMEOUT', msg, { writeId: w.writeId, context: w.context }));
+      }
+    }
+    this.pump();
+  }
+
+  confirm(w, msg) {
+    w.settled = true;
+    w.status = 'confirmed';
+    this.mapCreated(msg.created);
+    const created = msg.created ?? [];
+    w.response = {
+      writeId: w.writeId,
+      seq: msg.seq,
+      created,
+      duplicate: msg.duplicate === true,
+    };
+    const single = w.operation === 'create' ? (msg.instanceId ?? created[0]?.id) : undefined;
+    if (single !== undefined) w.response.id = single;
+    // Every live context has received all deltas up to this seq (they come before the answer).
+    for (const ctx of this.contexts.values()) {
+      if (ctx.status === 'ready' || (ctx.seq !== null && ctx.seq >= msg.seq)) w.retiredIn.add(ctx.name);
+    }
+    this.gc();
+    this.refresh('confirm');
+    this.emitWrite(w);
+    w.deferred.resolve(w.response);
+    this.persist();
+    this.pump();
+  }
+
+  /** Drops a write (and every write that depends on it) and rejects their promises. */
+  fail(w, error) {
+    const failed = new Map([[w.writeId, error]]);
+    for (const x of this.queue) {
+      if (x === w || x.settled) continue;
+      const dep = x.after.find((a) => failed.has(a));
+      if (dep !== undefined) {
+        const why = failed.get(dep);
+        const msg = `write ${x.writeId} depends on write ${dep}, which failed (${why.code} ${why.reason})`;
+        failed.set(x.writeId, new StatecastError(400, 'DEPENDENCY_FAILED', msg, { writeId: x.writeId, context: x.context }));
+      }
+    }
+    const dropped = this.queue.filter((x) => failed.has(x.writeId));
+    this.queue = this.queue.filter((x) => !failed.has(x.writeId));
+    this.refresh('reject');
+    for (const x of dropped) {
+      x.settled = true;
+      x.status = 'refused';
+      x.error = failed.get(x.writeId);
+      this.emitWrite(x);
+      x.deferred.reject(x.error);
+    }
+    this.persist();
+    this.pump();
+  }
+
+  /** Fails every unsettled write (the client was closed, or authentication failed for good). */
+  failAll(error) {
+    for (const w of [...this.queue]) {
+      if (!w.settled && this.queue.includes(w)) {
+        this.fail(w, new StatecastError(error.code, error.reason, error.message, { writeId: w.writeId, context: w.context }));
+      }
+    }
+  }
+
+  /** Forgets confirmed writes that every open context has retired. */
+  gc() {
+    const open = [...this.contexts.values()];
+    this.queue = this.queue.filter((w) => !(w.settled && open.every((c) => w.retiredIn.has(c.name))));
+  }
+
+  /** A plain description of a write, for events and tools. */
+  describe(w) {
+    const out = {
+      writeId: w.writeId,
+      context: w.context,
+      operation: w.operation,
+      ops: w.ops,
+      after: w.after,
+      optimistic: w.optimistic,
+      status: w.status,
+    };
+    if (w.response) out.result = w.response;
+    if (w.error) out.error = w.error;
+    return out;
+  }
+
+  /** The writes not answered yet, in order. */
+  pendingWrites() {
+    return this.queue.filter((w) => !w.settled).map((w) => this.describe(w));
+  }
+
+  emitWrite(w, error) {
+    const event = this.describe(w);
+    if (error) event.error = error;
+    emit(this.writeListeners, event);
+  }
+
+  onChange(fn) {
+    this.changeListeners.add(fn);
+    return () => this.changeListeners.delete(fn);
+  }
+
+  onWrite(fn) {
+    this.writeListeners.add(fn);
+    return () => this.writeListeners.delete(fn);
+  }
+
+  // ---- views ---------------------------------------------------------------
+
+  /** Recomputes the views (of one context, or all) and tells listeners what changed. */
+  refresh(cause, only) {
+    const targets = only ? [only] : [...this.contexts.values()];
+    for (const ctx of targets) {
+      const event = this.recompute(ctx, cause);
+      if (event) {
+        emit(ctx.listeners, event);
+        emit(this.changeListeners, event);
+      }
+    }
+  }
+
+  recompute(ctx, cause) {
+    // The pending writes' effects, as an overlay on the canonical rows (which stay untouched).
+    const rows = new Overlay(ctx.canonical);
+    const touched = new Set();
+    if (ctx.status !== 'closed') {
+      for (const w of this.queue) {
+        if (!w.optimistic || w.retiredIn.has(ctx.name)) continue;
+        for (const op of w.ops) this.replay(ctx, rows, touched, op);
+      }
+    }
+    const before = ctx.view;
+    const view = new Map();
+    const added = [];
+    const updated = [];
+    const keyed = this.keyMap.size > 0;
+    const visit = (k, r) => {
+      const key = r.id < 0 ? r.id : keyed ? (this.keyMap.get(k) ?? r.id) : r.id;
+      const vk = key === r.id ? k : rowKey(r._type, key);
+      const pending = touched.has(k);
+      const prev = before.get(vk);
+      let v;
+      if (prev !== undefined && !pending && !prev._pending && SOURCE.get(prev) === r) {
+        v = prev; // the same canonical row, untouched: nothing to compare
+      } else {
+        v = { ...r, _key: key, _pending: pending };
+        if (prev !== undefined && shallowEqual(prev, v)) {
+          v = prev;
+          SOURCE.set(prev, r); // equal to a new canonical row: compare no more while it stays
+        } else {
+          Object.freeze(v);
+          SOURCE.set(v, r);
+        }
+      }
+      if (prev === undefined) added.push(v);
+      else if (prev !== v) updated.push(v);
+      view.set(vk, v);
+    };
+    if (rows.changed.size === 0) for (const [k, r] of ctx.canonical) visit(k, r);
+    else for (const [k, r] of rows.entries()) visit(k, r);
+    const removed = [];
+    if (before.size !== view.size - added.length) {
+      for (const [vk, v] of before) if (!view.has(vk)) removed.push(v);
+    }
+    ctx.view = view;
+    ctx.list = null; // rebuilt on the next read
+    if (added.length + updated.length + removed.length === 0 && cause !== 'state') return null;
+    return { context: ctx.name, cause, added, updated, removed };
+  }
+
+  /** Replays one op of a pending write over a context's rows. */
+  replay(ctx, rows, touched, op) {
+    const type = op.instanceType;
+    if (op.operation === 'save') {
+      const k = rowKey(type, this.resolve(type, op.instanceId));
+      const data = this.resolveRefs(type, op.data ?? {});
+      const cur = rows.get(k);
+      if (!cur) {
+        // A save that points the row at a parent in this context moves it in.
+        const into = this.edges(ctx.channel).some(
+          (e) => e.child === type && data[e.field] != null && rows.has(rowKey(e.parent, data[e.field])),
+        );
+        const base = into ? this.canonicalRow(k) : undefined;
+        if (base) {
+          rows.set(k, { ...base, ...data });
+          touched.add(k);
+        }
+        return;
+      }
+      rows.set(k, { ...cur, ...data });
+      touched.add(k);
+      // A save that points the row at a parent outside this context moves it out.
+      const out = this.edges(ctx.channel).some(
+        (e) => e.child === type && e.field in data && !(data[e.field] != null && rows.has(rowKey(e.parent, data[e.field]))),
+      );
+      if (out && !(type === this.channelInfo(ctx.channel)?.anchor && cur.id === ctx.anchorId)) {
+        this.removeSubtree(ctx, rows, k);
+      }
+    } else if (op.operation === 'create') {
+      const parentId = this.resolve(op.parentType, op.parentId);
+      if (!rows.has(rowKey(op.parentType, parentId))) return; // the parent is gone: hidden
+      const id = this.resolve(type, op.instanceId);
+      const k = rowKey(type, id);
+      if (rows.has(k)) {
+        touched.add(k); // already canonical (the state got here before the answer)
+        return;
+      }
+      const row = { _type: type, id, _version: 0, ...this.defaults(type), ...this.resolveRefs(type, op.data ?? {}) };
+      const edge = this.edgeFor(ctx.channel, op.parentType, op.relationName);
+      if (edge) row[edge.field] = parentId;
+      rows.set(k, row);
+      touched.add(k);
+    } else if (op.operation === 'delete') {
+      const k = rowKey(type, this.resolve(type, op.instanceId));
+      if (rows.has(k)) this.removeSubtree(ctx, rows, k);
+    }
+  }
+
+  /** Removes a row and what hangs under it in the channel's tree. */
+  removeSubtree(ctx, rows, k) {
+    const row = rows.get(k);
+    if (!row) return;
+    rows.delete(k);
+    for (const e of this.edges(ctx.channel)) {
+      if (e.parent !== row._type) continue;
+      for (const ck of rows.childrenOf(e, row.id)) this.removeSubtree(ctx, rows, ck);
+    }
+  }
+
+  /** The newest canonical copy of a row held by any context. */
+  canonicalRow(k) {
+    let best;
+    for (const ctx of this.contexts.values()) {
+      const r = ctx.canonical.get(k);
+      if (r && (!best || r._version > best._version)) best = r;
+    }
+    return best;
+  }
+
+  /** The values a create shows before the server answers: defaults, nulls and server-set values. */
+  defaults(type) {
+    const out = {};
+    for (const f of this.fieldsOf(type)) {
+      if (f.serverValue === 'userId') out[f.name] = this.user?.id ?? null;
+      else if (f.serverValue === 'now') out[f.name] = new Date(this.now()).toISOString();
+      else if (f.default !== undefined) out[f.name] = f.default;
+      else if (f.nullable) out[f.name] = null;
+    }
+    return out;
+  }
+}

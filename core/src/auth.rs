@@ -1,0 +1,182 @@
+//! Authentication: a token becomes a [`User`]. Built in: static dev tokens
+//! (demo and development only) and HMAC-signed JWTs (HS256) for real use.
+
+use crate::ids::Id;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// An authenticated user.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: Id,
+    pub name: String,
+    /// Every claim of the token, for policies that need more than the id.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub claims: serde_json::Value,
+    /// When the token stops being valid (Unix seconds), if it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl User {
+    pub fn new(id: Id, name: impl Into<String>) -> Self {
+        Self { id, name: name.into(), claims: serde_json::Value::Null, expires_at: None }
+    }
+
+    /// Time left before the token expires (zero when already expired).
+    pub fn time_left(&self) -> Option<Duration> {
+        let exp = UNIX_EPOCH + Duration::from_secs(self.expires_at?);
+        Some(exp.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("unknown or invalid token")]
+    Invalid,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid: {0}")]
+    Malformed(String),
+}
+
+/// Turns a token into a user.
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    async fn authenticate(&self, token: &str) -> Result<User, AuthError>;
+}
+
+/// Static tokens, each naming a user. For the demo and development only.
+#[derive(Debug, Default, Clone)]
+pub struct DevTokens {
+    users: HashMap<String, User>,
+}
+
+impl DevTokens {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Accepts `token` as `user`.
+    pub fn with(mut self, token: &str, user: User) -> Self {
+        self.users.insert(token.to_owned(), user);
+        self
+    }
+
+    pub fn tokens(&self) -> impl Iterator<Item = (&str, &User)> {
+        self.users.iter().map(|(t, u)| (t.as_str(), u))
+    }
+}
+
+#[async_trait]
+impl Authenticator for DevTokens {
+    async fn authenticate(&self, token: &str) -> Result<User, AuthError> {
+        self.users.get(token).cloned().ok_or(AuthError::Invalid)
+    }
+}
+
+/// JWTs signed with HMAC-SHA256. The `sub` claim is the user id (a number or a
+/// numeric string); `name` is optional; `exp` is required.
+pub struct JwtHs256 {
+    key: jsonwebtoken::DecodingKey,
+    encoding: jsonwebtoken::EncodingKey,
+    validation: jsonwebtoken::Validation,
+}
+
+impl std::fmt::Debug for JwtHs256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtHs256 { .. }")
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: serde_json::Value,
+    #[serde(default)]
+    name: Option<String>,
+    exp: u64,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+impl JwtHs256 {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp"]);
+        Self {
+            key: jsonwebtoken::DecodingKey::from_secret(secret),
+            encoding: jsonwebtoken::EncodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Signs a token for `user_id` valid for `ttl` (for tools and tests).
+    pub fn issue(&self, user_id: Id, name: &str, ttl: Duration) -> Result<String, AuthError> {
+        let exp = (SystemTime::now() + ttl).duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let claims =
+            Claims { sub: user_id.to_string().into(), name: Some(name.to_owned()), exp, rest: Default::default() };
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AuthError::Malformed(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl Authenticator for JwtHs256 {
+    async fn authenticate(&self, token: &str) -> Result<User, AuthError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidSignature | ErrorKind::InvalidToken | ErrorKind::InvalidAlgorithm => AuthError::Invalid,
+            _ => AuthError::Malformed(e.to_string()),
+        })?;
+        let c = data.claims;
+        let id = match &c.sub {
+            serde_json::Value::Number(n) => n.as_i64(),
+            serde_json::Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| AuthError::Malformed("`sub` must be a numeric user id".into()))?;
+        let mut claims = c.rest;
+        claims.insert("sub".into(), c.sub.clone());
+        Ok(User {
+            id,
+            name: c.name.unwrap_or_else(|| id.to_string()),
+            claims: serde_json::Value::Object(claims),
+            expires_at: Some(c.exp),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jwt_round_trip_and_refusals() {
+        let auth = JwtHs256::new(b"secret");
+        let token = auth.issue(7, "gina", Duration::from_secs(60)).expect("issue");
+        let user = auth.authenticate(&token).await.expect("valid");
+        assert_eq!((user.id, user.name.as_str()), (7, "gina"));
+        assert!(user.expires_at.is_some());
+
+        let other = JwtHs256::new(b"other");
+        assert_eq!(other.authenticate(&token).await, Err(AuthError::Invalid));
+        assert!(auth.authenticate("garbage").await.is_err());
+        let expired = JwtHs256::new(b"secret");
+        let claims = Claims { sub: 7.into(), name: None, exp: 1, rest: Default::default() };
+        let old = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &expired.encoding).expect("encode");
+        assert_eq!(auth.authenticate(&old).await, Err(AuthError::Expired));
+    }
+
+    #[tokio::test]
+    async fn dev_tokens_name_users() {
+        let dev = DevTokens::new().with("alice", User::new(1, "alice"));
+        assert_eq!(dev.authenticate("alice").await.map(|u| u.id), Ok(1));
+        assert_eq!(dev.authenticate("mallory").await, Err(AuthError::Invalid));
+    }
+}

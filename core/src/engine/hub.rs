@@ -1,0 +1,1337 @@
+//! The broadcast hub: one task that receives commits in seq order, waits
+//! until they are durable, routes each change to the live contexts holding
+//! the row (membership follows the data), encodes each delta once per codec
+//! and shares the bytes, then answers the writer. It also owns subscriptions:
+//! a context is loaded once, kept in memory while subscribed, and its state
+//! is served from that cache.
+
+use super::load::load_context;
+use super::metrics::Metrics;
+use super::streams::{EventTail, PendingSub, StreamRegistry, StreamSub, SubId};
+use crate::channel::Channel;
+use crate::error::{ErrorReason, WireError};
+use crate::ids::{Id, Seq};
+use crate::protocol::Codec;
+use crate::protocol::v1::{
+    ChangeOp, Delta, DeltaChange, ErrorMessage, Goaway, Removed, Rid, ServerMessage, State, Subscribed,
+    UnsubscribeReason, Unsubscribed, WriteResponse,
+};
+use crate::row::{Fields, Row, RowKey};
+use crate::schema::Schema;
+use crate::store::{Change, Committed, LogEntry, LogRead, Store};
+use crate::stream::CompiledFilters;
+use crate::transport::{Frame, Outbox, SendError, close_code};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) type ConnId = u64;
+/// The contexts a session holds; shared so the hub can drop one (anchor
+/// deleted, slow consumer) and the session sees it at once.
+pub(crate) type SharedSubs = Arc<parking_lot::Mutex<HashSet<String>>>;
+
+/// Where a write's answer goes.
+pub(crate) enum ReplyTarget {
+    Conn(ConnId),
+    Oneshot(oneshot::Sender<Result<WriteResponse, WireError>>),
+}
+
+/// The writer of a commit, answered after the commit's deltas.
+pub(crate) struct WriterTag {
+    pub target: ReplyTarget,
+    pub write_id: i64,
+    pub rid: Rid,
+    pub single_create: bool,
+    pub in_flight: Option<Arc<AtomicUsize>>,
+}
+
+pub(crate) enum HubMsg {
+    /// The contexts each connection of a user holds.
+    HeldBy {
+        user: Id,
+        reply: oneshot::Sender<Vec<(ConnId, Vec<String>)>>,
+    },
+    /// A subscription the user may no longer hold.
+    Revoke {
+        conn: ConnId,
+        context: String,
+    },
+    Connect {
+        conn: ConnId,
+        user: Id,
+        outbox: Outbox,
+        codec: Codec,
+        subs: SharedSubs,
+    },
+    Disconnect {
+        conn: ConnId,
+    },
+    Commit {
+        committed: Committed,
+        writer: Option<WriterTag>,
+        started: Instant,
+    },
+    Subscribe(SubscribeRequest),
+    Loaded {
+        context: String,
+        result: Result<Vec<Row>, WireError>,
+    },
+    Unsubscribe {
+        conn: ConnId,
+        context: String,
+        rid: Rid,
+    },
+    /// An answer that must not overtake the answers to earlier writes.
+    Reply {
+        conn: ConnId,
+        msg: Box<ServerMessage>,
+    },
+    Goaway,
+    Barrier(oneshot::Sender<()>),
+    /// A checked stream subscribe (policy and filters already decided).
+    StreamSubscribe(Box<StreamSubscribeRequest>),
+    StreamLoaded {
+        sub: SubId,
+        result: Result<StreamLoad, WireError>,
+    },
+    StreamUnsubscribe {
+        conn: ConnId,
+        subscription: String,
+        rid: Rid,
+    },
+}
+
+pub(crate) struct StreamSubscribeRequest {
+    pub sub: StreamSub,
+    pub rid: Rid,
+    pub snapshot: bool,
+    /// `since` and the epoch it belongs to.
+    pub since: Option<(Seq, Option<String>)>,
+}
+
+/// What a stream subscribe's loader read.
+pub(crate) enum StreamLoad {
+    /// The rows matching the filters (at some point after registration).
+    Snapshot(Vec<Row>),
+    /// The change log after `since` (None: it no longer reaches back).
+    Log { since: Seq, entries: Option<Vec<LogEntry>> },
+}
+
+/// The most log entries a stream `since` replays.
+const MAX_REPLAY: usize = 10_000;
+/// Rows per store page when a snapshot scans a whole type.
+const SCAN_PAGE: usize = 1000;
+
+pub(crate) struct SubscribeRequest {
+    pub conn: ConnId,
+    pub channel: Arc<Channel>,
+    pub anchor_id: Id,
+    pub context: String,
+    pub rid: Rid,
+    /// `since` and the epoch it belongs to.
+    pub since: Option<(Seq, Option<String>)>,
+}
+
+/// The engine's handle on the hub task.
+pub(crate) struct HubHandle {
+    tx: mpsc::UnboundedSender<HubMsg>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl HubHandle {
+    pub fn send(&self, msg: HubMsg) {
+        if self.tx.send(msg).is_err() {
+            tracing::error!("the hub task has stopped");
+        }
+    }
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+}
+
+/// The hub's stream settings.
+pub(crate) struct StreamSettings {
+    pub snapshot_limit: usize,
+}
+
+pub(crate) fn spawn(
+    schema: Arc<Schema>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    frame_limit: usize,
+    commit_lock: Arc<tokio::sync::Mutex<()>>,
+    stream_settings: StreamSettings,
+) -> HubHandle {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let healthy = Arc::new(AtomicBool::new(true));
+    let mut hub = Hub {
+        schema,
+        epoch: store.epoch().to_owned(),
+        seq: store.last_seq(),
+        store,
+        metrics,
+        frame_limit,
+        commit_lock,
+        me: tx.downgrade(),
+        healthy: healthy.clone(),
+        conns: HashMap::new(),
+        contexts: HashMap::new(),
+        index: HashMap::new(),
+        streams: StreamRegistry::default(),
+        pending_streams: HashMap::new(),
+        snapshot_limit: stream_settings.snapshot_limit,
+    };
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            hub.handle(msg).await;
+        }
+    });
+    HubHandle { tx, healthy }
+}
+
+struct ConnEntry {
+    user: Id,
+    outbox: Outbox,
+    codec: Codec,
+    subs: SharedSubs,
+}
+
+/// How many removals a live context remembers for incremental states.
+const TOMBSTONES: usize = 10_000;
+
+struct LiveContext {
+    name: String,
+    channel: Arc<Channel>,
+    anchor: RowKey,
+    rows: HashMap<RowKey, Arc<Row>>,
+    parent: HashMap<RowKey, RowKey>,
+    children: HashMap<RowKey, HashSet<RowKey>>,
+    /// When a row joined after the initial load (re-parented in).
+    joined: HashMap<RowKey, Seq>,
+    tombstones: VecDeque<(Seq, RowKey)>,
+    /// Removals after this seq are all in `tombstones`.
+    tombstones_from: Seq,
+    loaded_at: Seq,
+    last_seq: Seq,
+    subscribers: BTreeSet<ConnId>,
+    /// Whole-state frames for `last_seq`, per codec (without rid).
+    state_cache: [Option<Arc<Vec<Frame>>>; 2],
+}
+
+enum Slot {
+    Loading { channel: Arc<Channel>, anchor_id: Id, waiting: Vec<SubscribeRequest>, buffered: Vec<Arc<Committed>> },
+    Live(Box<LiveContext>),
+}
+
+struct Hub {
+    schema: Arc<Schema>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    epoch: String,
+    /// The last commit delivered.
+    seq: Seq,
+    frame_limit: usize,
+    commit_lock: Arc<tokio::sync::Mutex<()>>,
+    me: mpsc::WeakUnboundedSender<HubMsg>,
+    healthy: Arc<AtomicBool>,
+    conns: HashMap<ConnId, ConnEntry>,
+    contexts: HashMap<String, Slot>,
+    /// Row → the live contexts holding it (routing never reads the store).
+    index: HashMap<RowKey, HashSet<String>>,
+    streams: StreamRegistry,
+    pending_streams: HashMap<SubId, PendingSub>,
+    snapshot_limit: usize,
+}
+
+/// Subtrees of rows that moved between parents, loaded before routing.
+type Moved = HashMap<(String, RowKey), Vec<Row>>;
+
+impl Hub {
+    async fn handle(&mut self, msg: HubMsg) {
+        match msg {
+            HubMsg::Connect { conn, user, outbox, codec, subs } => {
+                self.conns.insert(conn, ConnEntry { user, outbox, codec, subs });
+                self.metrics.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+            }
+            HubMsg::HeldBy { user, reply } => {
+                let held = self
+                    .conns
+                    .iter()
+                    .filter(|(_, e)| e.user == user)
+                    .map(|(id, e)| (*id, e.subs.lock().iter().cloned().collect()))
+                    .collect();
+                let _ = reply.send(held);
+            }
+            HubMsg::Revoke { conn, context } => self.revoke(conn, context),
+            HubMsg::Disconnect { conn } => self.disconnect(conn),
+            HubMsg::Commit { committed, writer, started } => self.commit(committed, writer, started).await,
+            HubMsg::Subscribe(req) => self.subscribe(req),
+            HubMsg::Loaded { context, result } => self.loaded(context, result),
+            HubMsg::Unsubscribe { conn, context, rid } => self.unsubscribe(conn, context, rid),
+            HubMsg::Reply { conn, msg } => self.send_msg(conn, &msg),
+            HubMsg::Goaway => {
+                let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+                for conn in ids {
+                    self.send_msg(conn, &ServerMessage::Goaway(Goaway { reason: Some("SERVER_DRAINING".into()) }));
+                }
+            }
+            HubMsg::Barrier(done) => {
+                let _ = done.send(());
+            }
+            HubMsg::StreamSubscribe(req) => self.stream_subscribe(*req),
+            HubMsg::StreamLoaded { sub, result } => self.stream_loaded(sub, result),
+            HubMsg::StreamUnsubscribe { conn, subscription, rid } => self.stream_unsubscribe(conn, subscription, rid),
+        }
+    }
+
+    // ---- sending -------------------------------------------------------
+
+    fn send_frames(&mut self, conn: ConnId, frames: &[Frame]) {
+        let Some(entry) = self.conns.get(&conn) else { return };
+        for frame in frames {
+            match entry.outbox.try_send(frame.clone()) {
+                Ok(()) => {}
+                Err(SendError::Full) => {
+                    tracing::warn!(conn, "closing a slow consumer: its outgoing queue is full");
+                    self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    entry.outbox.abort(close_code::SLOW_CONSUMER, "SLOW_CONSUMER");
+                    self.disconnect(conn);
+                    return;
+                }
+                Err(SendError::Closed) => {
+                    self.disconnect(conn);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn encode(&self, codec: Codec, msg: &ServerMessage) -> Option<Frame> {
+        match codec.encode(msg) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!(error = %e, "encoding a message failed");
+                None
+            }
+        }
+    }
+
+    fn send_msg(&mut self, conn: ConnId, msg: &ServerMessage) {
+        let Some(codec) = self.conns.get(&conn).map(|c| c.codec) else {
+            return;
+        };
+        if let Some(frame) = self.encode(codec, msg) {
+            self.send_frames(conn, &[frame]);
+        }
+    }
+
+    fn disconnect(&mut self, conn: ConnId) {
+        let Some(entry) = self.conns.remove(&conn) else { return };
+        let held: Vec<String> = entry.subs.lock().drain().collect();
+        for context in held {
+            self.drop_subscriber(conn, &context);
+        }
+        self.streams.remove_conn(conn);
+        self.pending_streams.retain(|_, p| p.sub.conn != conn);
+        self.update_stream_gauge();
+        self.metrics.connections.store(self.conns.len() as u64, Ordering::Relaxed);
+    }
+
+    fn drop_subscriber(&mut self, conn: ConnId, context: &str) {
+        let empty = match self.contexts.get_mut(context) {
+            Some(Slot::Live(ctx)) => {
+                ctx.subscribers.remove(&conn);
+                ctx.subscribers.is_empty()
+            }
+            Some(Slot::Loading { waiting, .. }) => {
+                waiting.retain(|r| r.conn != conn);
+                false
+            }
+            None => false,
+        };
+        if empty {
+            self.drop_context(context);
+        }
+        self.update_subscription_gauge();
+    }
+
+    fn drop_context(&mut self, context: &str) {
+        if let Some(Slot::Live(ctx)) = self.contexts.remove(context) {
+            for key in ctx.rows.keys() {
+                unindex(&mut self.index, key, context);
+            }
+        }
+    }
+
+    fn update_subscription_gauge(&self) {
+        let n: usize = self
+            .contexts
+            .values()
+            .map(|s| match s {
+                Slot::Live(c) => c.subscribers.len(),
+                Slot::Loading { waiting, .. } => waiting.len(),
+            })
+            .sum();
+        self.metrics.subscriptions.store(n as u64, Ordering::Relaxed);
+        self.metrics.live_contexts.store(self.contexts.len() as u64, Ordering::Relaxed);
+    }
+
+    // ---- subscriptions -------------------------------------------------
+
+    fn subscribe(&mut self, req: SubscribeRequest) {
+        if !self.conns.contains_key(&req.conn) {
+            return;
+        }
+        match self.contexts.get_mut(&req.context) {
+            Some(Slot::Live(ctx)) => {
+                ctx.subscribers.insert(req.conn);
+                let frames = self.state_frames(&req);
+                self.send_frames(req.conn, &frames);
+            }
+            Some(Slot::Loading { waiting, .. }) => {
+                waiting.retain(|r| r.conn != req.conn);
+                waiting.push(req);
+            }
+            None => {
+                let (channel, anchor_id, context) = (req.channel.clone(), req.anchor_id, req.context.clone());
+                self.contexts.insert(
+                    context.clone(),
+                    Slot::Loading { channel: channel.clone(), anchor_id, waiting: vec![req], buffered: Vec::new() },
+                );
+                self.spawn_loader(context, channel, anchor_id);
+            }
+        }
+        self.update_subscription_gauge();
+    }
+
+    fn spawn_loader(&self, context: String, channel: Arc<Channel>, anchor_id: Id) {
+        let (store, me, lock) = (self.store.clone(), self.me.clone(), self.commit_lock.clone());
+        tokio::spawn(async move {
+            let result = load_context(&*store, &channel, anchor_id).await;
+            // Every commit whose rows the load may have read is handed to the hub
+            // under this lock; taking it once puts `Loaded` behind all of them.
+            drop(lock.lock().await);
+            if let Some(tx) = me.upgrade() {
+                let _ = tx.send(HubMsg::Loaded { context, result });
+            }
+        });
+    }
+
+    fn loaded(&mut self, context: String, result: Result<Vec<Row>, WireError>) {
+        let Some(Slot::Loading { channel, anchor_id, waiting, buffered }) = self.contexts.remove(&context) else {
+            return;
+        };
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) => return self.refuse_waiting(&context, waiting, e),
+        };
+        let anchor = RowKey::new(channel.anchor.as_str(), anchor_id);
+        let mut ctx = Box::new(LiveContext {
+            name: context.clone(),
+            channel,
+            anchor: anchor.clone(),
+            rows: HashMap::new(),
+            parent: HashMap::new(),
+            children: HashMap::new(),
+            joined: HashMap::new(),
+            tombstones: VecDeque::new(),
+            tombstones_from: self.seq,
+            loaded_at: self.seq,
+            last_seq: self.seq,
+            subscribers: BTreeSet::new(),
+            state_cache: [None, None],
+        });
+        for row in rows {
+            let key = row.key();
+            if key == anchor {
+                ctx.rows.insert(key.clone(), Arc::new(row));
+                index(&mut self.index, &key, &context);
+            } else if let Some(parent) = ctx.parent_in_context(&row) {
+                ctx.link(&mut self.index, key, parent, Arc::new(row), None);
+            }
+        }
+        let empty = Moved::new();
+        let mut anchor_gone = false;
+        for commit in &buffered {
+            for change in &commit.changes {
+                let mut sink = Vec::new();
+                if ctx.apply(&mut self.index, commit.seq, change, &empty, &mut sink) {
+                    anchor_gone = true;
+                }
+            }
+        }
+        if anchor_gone {
+            for key in ctx.rows.keys() {
+                unindex(&mut self.index, key, &context);
+            }
+            let e = WireError::new(ErrorReason::AnchorNotFound, format!("{anchor} was deleted"));
+            return self.refuse_waiting(&context, waiting, e);
+        }
+        ctx.tombstones_from = self.seq;
+        ctx.tombstones.clear();
+        ctx.joined.clear();
+        self.contexts.insert(context.clone(), Slot::Live(ctx));
+        for req in waiting {
+            if let Some(Slot::Live(ctx)) = self.contexts.get_mut(&context) {
+                ctx.subscribers.insert(req.conn);
+            }
+            let frames = self.state_frames(&req);
+            self.send_frames(req.conn, &frames);
+        }
+        self.update_subscription_gauge();
+        if let Some(Slot::Live(ctx)) = self.contexts.get(&context)
+            && ctx.subscribers.is_empty()
+        {
+            self.drop_context(&context);
+        }
+    }
+
+    fn refuse_waiting(&mut self, context: &str, waiting: Vec<SubscribeRequest>, e: WireError) {
+        for req in waiting {
+            if let Some(entry) = self.conns.get(&req.conn) {
+                entry.subs.lock().remove(context);
+            }
+            let mut msg = ErrorMessage::new(e.clone(), req.rid.clone());
+            msg.context = Some(context.to_owned());
+            self.send_msg(req.conn, &ServerMessage::Error(msg));
+        }
+        self.update_subscription_gauge();
+    }
+
+    fn revoke(&mut self, conn: ConnId, context: String) {
+        let held = self.conns.get(&conn).is_some_and(|e| e.subs.lock().remove(&context));
+        if !held {
+            return;
+        }
+        self.drop_subscriber(conn, &context);
+        let msg = Unsubscribed {
+            context: Some(context),
+            subscription: None,
+            reason: UnsubscribeReason::PermissionLost,
+            rid: None,
+        };
+        self.send_msg(conn, &ServerMessage::Unsubscribed(msg));
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, context: String, rid: Rid) {
+        self.drop_subscriber(conn, &context);
+        let msg =
+            Unsubscribed { context: Some(context), subscription: None, reason: UnsubscribeReason::ClientRequest, rid };
+        self.send_msg(conn, &ServerMessage::Unsubscribed(msg));
+    }
+
+    /// The state frames for a subscribe to a live context (whole or incremental).
+    fn state_frames(&mut self, req: &SubscribeRequest) -> Vec<Frame> {
+        let Some(codec) = self.conns.get(&req.conn).map(|c| c.codec) else {
+            return Vec::new();
+        };
+        let (epoch, limit) = (self.epoch.clone(), self.frame_limit);
+        let Some(Slot::Live(ctx)) = self.contexts.get_mut(&req.context) else {
+            return Vec::new();
+        };
+        if let Some((since, ep)) = &req.since
+            && ep.as_deref() == Some(epoch.as_str())
+            && let Some((instances, removed)) = ctx.changes_since(*since)
+        {
+            let state = ctx.state_message(&epoch, instances, removed, true, req.rid.clone());
+            return split_state(codec, state, limit);
+        }
+        if req.rid.is_none()
+            && let Some(cached) = &ctx.state_cache[codec.index()]
+        {
+            return cached.to_vec();
+        }
+        let instances = ctx.ordered_rows();
+        let state = ctx.state_message(&epoch, instances, Vec::new(), false, req.rid.clone());
+        let frames = split_state(codec, state, limit);
+        if req.rid.is_none() {
+            ctx.state_cache[codec.index()] = Some(Arc::new(frames.clone()));
+        }
+        frames
+    }
+
+    // ---- commits ---------------------------------------------------------
+
+    async fn commit(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant) {
+        if let Err(e) = self.store.wait_durable(committed.seq).await {
+            tracing::error!(error = %e, seq = committed.seq, "the store could not make a commit durable");
+            self.healthy.store(false, Ordering::SeqCst);
+            let err = WireError::new(ErrorReason::OutcomeUnknown, format!("the store failed while committing: {e}"));
+            self.answer_writer(writer, Err(err), &committed);
+            return;
+        }
+        self.metrics.observe_commit(started.elapsed());
+        let moved = self.load_moved_subtrees(&committed).await;
+        let delivered = Instant::now();
+        let committed = Arc::new(committed);
+        self.seq = committed.seq;
+        for slot in self.contexts.values_mut() {
+            if let Slot::Loading { buffered, .. } = slot {
+                buffered.push(committed.clone());
+            }
+        }
+        let writer_conn = match &writer {
+            Some(WriterTag { target: ReplyTarget::Conn(c), write_id, .. }) => Some((*c, *write_id)),
+            _ => None,
+        };
+        for context in self.candidate_contexts(&committed) {
+            self.route(&context, &committed, &moved, writer_conn);
+        }
+        for pending in self.pending_streams.values_mut() {
+            pending.buffered.push(committed.clone());
+        }
+        self.route_streams(&committed);
+        self.answer_writer(writer, Ok(()), &committed);
+        self.metrics.observe_delivery(delivered.elapsed());
+    }
+
+    fn answer_writer(&mut self, writer: Option<WriterTag>, result: Result<(), WireError>, c: &Committed) {
+        let Some(w) = writer else { return };
+        let resp = match result {
+            Ok(()) => WriteResponse {
+                write_id: w.write_id,
+                success: true,
+                seq: Some(c.seq),
+                created: c.created.clone(),
+                instance_id: if w.single_create { c.created.first().map(|c| c.id) } else { None },
+                rid: w.rid.clone(),
+                ..Default::default()
+            },
+            Err(e) => WriteResponse {
+                write_id: w.write_id,
+                success: false,
+                error: Some(e),
+                rid: w.rid.clone(),
+                ..Default::default()
+            },
+        };
+        self.metrics.count_write(resp.error.as_ref());
+        match w.target {
+            ReplyTarget::Conn(conn) => self.send_msg(conn, &ServerMessage::WriteResponse(resp)),
+            ReplyTarget::Oneshot(tx) => {
+                let _ = tx.send(match resp.error.clone() {
+                    Some(e) => Err(e),
+                    None => Ok(resp),
+                });
+            }
+        }
+        if let Some(n) = w.in_flight {
+            n.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Live contexts that hold a changed row or the row a changed row now references.
+    fn candidate_contexts(&self, c: &Committed) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        for change in &c.changes {
+            if let Some(set) = self.index.get(&change.key) {
+                out.extend(set.iter().cloned());
+            }
+            let Some(after) = &change.after else { continue };
+            let Some(entity) = self.schema.entity(&after.ty) else {
+                continue;
+            };
+            for field in &entity.fields {
+                if let (Some(target), Some(id)) = (field.target(), after.get_i64(&field.name))
+                    && let Some(set) = self.index.get(&RowKey::new(target, id))
+                {
+                    out.extend(set.iter().cloned());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Rows that moved to a new parent bring their subtree: load it for every
+    /// live channel whose tree hangs rows under the moved row's type.
+    async fn load_moved_subtrees(&self, c: &Committed) -> Moved {
+        let mut moved = Moved::new();
+        for change in &c.changes {
+            let (Some(before), Some(after)) = (&change.before, &change.after) else {
+                continue;
+            };
+            let channels: HashMap<&str, &Arc<Channel>> = self
+                .contexts
+                .values()
+                .filter_map(|s| match s {
+                    Slot::Live(ctx) => Some((ctx.channel.name.as_str(), &ctx.channel)),
+                    Slot::Loading { .. } => None,
+                })
+                .filter(|(_, ch)| ch.edges_from(&after.ty).next().is_some())
+                .collect();
+            if channels.is_empty() || before.fields == after.fields {
+                continue;
+            }
+            for (name, channel) in channels {
+                match super::load::load_subtree(&*self.store, channel, after).await {
+                    Ok(rows) => {
+                        moved.insert((name.to_owned(), change.key.clone()), rows);
+                    }
+                    Err(e) => tracing::error!(error = %e, "loading a moved subtree failed"),
+                }
+            }
+        }
+        moved
+    }
+
+    fn route(&mut self, context: &str, c: &Committed, moved: &Moved, writer: Option<(ConnId, i64)>) {
+        let Some(Slot::Live(ctx)) = self.contexts.get_mut(context) else {
+            return;
+        };
+        let mut changes = Vec::new();
+        let mut anchor_gone = false;
+        for change in &c.changes {
+            if ctx.apply(&mut self.index, c.seq, change, moved, &mut changes) {
+                anchor_gone = true;
+                break;
+            }
+        }
+        if anchor_gone {
+            return self.end_context(context);
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let delta = Delta {
+            context: ctx.name.clone(),
+            seq: c.seq,
+            prev: ctx.last_seq,
+            changes: Arc::new(changes),
+            write_id: None,
+            created: Vec::new(),
+            part: None,
+            last: None,
+        };
+        ctx.last_seq = c.seq;
+        ctx.state_cache = [None, None];
+        let subscribers: Vec<ConnId> = ctx.subscribers.iter().copied().collect();
+        let mut shared: [Option<Vec<Frame>>; 2] = [None, None];
+        let limit = self.frame_limit;
+        for conn in subscribers {
+            let Some(codec) = self.conns.get(&conn).map(|e| e.codec) else {
+                continue;
+            };
+            let frames = match writer {
+                Some((w, write_id)) if w == conn => {
+                    let own = Delta { write_id: Some(write_id), created: c.created.clone(), ..delta.clone() };
+                    split_delta(codec, own, limit)
+                }
+                _ => shared[codec.index()].get_or_insert_with(|| split_delta(codec, delta.clone(), limit)).clone(),
+            };
+            self.metrics.deliveries.fetch_add(frames.len() as u64, Ordering::Relaxed);
+            self.send_frames(conn, &frames);
+        }
+    }
+
+    /// The anchor was deleted: every subscriber is told and the context ends.
+    fn end_context(&mut self, context: &str) {
+        let Some(Slot::Live(ctx)) = self.contexts.get(context) else {
+            return;
+        };
+        let subscribers: Vec<ConnId> = ctx.subscribers.iter().copied().collect();
+        self.drop_context(context);
+        for conn in subscribers {
+            if let Some(entry) = self.conns.get(&conn) {
+                entry.subs.lock().remove(context);
+            }
+            let msg = Unsubscribed {
+                context: Some(context.to_owned()),
+                subscription: None,
+                reason: UnsubscribeReason::AnchorDeleted,
+                rid: None,
+            };
+            self.send_msg(conn, &ServerMessage::Unsubscribed(msg));
+        }
+        self.update_subscription_gauge();
+    }
+}
+
+// ---- streams -------------------------------------------------------------
+
+impl Hub {
+    fn update_stream_gauge(&self) {
+        let n = self.streams.len() + self.pending_streams.len();
+        self.metrics.stream_subscriptions.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Registers a checked stream subscribe: at once, or after its snapshot
+    /// (or `since` replay) is read, buffering the commits delivered meanwhile.
+    fn stream_subscribe(&mut self, req: StreamSubscribeRequest) {
+        if !self.conns.contains_key(&req.sub.conn) {
+            return;
+        }
+        let since = req.since.and_then(|(since, ep)| (ep.as_deref() == Some(self.epoch.as_str())).then_some(since));
+        let load = match (req.snapshot, since) {
+            (true, _) => Some(None),
+            (false, Some(since)) if since <= self.seq => Some(Some(since)),
+            (false, _) => None,
+        };
+        let Some(since) = load else {
+            return self.register_stream(req.sub, req.rid, self.seq, None);
+        };
+        let id = req.sub.id;
+        let (store, me, lock, limit) =
+            (self.store.clone(), self.me.clone(), self.commit_lock.clone(), self.snapshot_limit);
+        let entity = self.schema.entity(&req.sub.stream.ty).cloned();
+        let filters = req.sub.filters.clone();
+        self.pending_streams
+            .insert(id, PendingSub { sub: req.sub, rid: req.rid, buffered: Vec::new(), registered_at: self.seq });
+        self.update_stream_gauge();
+        tokio::spawn(async move {
+            let result = match (since, entity) {
+                (Some(since), _) => match store.changes_since(since, MAX_REPLAY).await {
+                    Ok(LogRead::Entries(entries)) => Ok(StreamLoad::Log { since, entries: Some(entries) }),
+                    Ok(LogRead::Trimmed) => Ok(StreamLoad::Log { since, entries: None }),
+                    Err(e) => Err(super::write::store_error(e)),
+                },
+                (None, Some(entity)) => {
+                    load_snapshot(&*store, &entity, &filters, limit).await.map(StreamLoad::Snapshot)
+                }
+                (None, None) => Err(WireError::internal("the stream's type is not in the schema")),
+            };
+            // Every commit the read may have seen is handed to the hub under this
+            // lock; taking it once puts `StreamLoaded` behind all of them.
+            drop(lock.lock().await);
+            if let Some(tx) = me.upgrade() {
+                let _ = tx.send(HubMsg::StreamLoaded { sub: id, result });
+            }
+        });
+    }
+
+    fn stream_loaded(&mut self, id: SubId, result: Result<StreamLoad, WireError>) {
+        let Some(pending) = self.pending_streams.remove(&id) else { return };
+        self.update_stream_gauge();
+        let PendingSub { sub, rid, buffered, registered_at } = pending;
+        if !self.conns.contains_key(&sub.conn) {
+            return;
+        }
+        match result {
+            Err(e) => self.send_msg(sub.conn, &ServerMessage::Error(ErrorMessage::new(e, rid))),
+            Ok(StreamLoad::Snapshot(rows)) => {
+                // The rows were read at some point after registration; the commits
+                // delivered since then decide every row they touched.
+                let mut rows: BTreeMap<Id, Row> = rows.into_iter().map(|r| (r.id, r)).collect();
+                for commit in &buffered {
+                    for change in commit.changes.iter().filter(|c| *c.key.ty == *sub.stream.ty) {
+                        match change.after.as_ref().filter(|r| sub.filters.matches(r)) {
+                            Some(after) => rows.insert(after.id, after.clone()),
+                            None => rows.remove(&change.key.id),
+                        };
+                    }
+                }
+                if rows.len() > self.snapshot_limit {
+                    let e = snapshot_too_large(self.snapshot_limit);
+                    return self.send_msg(sub.conn, &ServerMessage::Error(ErrorMessage::new(e, rid)));
+                }
+                let snapshot: Vec<Arc<Row>> = rows.values().map(|r| sub.snapshot_row(r)).collect();
+                self.register_stream(sub, rid, self.seq, Some(snapshot));
+            }
+            Ok(StreamLoad::Log { since, entries }) => {
+                let resumable = entries.as_ref().is_some_and(|es| {
+                    since <= self.seq && (es.len() < MAX_REPLAY || es.last().is_some_and(|e| e.seq >= registered_at))
+                });
+                let Some(entries) = entries.filter(|_| resumable) else {
+                    return self.register_stream(sub, rid, self.seq, None);
+                };
+                // The log up to the hub's seq, then what it had not reached yet.
+                let mut commits: Vec<(Seq, &[Change])> =
+                    entries.iter().filter(|e| e.seq <= self.seq).map(|e| (e.seq, &e.changes[..])).collect();
+                let from = commits.last().map_or(since, |c| c.0);
+                commits.extend(buffered.iter().filter(|c| c.seq > from).map(|c| (c.seq, &c.changes[..])));
+                let mut sub = sub;
+                sub.last_seq = since;
+                let mut frames = Vec::new();
+                for (seq, changes) in commits {
+                    for change in changes.iter().filter(|c| *c.key.ty == *sub.stream.ty) {
+                        let Some((action, image)) = sub.decide(change) else { continue };
+                        let codec = self.conns.get(&sub.conn).map_or(Codec::Json, |c| c.codec);
+                        let data = sub.data(image);
+                        match EventTail::encode(codec, action, change.key.id, data.as_ref())
+                            .and_then(|t| t.frame(&sub.wire, seq, sub.last_seq))
+                        {
+                            Ok(f) => frames.push(f),
+                            Err(e) => tracing::error!(error = %e, "encoding an event failed"),
+                        }
+                        sub.last_seq = seq;
+                    }
+                }
+                let (conn, last) = (sub.conn, sub.last_seq);
+                sub.last_seq = since;
+                self.register_stream(sub, rid, since, None);
+                self.metrics.stream_events.fetch_add(frames.len() as u64, Ordering::Relaxed);
+                self.send_frames(conn, &frames);
+                if let Some(s) = self.streams.subs.get_mut(&id) {
+                    s.last_seq = last;
+                }
+            }
+        }
+    }
+
+    /// Makes a subscription live at `seq` and answers `subscribed`.
+    fn register_stream(&mut self, mut sub: StreamSub, rid: Rid, seq: Seq, snapshot: Option<Vec<Arc<Row>>>) {
+        let Some(codec) = self.conns.get(&sub.conn).map(|c| c.codec) else { return };
+        sub.last_seq = seq;
+        let conn = sub.conn;
+        let msg = Subscribed {
+            subscription: sub.wire.to_string(),
+            stream: sub.stream.name.clone(),
+            seq,
+            snapshot,
+            part: None,
+            last: None,
+            rid,
+        };
+        self.streams.insert(sub);
+        self.update_stream_gauge();
+        let frames = split_subscribed(codec, msg, self.frame_limit);
+        self.send_frames(conn, &frames);
+    }
+
+    fn stream_unsubscribe(&mut self, conn: ConnId, subscription: String, rid: Rid) {
+        if let Some(id) = super::streams::parse_wire_name(&subscription)
+            && self.streams.subs.get(&id).is_some_and(|s| s.conn == conn)
+        {
+            self.streams.remove(id);
+            self.update_stream_gauge();
+        }
+        let msg = Unsubscribed {
+            context: None,
+            subscription: Some(subscription),
+            reason: UnsubscribeReason::ClientRequest,
+            rid,
+        };
+        self.send_msg(conn, &ServerMessage::Unsubscribed(msg));
+    }
+
+    /// Decides every change for the stream subscriptions it may concern and
+    /// queues their events; each (shape, action, codec) is encoded once.
+    fn route_streams(&mut self, c: &Committed) {
+        if self.streams.is_empty() {
+            return;
+        }
+        let mut out: Vec<(ConnId, Frame)> = Vec::new();
+        for change in &c.changes {
+            for stream in self.streams.streams_of(&change.key.ty) {
+                let candidates = self.streams.candidates(&stream, change);
+                self.metrics.stream_evaluations.fetch_add(candidates.len() as u64, Ordering::Relaxed);
+                let mut tails: HashMap<(u32, ChangeOp, usize), Option<Arc<EventTail>>> = HashMap::new();
+                for id in candidates {
+                    let shape = match self.streams.subs.get(&id) {
+                        Some(sub) => self.streams.shape(sub),
+                        None => continue,
+                    };
+                    let Some(sub) = self.streams.subs.get_mut(&id) else { continue };
+                    let Some((action, image)) = sub.decide(change) else { continue };
+                    let Some(codec) = self.conns.get(&sub.conn).map(|e| e.codec) else { continue };
+                    let tail = tails.entry((shape, action, codec.index())).or_insert_with(|| {
+                        let data = sub.data(image);
+                        match EventTail::encode(codec, action, change.key.id, data.as_ref()) {
+                            Ok(t) => Some(Arc::new(t)),
+                            Err(e) => {
+                                tracing::error!(error = %e, "encoding an event failed");
+                                None
+                            }
+                        }
+                    });
+                    let Some(tail) = tail else { continue };
+                    match tail.frame(&sub.wire, c.seq, sub.last_seq) {
+                        Ok(frame) => {
+                            sub.last_seq = c.seq;
+                            out.push((sub.conn, frame));
+                        }
+                        Err(e) => tracing::error!(error = %e, "encoding an event failed"),
+                    }
+                }
+            }
+        }
+        self.metrics.stream_events.fetch_add(out.len() as u64, Ordering::Relaxed);
+        for (conn, frame) in out {
+            self.send_frames(conn, std::slice::from_ref(&frame));
+        }
+    }
+}
+
+fn snapshot_too_large(limit: usize) -> WireError {
+    WireError::new(
+        ErrorReason::SnapshotTooLarge,
+        format!("more than {limit} rows match; narrow the filters or subscribe without `snapshot`"),
+    )
+}
+
+/// The rows of `ty` that match `filters` now, at most `limit` (else 400
+/// `SNAPSHOT_TOO_LARGE`): by id when the filters fix ids, by reference when
+/// they fix a reference field, else a paged scan of the type.
+pub(crate) async fn load_snapshot(
+    store: &dyn Store,
+    ty: &crate::schema::EntityType,
+    filters: &CompiledFilters,
+    limit: usize,
+) -> Result<Vec<Row>, WireError> {
+    use super::write::store_error;
+    let mut out = Vec::new();
+    let keep = |rows: Vec<Row>, out: &mut Vec<Row>| -> Result<(), WireError> {
+        out.extend(rows.into_iter().filter(|r| filters.matches(r)));
+        if out.len() > limit { Err(snapshot_too_large(limit)) } else { Ok(()) }
+    };
+    if let Some(mut ids) = filters.fixed_ids() {
+        ids.sort_unstable();
+        ids.dedup();
+        keep(store.get_many(&ty.name, &ids).await.map_err(store_error)?, &mut out)?;
+    } else if let Some((field, ids)) = filters.fixed_reference(ty) {
+        keep(store.children(&ty.name, field, &ids).await.map_err(store_error)?, &mut out)?;
+    } else {
+        let mut after = None;
+        loop {
+            let page = store.scan(&ty.name, after, SCAN_PAGE).await.map_err(store_error)?;
+            let done = page.len() < SCAN_PAGE;
+            after = page.last().map(|r| r.id);
+            keep(page, &mut out)?;
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Encodes a `subscribed`, its snapshot split into parts over the frame limit.
+fn split_subscribed(codec: Codec, msg: Subscribed, limit: usize) -> Vec<Frame> {
+    let Some(rows) = msg.snapshot.clone() else {
+        return codec.encode(&ServerMessage::Subscribed(msg)).map(|f| vec![f]).unwrap_or_default();
+    };
+    let mut parts = 1usize;
+    loop {
+        let chunk = rows.len().div_ceil(parts).max(1);
+        let chunks: Vec<&[Arc<Row>]> = if rows.is_empty() { vec![&[][..]] } else { rows.chunks(chunk).collect() };
+        let n = chunks.len();
+        let frames: Vec<Frame> = chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rows)| {
+                let part = Subscribed {
+                    snapshot: Some(rows.to_vec()),
+                    part: (n > 1).then_some(i as u32),
+                    last: (n > 1).then_some(i + 1 == n),
+                    ..msg.clone()
+                };
+                codec.encode(&ServerMessage::Subscribed(part)).ok()
+            })
+            .collect();
+        if frames.iter().all(|f| f.len() <= limit) || chunk == 1 {
+            return frames;
+        }
+        parts = n * 2;
+    }
+}
+
+fn index(index: &mut HashMap<RowKey, HashSet<String>>, key: &RowKey, context: &str) {
+    index.entry(key.clone()).or_default().insert(context.to_owned());
+}
+
+fn unindex(index: &mut HashMap<RowKey, HashSet<String>>, key: &RowKey, context: &str) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(context);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+impl LiveContext {
+    /// The member row that `row` hangs under in this context's tree, if any.
+    fn parent_in_context(&self, row: &Row) -> Option<RowKey> {
+        self.channel.edges_into(&row.ty).find_map(|edge| {
+            let key = RowKey::new(edge.parent.as_str(), row.get_i64(&edge.field)?);
+            self.rows.contains_key(&key).then_some(key)
+        })
+    }
+
+    fn link(
+        &mut self,
+        index_map: &mut HashMap<RowKey, HashSet<String>>,
+        key: RowKey,
+        parent: RowKey,
+        row: Arc<Row>,
+        joined: Option<Seq>,
+    ) {
+        self.children.entry(parent.clone()).or_default().insert(key.clone());
+        self.parent.insert(key.clone(), parent);
+        if let Some(seq) = joined {
+            self.joined.insert(key.clone(), seq);
+        }
+        index(index_map, &key, &self.name);
+        self.rows.insert(key, row);
+    }
+
+    /// Removes a row and its subtree, emitting a delete for each (parent first).
+    fn remove_subtree(
+        &mut self,
+        index_map: &mut HashMap<RowKey, HashSet<String>>,
+        key: &RowKey,
+        seq: Seq,
+        out: &mut Vec<DeltaChange>,
+    ) {
+        let mut stack = vec![key.clone()];
+        while let Some(k) = stack.pop() {
+            let Some(row) = self.rows.remove(&k) else { continue };
+            if let Some(p) = self.parent.remove(&k)
+                && let Some(siblings) = self.children.get_mut(&p)
+            {
+                siblings.remove(&k);
+            }
+            if let Some(kids) = self.children.remove(&k) {
+                stack.extend(kids);
+            }
+            self.joined.remove(&k);
+            unindex(index_map, &k, &self.name);
+            self.tombstones.push_back((seq, k.clone()));
+            if self.tombstones.len() > TOMBSTONES
+                && let Some((s, _)) = self.tombstones.pop_front()
+            {
+                self.tombstones_from = s;
+            }
+            out.push(DeltaChange {
+                op: ChangeOp::Delete,
+                ty: k.ty.clone(),
+                id: k.id,
+                version: seq.max(row.version),
+                fields: Fields::new(),
+            });
+        }
+    }
+
+    /// Applies one committed change; returns true when the anchor was deleted.
+    fn apply(
+        &mut self,
+        index_map: &mut HashMap<RowKey, HashSet<String>>,
+        seq: Seq,
+        change: &crate::store::Change,
+        moved: &Moved,
+        out: &mut Vec<DeltaChange>,
+    ) -> bool {
+        let key = &change.key;
+        let cached = self.rows.get(key).cloned();
+        if cached.as_ref().is_some_and(|r| r.version >= seq) {
+            return false; // already reflected (loaded after this commit)
+        }
+        let Some(after) = &change.after else {
+            if cached.is_some() {
+                if *key == self.anchor {
+                    return true;
+                }
+                self.remove_subtree(index_map, key, seq, out);
+            }
+            return false;
+        };
+        let parent = self.parent_in_context(after);
+        let member = *key == self.anchor || parent.is_some();
+        match (cached, member) {
+            (Some(old), true) => {
+                let fields: Fields = after
+                    .fields
+                    .iter()
+                    .filter(|(k, v)| old.fields.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if let Some(p) = parent
+                    && self.parent.get(key) != Some(&p)
+                {
+                    if let Some(old_p) = self.parent.insert(key.clone(), p.clone())
+                        && let Some(s) = self.children.get_mut(&old_p)
+                    {
+                        s.remove(key);
+                    }
+                    self.children.entry(p).or_default().insert(key.clone());
+                }
+                self.rows.insert(key.clone(), Arc::new(after.clone()));
+                if !fields.is_empty() {
+                    out.push(DeltaChange {
+                        op: ChangeOp::Update,
+                        ty: key.ty.clone(),
+                        id: key.id,
+                        version: after.version,
+                        fields,
+                    });
+                }
+            }
+            (None, true) => {
+                let Some(p) = parent else { return false };
+                self.link(index_map, key.clone(), p, Arc::new(after.clone()), Some(seq));
+                out.push(create_change(after));
+                if let Some(subtree) = moved.get(&(self.channel.name.clone(), key.clone())) {
+                    for row in subtree {
+                        let k = row.key();
+                        if self.rows.contains_key(&k) {
+                            continue;
+                        }
+                        if let Some(p) = self.parent_in_context(row) {
+                            self.link(index_map, k, p, Arc::new(row.clone()), Some(seq));
+                            out.push(create_change(row));
+                        }
+                    }
+                }
+            }
+            (Some(_), false) => self.remove_subtree(index_map, key, seq, out),
+            (None, false) => {}
+        }
+        false
+    }
+
+    /// Rows in tree order: the anchor, then each parent's children by relation order.
+    fn ordered_rows(&self) -> Vec<Arc<Row>> {
+        let mut out = Vec::with_capacity(self.rows.len());
+        let mut stack = vec![self.anchor.clone()];
+        while let Some(k) = stack.pop() {
+            let Some(row) = self.rows.get(&k) else { continue };
+            out.push(row.clone());
+            let Some(kids) = self.children.get(&k) else { continue };
+            let mut kids: Vec<&Arc<Row>> = kids.iter().filter_map(|c| self.rows.get(c)).collect();
+            kids.sort_by(|a, b| self.sibling_order(a, b));
+            stack.extend(kids.iter().rev().map(|r| r.key()));
+        }
+        out
+    }
+
+    fn sibling_order(&self, a: &Row, b: &Row) -> std::cmp::Ordering {
+        let edge_pos = |r: &Row| self.channel.edges.iter().position(|e| e.child == *r.ty).unwrap_or(usize::MAX);
+        let order_value = |r: &Row| {
+            self.channel
+                .edges
+                .iter()
+                .find(|e| e.child == *r.ty)
+                .and_then(|e| e.order_by.as_ref())
+                .map(|f| r.get(f).clone())
+        };
+        edge_pos(a)
+            .cmp(&edge_pos(b))
+            .then_with(|| compare_values(order_value(a).as_ref(), order_value(b).as_ref()))
+            .then(a.created.cmp(&b.created))
+            .then(a.id.cmp(&b.id))
+    }
+
+    /// Rows changed or joined after `since`, and rows that left; None when the
+    /// cache can't tell (it was loaded later, or forgot old removals).
+    fn changes_since(&self, since: Seq) -> Option<(Vec<Arc<Row>>, Vec<Removed>)> {
+        if since < self.loaded_at || since < self.tombstones_from || since > self.last_seq {
+            return None;
+        }
+        let instances = self
+            .ordered_rows()
+            .into_iter()
+            .filter(|r| r.version > since || self.joined.get(&r.key()).is_some_and(|j| *j > since))
+            .collect();
+        let removed = self
+            .tombstones
+            .iter()
+            .filter(|(s, k)| *s > since && !self.rows.contains_key(k))
+            .map(|(_, k)| Removed { ty: k.ty.to_string(), id: k.id })
+            .collect();
+        Some((instances, removed))
+    }
+
+    fn state_message(
+        &self,
+        epoch: &str,
+        instances: Vec<Arc<Row>>,
+        removed: Vec<Removed>,
+        incremental: bool,
+        rid: Rid,
+    ) -> State {
+        State {
+            context: self.name.clone(),
+            channel: self.channel.name.clone(),
+            anchor_id: self.anchor.id,
+            epoch: epoch.to_owned(),
+            seq: self.last_seq,
+            instances,
+            incremental,
+            removed,
+            part: None,
+            last: None,
+            rid,
+        }
+    }
+}
+
+fn create_change(row: &Row) -> DeltaChange {
+    DeltaChange {
+        op: ChangeOp::Create,
+        ty: row.ty.clone(),
+        id: row.id,
+        version: row.version,
+        fields: row.fields.clone(),
+    }
+}
+
+fn compare_values(a: Option<&serde_json::Value>, b: Option<&serde_json::Value>) -> std::cmp::Ordering {
+    use serde_json::Value;
+    match (a, b) {
+        (Some(Value::Number(x)), Some(Value::Number(y))) => {
+            x.as_f64().partial_cmp(&y.as_f64()).unwrap_or(std::cmp::Ordering::Equal)
+        }
+        (Some(Value::String(x)), Some(Value::String(y))) => x.cmp(y),
+        (Some(Value::Bool(x)), Some(Value::Bool(y))) => x.cmp(y),
+        (Some(Value::Null) | None, Some(Value::Null) | None) => std::cmp::Ordering::Equal,
+        (Some(Value::Null) | None, _) => std::cmp::Ordering::Less,
+        (_, Some(Value::Null) | None) => std::cmp::Ordering::Greater,
+        _ => std::cmp::Ordering::Equal,
+    }
+}
+
+/// Encodes a state, split into parts when it exceeds the frame limit.
+fn split_state(codec: Codec, state: State, limit: usize) -> Vec<Frame> {
+    let mut parts = 1usize;
+    loop {
+        let chunk = state.instances.len().div_ceil(parts).max(1);
+        let chunks: Vec<&[Arc<Row>]> =
+            if state.instances.is_empty() { vec![&[][..]] } else { state.instances.chunks(chunk).collect() };
+        let n = chunks.len();
+        let frames: Vec<Frame> = chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rows)| {
+                let part = State {
+                    instances: rows.to_vec(),
+                    removed: if i + 1 == n { state.removed.clone() } else { Vec::new() },
+                    part: (n > 1).then_some(i as u32),
+                    last: (n > 1).then_some(i + 1 == n),
+                    ..state.clone()
+                };
+                codec.encode(&ServerMessage::State(part)).ok()
+            })
+            .collect();
+        if frames.iter().all(|f| f.len() <= limit) || chunk == 1 {
+            return frames;
+        }
+        parts = n * 2;
+    }
+}
+
+/// Encodes a delta, split into parts when it exceeds the frame limit.
+fn split_delta(codec: Codec, delta: Delta, limit: usize) -> Vec<Frame> {
+    let mut parts = 1usize;
+    loop {
+        let chunk = delta.changes.len().div_ceil(parts).max(1);
+        let chunks: Vec<&[DeltaChange]> = delta.changes.chunks(chunk).collect();
+        let n = chunks.len();
+        let frames: Vec<Frame> = chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, changes)| {
+                let part = Delta {
+                    changes: Arc::new(changes.to_vec()),
+                    part: (n > 1).then_some(i as u32),
+                    last: (n > 1).then_some(i + 1 == n),
+                    ..delta.clone()
+                };
+                codec.encode(&ServerMessage::Delta(part)).ok()
+            })
+            .collect();
+        if frames.iter().all(|f| f.len() <= limit) || chunk == 1 {
+            return frames;
+        }
+        parts = n * 2;
+    }
+}

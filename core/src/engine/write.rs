@@ -1,0 +1,490 @@
+//! The write pipeline, in the seed's order: writable → in context → load →
+//! validate → `can_*` → commit (compare-and-commit on every version read,
+//! retried on conflict) → hand to the hub, which broadcasts and replies.
+
+use super::hub::{HubMsg, ReplyTarget, WriterTag};
+use super::{Actor, Inner};
+use crate::auth::User;
+use crate::channel::{Channel, Op};
+use crate::error::{ErrorReason, WireError};
+use crate::ids::{Id, IdKind, Seq, classify_create_id, is_safe_int};
+use crate::policy::{PolicyContext, PolicyError};
+use crate::protocol::v1::{Write, WriteOp};
+use crate::row::{Fields, Row, RowKey};
+use crate::schema::{EntityType, ServerValue};
+use crate::store::{AppliedKey, AppliedRecord, CommitError, NewId, StoreError, Transaction, TxOp, now_ms};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The context a write is checked against.
+#[derive(Clone, Debug)]
+pub(crate) struct WriteContext {
+    pub channel: Arc<Channel>,
+    pub anchor_id: Id,
+}
+
+/// The connection a write came from (for exactly-once and ordered replies).
+pub(crate) struct ClientInfo {
+    pub client_id: String,
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+/// How a write ended, as far as the caller must act.
+pub(crate) enum Outcome {
+    /// Committed and handed to the hub, which will answer the target.
+    Committed,
+    /// Applied before (a resend): answer with the recorded outcome.
+    Duplicate(AppliedRecord),
+    /// Refused: nothing was committed.
+    Refused(WireError),
+}
+
+pub(crate) fn store_error(e: StoreError) -> WireError {
+    match e {
+        StoreError::Unavailable(m) => {
+            WireError::new(ErrorReason::Unavailable, format!("the store is unavailable: {m}"))
+        }
+        StoreError::FlushFailed(m) => WireError::new(ErrorReason::Unavailable, format!("the store failed: {m}")),
+        StoreError::OutcomeUnknown(m) => WireError::new(
+            ErrorReason::OutcomeUnknown,
+            format!("the commit's outcome is unknown; resend with the same writeId: {m}"),
+        ),
+        other => WireError::internal(other.to_string()),
+    }
+}
+
+fn policy_error(e: PolicyError) -> WireError {
+    match e {
+        PolicyError::Store(e) => store_error(e),
+        PolicyError::Other(m) => WireError::internal(format!("a policy hook failed: {m}")),
+    }
+}
+
+/// Runs one `write` message through the pipeline.
+pub(crate) async fn run(
+    inner: &Inner,
+    actor: &Actor,
+    client: Option<&ClientInfo>,
+    context: Option<WriteContext>,
+    write: &Write,
+    target: ReplyTarget,
+) -> Outcome {
+    match run_checked(inner, actor, client, context.as_ref(), write, target).await {
+        Ok(outcome) => outcome,
+        Err(e) => Outcome::Refused(e),
+    }
+}
+
+async fn run_checked(
+    inner: &Inner,
+    actor: &Actor,
+    client: Option<&ClientInfo>,
+    context: Option<&WriteContext>,
+    write: &Write,
+    target: ReplyTarget,
+) -> Result<Outcome, WireError> {
+    if !inner.accepting.load(Ordering::SeqCst) {
+        return Err(WireError::new(ErrorReason::Unavailable, "the server is draining; reconnect elsewhere"));
+    }
+    if !is_safe_int(write.write_id) {
+        return Err(WireError::invalid_data("writeId", "`writeId` must lie within ±(2^53−1)"));
+    }
+    let ops = write.row_ops()?;
+    let batch = ops.len() > 1 || write.operation == crate::protocol::v1::Operation::Batch;
+    let key = match (actor, client) {
+        (Actor::User(u), Some(c)) => {
+            Some(AppliedKey { user: u.id, client_id: c.client_id.clone(), write_id: write.write_id })
+        }
+        _ => None,
+    };
+    if let Some(key) = &key {
+        if let Some(rec) = inner.store.applied(key).await.map_err(store_error)? {
+            // The original may still be on its way to the hub: let it get there first.
+            drop(inner.commit_lock.lock().await);
+            return Ok(Outcome::Duplicate(rec));
+        }
+        check_not_stale(inner, key).await?;
+        check_dependencies(inner, key, &write.after).await?;
+    }
+    let mut target = Some(target);
+    for _ in 0..inner.config.max_commit_attempts.max(1) {
+        let mut tx = check(inner, actor, context, &ops, batch).await?;
+        tx.applied = key.clone();
+        tx.now_ms = now_ms();
+        let started = std::time::Instant::now();
+        let guard = inner.commit_lock.lock().await;
+        match inner.store.commit(tx).await {
+            Ok(committed) => {
+                let in_flight = client.map(|c| c.in_flight.clone());
+                if let Some(n) = &in_flight {
+                    n.fetch_add(1, Ordering::SeqCst);
+                }
+                let writer = target.take().map(|target| WriterTag {
+                    target,
+                    write_id: write.write_id,
+                    rid: write.rid.clone(),
+                    single_create: !batch && write.operation == crate::protocol::v1::Operation::Create,
+                    in_flight,
+                });
+                inner.hub.send(HubMsg::Commit { committed, writer, started });
+                drop(guard);
+                return Ok(Outcome::Committed);
+            }
+            Err(CommitError::Conflict { ty, id }) => {
+                drop(guard);
+                tracing::debug!(%ty, id, "row changed between check and commit; checking again");
+                inner.metrics.commit_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(CommitError::Duplicate(rec)) => return Ok(Outcome::Duplicate(rec)),
+            Err(e) => return Err(commit_error(e)),
+        }
+    }
+    Err(WireError::new(ErrorReason::Contended, "the rows kept changing under this write; try again"))
+}
+
+fn commit_error(e: CommitError) -> WireError {
+    match e {
+        CommitError::IdConflict { ty, id } => {
+            WireError::new(ErrorReason::IdConflict, format!("{ty} id {id} is already taken")).with_field("instanceId")
+        }
+        CommitError::Restricted { ty, id, by_ty, by_id } => WireError::new(
+            ErrorReason::Restricted,
+            format!("{ty}#{id} can't be deleted: {by_ty}#{by_id} still references it"),
+        ),
+        CommitError::Invalid(m) => WireError::new(ErrorReason::InvalidData, m),
+        CommitError::Store(e) => store_error(e),
+        CommitError::Conflict { ty, id } => {
+            WireError::new(ErrorReason::Contended, format!("{ty}#{id} changed during the write"))
+        }
+        CommitError::Duplicate(rec) => WireError::internal(format!("unexpected duplicate at seq {}", rec.seq)),
+    }
+}
+
+async fn check_not_stale(inner: &Inner, key: &AppliedKey) -> Result<(), WireError> {
+    let purged = inner.store.purged_write_id(key.user, &key.client_id).await.map_err(store_error)?;
+    match purged {
+        Some(p) if key.write_id <= p => Err(WireError::new(
+            ErrorReason::StaleWrite,
+            format!("writeId {} is older than the exactly-once records kept for this client", key.write_id),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Every writeId in `after` must have been applied (refused writes record nothing).
+async fn check_dependencies(inner: &Inner, key: &AppliedKey, after: &[i64]) -> Result<(), WireError> {
+    for &write_id in after {
+        let dep = AppliedKey { write_id, ..key.clone() };
+        if inner.store.applied(&dep).await.map_err(store_error)?.is_none() {
+            return Err(WireError::new(
+                ErrorReason::DependencyFailed,
+                format!("this write depends on write {write_id}, which was not applied"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+static SYSTEM_USER: std::sync::LazyLock<User> = std::sync::LazyLock::new(|| User::new(0, "system"));
+
+/// Checks every op and builds the transaction (with the versions it relied on).
+async fn check(
+    inner: &Inner,
+    actor: &Actor,
+    context: Option<&WriteContext>,
+    ops: &[WriteOp],
+    batch: bool,
+) -> Result<Transaction, WireError> {
+    let user = match actor {
+        Actor::User(u) => u,
+        Actor::System => &SYSTEM_USER,
+    };
+    let mut checker = Checker {
+        inner,
+        system: matches!(actor, Actor::System),
+        cx: PolicyContext::new(&*inner.store, user),
+        context,
+        overlay: HashMap::new(),
+        noted: HashMap::new(),
+        temps: HashSet::new(),
+    };
+    let mut tx = Transaction::default();
+    for (i, op) in ops.iter().enumerate() {
+        let checked = checker.check_op(op).await;
+        tx.ops.push(checked.map_err(|e| if batch { e.with_op(i) } else { e })?);
+    }
+    for (key, version) in checker.cx.take_noted() {
+        checker.noted.entry(key).or_insert(version);
+    }
+    tx.expect = checker.noted.into_iter().map(|(k, v)| (k.ty, k.id, v)).collect();
+    Ok(tx)
+}
+
+struct Checker<'a> {
+    inner: &'a Inner,
+    system: bool,
+    cx: PolicyContext<'a>,
+    context: Option<&'a WriteContext>,
+    /// Rows as the earlier ops of this batch leave them (None = deleted).
+    overlay: HashMap<RowKey, Option<Row>>,
+    /// Stored rows read, with their versions.
+    noted: HashMap<RowKey, Seq>,
+    temps: HashSet<Id>,
+}
+
+fn not_found(ty: &str, id: Id) -> WireError {
+    WireError::new(ErrorReason::NotFound, format!("{ty}#{id} does not exist"))
+}
+
+impl<'a> Checker<'a> {
+    async fn load(&mut self, ty: &str, id: Id) -> Result<Option<Row>, WireError> {
+        let key = RowKey::new(ty, id);
+        if let Some(row) = self.overlay.get(&key) {
+            return Ok(row.clone());
+        }
+        if id <= 0 {
+            return Ok(None);
+        }
+        let row = self.inner.store.get(ty, id).await.map_err(store_error)?;
+        if let Some(r) = &row {
+            self.noted.entry(key).or_insert(r.version);
+        }
+        Ok(row)
+    }
+
+    fn context(&self) -> Result<&'a WriteContext, WireError> {
+        self.context.ok_or_else(|| WireError::new(ErrorReason::NotInContext, "the write names no context"))
+    }
+
+    async fn check_op(&mut self, op: &WriteOp) -> Result<TxOp, WireError> {
+        let schema = self.inner.schema.clone();
+        let entity = schema
+            .entity(&op.instance_type)
+            .ok_or_else(|| WireError::new(ErrorReason::UnknownType, format!("unknown type `{}`", op.instance_type)))?;
+        let kind = op.operation.op().ok_or_else(|| WireError::invalid_data("operation", "a batch may not nest"))?;
+        if !self.system {
+            let ctx = self.context()?;
+            if !ctx.channel.is_writable(&entity.name, kind) {
+                return Err(WireError::new(
+                    ErrorReason::NotWritable,
+                    format!("`{kind}` on {} is not writable in channel `{}`", entity.name, ctx.channel.name),
+                ));
+            }
+        }
+        match kind {
+            Op::Save => self.check_save(entity, op).await,
+            Op::Create => self.check_create(entity, op).await,
+            Op::Delete => self.check_delete(entity, op).await,
+        }
+    }
+
+    async fn target(&mut self, entity: &EntityType, op: &WriteOp) -> Result<Row, WireError> {
+        let id = op.instance_id.ok_or_else(|| WireError::invalid_data("instanceId", "`instanceId` is required"))?;
+        if !is_safe_int(id) || id == 0 {
+            return Err(WireError::new(ErrorReason::InvalidId, format!("{id} is not a valid id")));
+        }
+        let row = self.load(&entity.name, id).await?.ok_or_else(|| not_found(&entity.name, id))?;
+        self.require_in_context(&row).await?;
+        if let Some(v) = op.if_version
+            && row.version != v
+        {
+            return Err(WireError::new(
+                ErrorReason::VersionConflict,
+                format!("{}#{id} is at version {}, not {v}", entity.name, row.version),
+            ));
+        }
+        Ok(row)
+    }
+
+    async fn check_save(&mut self, entity: &EntityType, op: &WriteOp) -> Result<TxOp, WireError> {
+        let row = self.target(entity, op).await?;
+        let data = op.data.clone().unwrap_or_default();
+        entity.check_save_data_as(&data, self.system)?;
+        self.check_references(entity, &data).await?;
+        if !self.system {
+            let policy = self.context()?.channel.policy.clone();
+            if !policy.can_save(&self.cx, &row, &data).await.map_err(policy_error)? {
+                return Err(denied(Op::Save, &row.ty, row.id));
+            }
+        }
+        let mut after = row.clone();
+        after.fields.extend(data.clone());
+        self.overlay.insert(row.key(), Some(after));
+        Ok(TxOp::Update { ty: row.ty.clone(), id: row.id, fields: data })
+    }
+
+    async fn check_delete(&mut self, entity: &EntityType, op: &WriteOp) -> Result<TxOp, WireError> {
+        let row = self.target(entity, op).await?;
+        if !self.system {
+            let policy = self.context()?.channel.policy.clone();
+            if !policy.can_delete(&self.cx, &row).await.map_err(policy_error)? {
+                return Err(denied(Op::Delete, &row.ty, row.id));
+            }
+        }
+        self.overlay.insert(row.key(), None);
+        Ok(TxOp::Delete { ty: row.ty.clone(), id: row.id })
+    }
+
+    async fn check_create(&mut self, entity: &EntityType, op: &WriteOp) -> Result<TxOp, WireError> {
+        let parent = self.create_parent(entity, op).await?;
+        let new_id = self.create_id(entity, op.instance_id).await?;
+        let mut data = op.data.clone().unwrap_or_default();
+        if let Some((parent, field)) = &parent {
+            match data.get(field) {
+                Some(v) if v.as_i64() != Some(parent.id) => {
+                    return Err(WireError::invalid_data(
+                        field,
+                        format!("`{field}` must be the parent's id {}", parent.id),
+                    ));
+                }
+                _ => data.insert(field.clone(), Value::from(parent.id)),
+            };
+        }
+        let mut fields = entity.check_create_data_as(&data, self.system)?;
+        self.set_server_values(entity, &mut fields);
+        self.check_references(entity, &fields).await?;
+        if let (false, Some((parent, _))) = (self.system, &parent) {
+            let policy = self.context()?.channel.policy.clone();
+            if !policy.can_create(&self.cx, entity, parent, &data).await.map_err(policy_error)? {
+                return Err(WireError::new(
+                    ErrorReason::Denied,
+                    format!("you may not create a {} under {}#{}", entity.name, parent.ty, parent.id),
+                ));
+            }
+        }
+        let ty: Arc<str> = entity.name.as_str().into();
+        let overlay_id = match new_id {
+            NewId::Temp(id) | NewId::Given(id) => Some(id),
+            NewId::Auto => None,
+        };
+        if let Some(id) = overlay_id {
+            let row = Row { ty: ty.clone(), id, version: 0, created: 0, fields: fields.clone() };
+            self.overlay.insert(RowKey::new(ty.clone(), id), Some(row));
+        }
+        Ok(TxOp::Insert { ty, id: new_id, fields })
+    }
+
+    /// The parent row and the child's reference field, checked against the context.
+    async fn create_parent(&mut self, entity: &EntityType, op: &WriteOp) -> Result<Option<(Row, String)>, WireError> {
+        let (pt, pid, rn) = match (&op.parent_type, op.parent_id, &op.relation_name) {
+            (Some(pt), Some(pid), Some(rn)) => (pt, pid, rn),
+            (None, None, None) if self.system => return Ok(None),
+            _ => {
+                return Err(WireError::invalid_data(
+                    "parentType",
+                    "a create needs `parentType`, `parentId` and `relationName`",
+                ));
+            }
+        };
+        let schema = self.inner.schema.clone();
+        let rel = schema.relation(pt, rn).filter(|r| r.child == entity.name).ok_or_else(|| {
+            WireError::new(ErrorReason::UnknownRelation, format!("{pt} has no relation `{rn}` holding {}", entity.name))
+        })?;
+        if !self.system && self.context()?.channel.edge(pt, rn).is_none() {
+            return Err(WireError::new(
+                ErrorReason::UnknownRelation,
+                format!("relation `{pt}.{rn}` is not part of this channel"),
+            ));
+        }
+        let parent = self.load(pt, pid).await?.ok_or_else(|| not_found(pt, pid))?;
+        self.require_in_context(&parent).await?;
+        Ok(Some((parent, rel.field.clone())))
+    }
+
+    async fn create_id(&mut self, entity: &EntityType, id: Option<Id>) -> Result<NewId, WireError> {
+        let Some(id) = id else { return Ok(NewId::Auto) };
+        if self.system && id > 0 && is_safe_int(id) {
+            return Ok(NewId::Given(id));
+        }
+        match classify_create_id(id) {
+            IdKind::Temp => {
+                if !self.temps.insert(id) {
+                    return Err(WireError::new(ErrorReason::InvalidId, format!("temp id {id} is used twice")));
+                }
+                Ok(NewId::Temp(id))
+            }
+            IdKind::Minted => {
+                if self.load(&entity.name, id).await?.is_some() {
+                    return Err(WireError::new(
+                        ErrorReason::IdConflict,
+                        format!("{} id {id} is already taken", entity.name),
+                    )
+                    .with_field("instanceId"));
+                }
+                Ok(NewId::Given(id))
+            }
+            IdKind::Invalid => Err(WireError::new(
+                ErrorReason::InvalidId,
+                format!("{id} is neither a temp id (negative) nor a client-minted id in [2^52, 2^53)"),
+            )
+            .with_field("instanceId")),
+        }
+    }
+
+    fn set_server_values(&self, entity: &EntityType, fields: &mut Fields) {
+        for field in &entity.fields {
+            let value = match field.server_value {
+                Some(ServerValue::UserId) if !self.system => Value::from(self.cx.user().id),
+                Some(ServerValue::Now) if !self.system || !fields.contains_key(&field.name) => {
+                    Value::from(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string())
+                }
+                _ => continue,
+            };
+            fields.insert(field.name.clone(), value);
+        }
+    }
+
+    /// Reference values must name existing rows (or temp ids of this batch).
+    async fn check_references(&mut self, entity: &EntityType, data: &Fields) -> Result<(), WireError> {
+        for (name, value) in data {
+            let (Some(target), Some(id)) = (entity.field(name).and_then(|f| f.target()), value.as_i64()) else {
+                continue;
+            };
+            let exists = if id < 0 { self.temps.contains(&id) } else { self.load(target, id).await?.is_some() };
+            if !exists {
+                return Err(WireError::invalid_data(
+                    name,
+                    format!("`{name}` names {target}#{id}, which does not exist"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The row must belong to the write's context: walk up the tree to the anchor.
+    async fn require_in_context(&mut self, row: &Row) -> Result<(), WireError> {
+        if self.system {
+            return Ok(());
+        }
+        let ctx = self.context()?;
+        let mut current = row.clone();
+        for _ in 0..64 {
+            if *current.ty == ctx.channel.anchor && current.id == ctx.anchor_id {
+                return Ok(());
+            }
+            let mut parent = None;
+            for edge in ctx.channel.edges_into(&current.ty) {
+                if let Some(pid) = current.get_i64(&edge.field)
+                    && let Some(p) = self.load(&edge.parent, pid).await?
+                {
+                    parent = Some(p);
+                    break;
+                }
+            }
+            match parent {
+                Some(p) => current = p,
+                None => break,
+            }
+        }
+        Err(WireError::new(
+            ErrorReason::NotInContext,
+            format!("{}#{} is not in context {}", row.ty, row.id, ctx.channel.context_name(ctx.anchor_id)),
+        ))
+    }
+}
+
+fn denied(op: Op, ty: &str, id: Id) -> WireError {
+    WireError::new(ErrorReason::Denied, format!("you may not {op} {ty}#{id}"))
+}

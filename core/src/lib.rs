@@ -1,0 +1,32 @@
+//! Statecast core: the data model, schema, channels, the wire protocol and the
+//! sync engine, over the [`Store`](store::Store) and [`Transport`](transport::Transport) traits.
+//!
+//! `core` owns every rule; stores only store and transports only move frames.
+
+pub mod auth;
+pub mod channel;
+pub mod engine;
+pub mod error;
+pub mod ids;
+pub mod policy;
+pub mod protocol;
+pub mod row;
+pub mod schema;
+pub mod store;
+pub mod stream;
+pub mod transport;
+
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+
+pub use auth::{Authenticator, DevTokens, JwtHs256, User};
+pub use channel::{Channel, ChannelBuilder, Op};
+pub use engine::{Actor, Engine, EngineBuilder, EngineConfig};
+pub use error::{ErrorReason, WireError};
+pub use ids::{Id, Seq};
+pub use policy::{Policy, PolicyContext, PolicyError};
+pub use row::{Fields, Row, RowKey};
+pub use schema::{EntityType, Field, FieldKind, OnDelete, Schema, SchemaBuilder, SchemaError, ServerValue};
+pub use store::{Store, StoreError};
+pub use stream::{Filters, Lookup, Payload, Stream, StreamBuilder, StreamPolicy, StreamRequest};
+pub use transport::{Connection, Frame, FrameKind, Transport};

@@ -1,0 +1,132 @@
+//! Policy hooks: who may subscribe to a context and who may save, create or
+//! delete. Every hook denies unless a channel's policy says otherwise.
+
+use crate::auth::User;
+use crate::ids::{Id, Seq};
+use crate::row::{Fields, Row, RowKey};
+use crate::schema::EntityType;
+use crate::store::{Store, StoreError};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+/// A hook could not decide (its read failed); the write answers 500/503.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Read access for hooks. Rows read through [`get`](Self::get) are noted with
+/// their versions, so the commit fails (and the checks run again) if any of
+/// them changes before it lands.
+pub struct PolicyContext<'a> {
+    pub(crate) store: &'a dyn Store,
+    pub(crate) user: &'a User,
+    pub(crate) noted: Mutex<Vec<(RowKey, Seq)>>,
+}
+
+impl<'a> PolicyContext<'a> {
+    pub fn new(store: &'a dyn Store, user: &'a User) -> Self {
+        Self { store, user, noted: Mutex::new(Vec::new()) }
+    }
+
+    /// The user making the request.
+    pub fn user(&self) -> &User {
+        self.user
+    }
+
+    /// Reads one row (noted for the commit's version check).
+    pub async fn get(&self, ty: &str, id: Id) -> Result<Option<Row>, PolicyError> {
+        let row = self.store.get(ty, id).await?;
+        if let Some(r) = &row {
+            self.noted.lock().push((r.key(), r.version));
+        }
+        Ok(row)
+    }
+
+    /// The rows of `child_ty` whose reference `field` points at `parent_id`.
+    pub async fn referencing(&self, child_ty: &str, field: &str, parent_id: Id) -> Result<Vec<Row>, PolicyError> {
+        Ok(self.store.children(child_ty, field, &[parent_id]).await?)
+    }
+
+    pub(crate) fn take_noted(&self) -> Vec<(RowKey, Seq)> {
+        std::mem::take(&mut *self.noted.lock())
+    }
+}
+
+/// The hooks of a channel. Every one defaults to deny.
+#[async_trait]
+pub trait Policy: Send + Sync + 'static {
+    /// May the user subscribe to the context anchored on `anchor`?
+    async fn has_permission(&self, cx: &PolicyContext<'_>, anchor: &Row) -> Result<bool, PolicyError> {
+        let _ = (cx, anchor);
+        Ok(false)
+    }
+
+    /// May the user change `data` (only the changed fields) on `instance` (the stored row)?
+    async fn can_save(&self, cx: &PolicyContext<'_>, instance: &Row, data: &Fields) -> Result<bool, PolicyError> {
+        let _ = (cx, instance, data);
+        Ok(false)
+    }
+
+    /// May the user create a row of `ty` under `parent` with `data`?
+    async fn can_create(
+        &self,
+        cx: &PolicyContext<'_>,
+        ty: &EntityType,
+        parent: &Row,
+        data: &Fields,
+    ) -> Result<bool, PolicyError> {
+        let _ = (cx, ty, parent, data);
+        Ok(false)
+    }
+
+    /// May the user delete `instance`?
+    async fn can_delete(&self, cx: &PolicyContext<'_>, instance: &Row) -> Result<bool, PolicyError> {
+        let _ = (cx, instance);
+        Ok(false)
+    }
+}
+
+/// The default policy: denies everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DenyAll;
+
+impl Policy for DenyAll {}
+
+/// Lets any authenticated user subscribe; denies every write.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReadOnly;
+
+#[async_trait]
+impl Policy for ReadOnly {
+    async fn has_permission(&self, _: &PolicyContext<'_>, _: &Row) -> Result<bool, PolicyError> {
+        Ok(true)
+    }
+}
+
+/// A policy shared behind an `Arc`.
+#[async_trait]
+impl<P: Policy + ?Sized> Policy for Arc<P> {
+    async fn has_permission(&self, cx: &PolicyContext<'_>, anchor: &Row) -> Result<bool, PolicyError> {
+        (**self).has_permission(cx, anchor).await
+    }
+    async fn can_save(&self, cx: &PolicyContext<'_>, instance: &Row, data: &Fields) -> Result<bool, PolicyError> {
+        (**self).can_save(cx, instance, data).await
+    }
+    async fn can_create(
+        &self,
+        cx: &PolicyContext<'_>,
+        ty: &EntityType,
+        parent: &Row,
+        data: &Fields,
+    ) -> Result<bool, PolicyError> {
+        (**self).can_create(cx, ty, parent, data).await
+    }
+    async fn can_delete(&self, cx: &PolicyContext<'_>, instance: &Row) -> Result<bool, PolicyError> {
+        (**self).can_delete(cx, instance).await
+    }
+}

@@ -1,0 +1,229 @@
+//! The `Store` trait: rows by id with versions, children by reference,
+//! atomic compare-and-commit transactions with cascades, a durability
+//! watermark, a bounded change log and the exactly-once `applied` records.
+//!
+//! Stores only store; every rule lives in the engine. The shared commit
+//! planner ([`plan`]) gives every store the same cascade and id semantics.
+
+pub mod durability;
+pub mod memory;
+pub mod plan;
+
+use crate::ids::{Id, Seq};
+use crate::row::{Fields, Row, RowKey};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+pub use durability::DurableWatermark;
+pub use memory::MemoryStore;
+
+/// A store failure. `Unavailable` means the store can't be reached (503);
+/// `Corrupt` and `Backend` are internal failures (500) after which nothing was
+/// committed; `OutcomeUnknown` means a commit may or may not have happened
+/// (e.g. the connection broke during `COMMIT`), answered 503 `OUTCOME_UNKNOWN`
+/// so the client resends with the same writeId.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store failure: {0}")]
+    Backend(String),
+    /// A flush failed: what was committed since the last flush may be lost.
+    #[error("store flush failed: {0}")]
+    FlushFailed(String),
+    /// The commit was sent but its fate is unknown: it may have been applied.
+    #[error("the outcome of the commit is unknown: {0}")]
+    OutcomeUnknown(String),
+}
+
+/// How a new row gets its id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NewId {
+    /// The store assigns the next id of the type.
+    Auto,
+    /// The store assigns an id and maps this temporary (negative) id to it for
+    /// the rest of the transaction (later ops and reference fields may use it).
+    Temp(Id),
+    /// Use this id verbatim (client-minted, or given by system code); a taken id
+    /// fails the commit with [`CommitError::IdConflict`].
+    Given(Id),
+}
+
+/// One operation of a transaction. Ids and reference values may be temp ids
+/// introduced by an earlier `Insert` of the same transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TxOp {
+    Insert { ty: Arc<str>, id: NewId, fields: Fields },
+    Update { ty: Arc<str>, id: Id, fields: Fields },
+    Delete { ty: Arc<str>, id: Id },
+}
+
+/// The exactly-once key: (user, clientId, writeId).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AppliedKey {
+    pub user: Id,
+    pub client_id: String,
+    pub write_id: i64,
+}
+
+/// A created row's id, and the temp id it replaced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedId {
+    #[serde(rename = "_type")]
+    pub ty: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temp_id: Option<Id>,
+    pub id: Id,
+}
+
+/// The recorded outcome of an applied write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedRecord {
+    pub seq: Seq,
+    pub created: Vec<CreatedId>,
+    /// When it was applied (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+/// A transaction for [`Store::commit`].
+#[derive(Clone, Debug, Default)]
+pub struct Transaction {
+    pub ops: Vec<TxOp>,
+    /// Rows read by the checks, with the versions they had: the commit fails
+    /// with [`CommitError::Conflict`] if any now differs (or is gone).
+    pub expect: Vec<(Arc<str>, Id, Seq)>,
+    /// Recorded under a unique key in the same transaction.
+    pub applied: Option<AppliedKey>,
+    /// Commit time (Unix milliseconds), used for `applied.at_ms`.
+    pub now_ms: u64,
+}
+
+/// One changed row: its image before and after the commit (a create has no
+/// before, a delete no after).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub key: RowKey,
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+}
+
+/// What a commit did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Committed {
+    pub seq: Seq,
+    /// Every changed row (cascades included), in the order first touched.
+    pub changes: Vec<Change>,
+    pub created: Vec<CreatedId>,
+}
+
+/// One entry of the change log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    pub seq: Seq,
+    pub changes: Vec<Change>,
+}
+
+/// Why a commit did not happen. Nothing was committed in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// A row read by the checks changed (or vanished) before the commit.
+    #[error("{ty}#{id} changed since it was read")]
+    Conflict { ty: String, id: Id },
+    /// A given id is already taken.
+    #[error("{ty}#{id} already exists")]
+    IdConflict { ty: String, id: Id },
+    /// A delete is blocked by a `restrict` reference.
+    #[error("{ty}#{id} is still referenced by {by_ty}#{by_id}")]
+    Restricted { ty: String, id: Id, by_ty: String, by_id: Id },
+    /// The applied key is already recorded: the write was applied before.
+    #[error("write already applied at seq {}", .0.seq)]
+    Duplicate(AppliedRecord),
+    /// The transaction itself is malformed (an unknown temp id, a missing row).
+    #[error("invalid transaction: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a `since` read of the change log found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LogRead {
+    /// Entries after the given seq (possibly fewer than asked, up to `limit`).
+    Entries(Vec<LogEntry>),
+    /// The log no longer reaches back that far.
+    Trimmed,
+}
+
+/// A place that stores rows. See the module docs.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A random id made when the store was created.
+    fn epoch(&self) -> &str;
+
+    /// The seq of the last commit (which may not be durable yet).
+    fn last_seq(&self) -> Seq;
+
+    /// The seq up to which every commit is durable.
+    fn durable_seq(&self) -> Seq;
+
+    /// Waits until every commit up to `seq` is durable.
+    async fn wait_durable(&self, seq: Seq) -> Result<(), StoreError>;
+
+    /// One row by id.
+    async fn get(&self, ty: &str, id: Id) -> Result<Option<Row>, StoreError>;
+
+    /// Rows by ids (missing ones are skipped), in the order asked.
+    async fn get_many(&self, ty: &str, ids: &[Id]) -> Result<Vec<Row>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = self.get(ty, *id).await? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every row of `child_ty` whose reference `field` is one of `parent_ids`,
+    /// ordered by creation (`created`, then id).
+    async fn children(&self, child_ty: &str, field: &str, parent_ids: &[Id]) -> Result<Vec<Row>, StoreError>;
+
+    /// Rows of `ty` with id above `after` (every row when `None`), in id
+    /// order, at most `limit`: a page of a whole-type scan (stream snapshots).
+    async fn scan(&self, ty: &str, after: Option<Id>, limit: usize) -> Result<Vec<Row>, StoreError>;
+
+    /// Commits a transaction atomically (see [`Transaction`]).
+    async fn commit(&self, tx: Transaction) -> Result<Committed, CommitError>;
+
+    /// The recorded outcome of an applied write.
+    async fn applied(&self, key: &AppliedKey) -> Result<Option<AppliedRecord>, StoreError>;
+
+    /// The highest writeId whose applied record was purged for this client, if any:
+    /// a resend at or below it that has no record is stale.
+    async fn purged_write_id(&self, user: Id, client_id: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Removes applied records older than `before_ms`; returns how many.
+    async fn purge_applied(&self, before_ms: u64) -> Result<u64, StoreError>;
+
+    /// Change log entries with seq above `after`, at most `limit`.
+    async fn changes_since(&self, after: Seq, limit: usize) -> Result<LogRead, StoreError>;
+
+    /// True when the store holds no rows at all.
+    async fn is_empty(&self) -> Result<bool, StoreError>;
+
+    /// Flushes everything and stops background work.
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Makes a new random store epoch (128 bits, hex).
+pub fn new_epoch() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}

@@ -1,0 +1,676 @@
+//! Engine behaviour through its public interface: an in-memory store and an
+//! in-memory transport, JSON frames as a client would send them.
+
+use serde_json::{Value, json};
+use statecast_core::channel::Op;
+use statecast_core::policy::{PolicyContext, PolicyError};
+use statecast_core::protocol::v1::Write;
+use statecast_core::store::MemoryStore;
+use statecast_core::transport::{Connection, Frame, Incoming, memory_pair};
+use statecast_core::{Actor, Channel, DevTokens, Engine, EntityType, Fields, OnDelete, Policy, Row, Schema, User};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct TestPolicy;
+
+#[async_trait::async_trait]
+impl Policy for TestPolicy {
+    async fn has_permission(&self, _: &PolicyContext<'_>, _: &Row) -> Result<bool, PolicyError> {
+        Ok(true)
+    }
+    async fn can_save(&self, cx: &PolicyContext<'_>, _: &Row, data: &Fields) -> Result<bool, PolicyError> {
+        Ok(cx.user().id == 1 || !data.contains_key("name"))
+    }
+    async fn can_create(
+        &self,
+        cx: &PolicyContext<'_>,
+        _: &EntityType,
+        _: &Row,
+        _: &Fields,
+    ) -> Result<bool, PolicyError> {
+        Ok(cx.user().id != 4)
+    }
+    async fn can_delete(&self, cx: &PolicyContext<'_>, _: &Row) -> Result<bool, PolicyError> {
+        Ok(cx.user().id == 1)
+    }
+}
+
+async fn engine() -> Engine {
+    let schema = Schema::builder()
+        .entity("Job", |t| {
+            t.string("name");
+        })
+        .entity("Task", |t| {
+            t.reference("job", "Job").on_delete(OnDelete::Cascade);
+            t.string("name").len(1, 50);
+            t.string("status").one_of(["todo", "done"]).default("todo");
+            t.reference("created_by", "Job").nullable().read_only();
+        })
+        .entity("Note", |t| {
+            t.reference("task", "Task").on_delete(OnDelete::Cascade);
+            t.string("text").default("");
+        })
+        .relation("Job", "tasks", "Task", "job")
+        .relation("Task", "notes", "Note", "task")
+        .build()
+        .expect("schema");
+    let channel = Channel::builder("job", "Job")
+        .include("tasks.notes")
+        .writable("Task", [Op::Save, Op::Create, Op::Delete])
+        .writable("Note", [Op::Create])
+        .policy(TestPolicy)
+        .build(&schema)
+        .expect("channel");
+    let locked = Channel::builder("locked", "Job").include("tasks").writable("Task", [Op::Save]).build(&schema);
+    let store = Arc::new(MemoryStore::new(schema.clone()));
+    let tokens = DevTokens::new()
+        .with("ann", User::new(1, "ann"))
+        .with("ben", User::new(2, "ben"))
+        .with("dee", User::new(4, "dee"));
+    let engine = Engine::builder(schema, store)
+        .channel(channel)
+        .channel(locked.expect("locked channel"))
+        .authenticator(tokens)
+        .build()
+        .expect("engine");
+    let seed: Write = serde_json::from_value(json!({
+        "writeId": 1, "operation": "batch", "ops": [
+            {"operation": "create", "instanceType": "Job", "instanceId": 1, "data": {"name": "one"}},
+            {"operation": "create", "instanceType": "Job", "instanceId": 2, "data": {"name": "two"}},
+            {"operation": "create", "instanceType": "Task", "instanceId": 1, "parentType": "Job", "parentId": 1, "relationName": "tasks", "data": {"name": "a"}},
+            {"operation": "create", "instanceType": "Task", "instanceId": 2, "parentType": "Job", "parentId": 1, "relationName": "tasks", "data": {"name": "b"}},
+            {"operation": "create", "instanceType": "Task", "instanceId": 3, "parentType": "Job", "parentId": 2, "relationName": "tasks", "data": {"name": "c"}},
+            {"operation": "create", "instanceType": "Note", "instanceId": 1, "parentType": "Task", "parentId": 3, "relationName": "notes", "data": {"text": "n"}}
+        ]
+    }))
+    .expect("seed");
+    engine.write(Actor::System, seed).await.expect("seed write");
+    engine
+}
+
+struct Client {
+    conn: Connection,
+}
+
+impl Client {
+    async fn connect(engine: &Engine, token: &str) -> Client {
+        let (server, client) = memory_pair(256);
+        engine.accept(server);
+        let mut c = Client { conn: client };
+        c.send(json!({"type": "hello", "protocol": 1, "token": token, "clientId": format!("client-{}", token.chars().rev().take(24).collect::<String>())})).await;
+        let welcome = c.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        c
+    }
+    async fn send(&mut self, v: Value) {
+        self.conn.outbox.send(Frame::text(v.to_string())).await.expect("send");
+    }
+    async fn recv(&mut self) -> Value {
+        match tokio::time::timeout(Duration::from_secs(5), self.conn.incoming.recv()).await {
+            Ok(Some(Incoming::Frame(f))) => serde_json::from_slice(&f.data).expect("json"),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+    async fn silent(&mut self) {
+        if let Ok(Some(Incoming::Frame(f))) =
+            tokio::time::timeout(Duration::from_millis(150), self.conn.incoming.recv()).await
+        {
+            panic!("expected silence, got {}", String::from_utf8_lossy(&f.data));
+        }
+    }
+    async fn subscribe(&mut self, anchor: i64) -> Value {
+        self.send(json!({"type": "subscribe", "channel": "job", "anchorId": anchor})).await;
+        let state = self.recv().await;
+        assert_eq!(state["type"], "state", "{state}");
+        state
+    }
+    async fn write(&mut self, w: Value) -> Value {
+        self.send(w).await;
+        self.recv().await
+    }
+}
+
+fn ids(state: &Value) -> Vec<(String, i64)> {
+    state["instances"]
+        .as_array()
+        .map(|a| {
+            a.iter().map(|r| (r["_type"].as_str().unwrap_or("").to_owned(), r["id"].as_i64().unwrap_or(0))).collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn state_holds_the_tree_in_order() {
+    let engine = engine().await;
+    let mut c = Client::connect(&engine, "ann").await;
+    let s = c.subscribe(2).await;
+    assert_eq!(ids(&s), vec![("Job".into(), 2), ("Task".into(), 3), ("Note".into(), 1)]);
+    assert_eq!(s["context"], "job/2");
+    assert!(s["seq"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[tokio::test]
+async fn writer_gets_its_delta_before_the_response_and_others_only_the_change() {
+    let engine = engine().await;
+    let (mut a, mut b, mut other) = (
+        Client::connect(&engine, "ann").await,
+        Client::connect(&engine, "ben").await,
+        Client::connect(&engine, "ben").await,
+    );
+    a.subscribe(1).await;
+    b.subscribe(1).await;
+    other.subscribe(2).await;
+    let d = a
+        .write(json!({"type": "write", "writeId": 5, "operation": "save", "instanceType": "Task", "instanceId": 1, "context": "job/1", "data": {"status": "done"}}))
+        .await;
+    assert_eq!(d["type"], "delta", "{d}");
+    assert_eq!(d["writeId"], 5);
+    assert_eq!(
+        d["changes"],
+        json!([{"op": "update", "_type": "Task", "id": 1, "_version": d["seq"], "status": "done"}])
+    );
+    let r = a.recv().await;
+    assert_eq!(
+        (r["type"].as_str(), r["success"].as_bool(), r["seq"].clone()),
+        (Some("writeResponse"), Some(true), d["seq"].clone())
+    );
+    let bd = b.recv().await;
+    assert_eq!(bd["changes"], d["changes"]);
+    assert!(bd.get("writeId").is_none());
+    other.silent().await;
+}
+
+#[tokio::test]
+async fn refusals_change_nothing() {
+    let engine = engine().await;
+    let mut b = Client::connect(&engine, "ben").await;
+    let before = b.subscribe(1).await;
+    let cases = [
+        (
+            json!({"operation": "save", "instanceType": "Job", "instanceId": 1, "data": {"name": "x"}}),
+            403,
+            "NOT_WRITABLE",
+        ),
+        (
+            json!({"operation": "save", "instanceType": "Task", "instanceId": 3, "data": {"status": "done"}}),
+            400,
+            "NOT_IN_CONTEXT",
+        ),
+        (json!({"operation": "save", "instanceType": "Task", "instanceId": 1, "data": {"name": "x"}}), 403, "DENIED"),
+        (json!({"operation": "delete", "instanceType": "Task", "instanceId": 1}), 403, "DENIED"),
+        (json!({"operation": "save", "instanceType": "Task", "instanceId": 99, "data": {}}), 400, "NOT_FOUND"),
+        (
+            json!({"operation": "save", "instanceType": "Task", "instanceId": 1, "data": {"status": "gone"}}),
+            400,
+            "INVALID_DATA",
+        ),
+        (
+            json!({"operation": "save", "instanceType": "Task", "instanceId": 1, "data": {"nope": 1}}),
+            400,
+            "INVALID_DATA",
+        ),
+        (
+            json!({"operation": "save", "instanceType": "Task", "instanceId": 1, "data": {"created_by": 1}}),
+            400,
+            "INVALID_DATA",
+        ),
+        (
+            json!({"operation": "save", "instanceType": "Task", "instanceId": 1, "ifVersion": 999, "data": {"status": "done"}}),
+            409,
+            "VERSION_CONFLICT",
+        ),
+        (json!({"operation": "save", "instanceType": "Ghost", "instanceId": 1, "data": {}}), 400, "UNKNOWN_TYPE"),
+        (
+            json!({"operation": "create", "instanceType": "Task", "instanceId": 5, "parentType": "Job", "parentId": 1, "relationName": "tasks", "data": {"name": "x"}}),
+            400,
+            "INVALID_ID",
+        ),
+        (
+            json!({"operation": "create", "instanceType": "Task", "parentType": "Job", "parentId": 1, "relationName": "nope", "data": {"name": "x"}}),
+            400,
+            "UNKNOWN_RELATION",
+        ),
+        (
+            json!({"operation": "create", "instanceType": "Task", "parentType": "Job", "parentId": 1, "relationName": "tasks", "data": {}}),
+            400,
+            "INVALID_DATA",
+        ),
+        (
+            json!({"operation": "create", "instanceType": "Task", "parentType": "Job", "parentId": 2, "relationName": "tasks", "data": {"name": "x"}}),
+            400,
+            "NOT_IN_CONTEXT",
+        ),
+    ];
+    for (i, (mut w, code, reason)) in cases.into_iter().enumerate() {
+        w["type"] = json!("write");
+        w["writeId"] = json!(100 + i);
+        w["context"] = json!("job/1");
+        let r = b.write(w.clone()).await;
+        assert_eq!(r["type"], "writeResponse", "{w} → {r}");
+        assert_eq!(r["success"], false, "{w} → {r}");
+        assert_eq!(
+            (r["error"]["code"].as_u64(), r["error"]["reason"].as_str()),
+            (Some(code), Some(reason)),
+            "{w} → {r}"
+        );
+    }
+    let after = b.subscribe(1).await;
+    assert_eq!(before["instances"], after["instances"]);
+}
+
+#[tokio::test]
+async fn a_channel_without_hooks_denies_every_write() {
+    let engine = engine().await;
+    let mut c = Client::connect(&engine, "ann").await;
+    c.send(json!({"type": "subscribe", "channel": "locked", "anchorId": 1})).await;
+    let e = c.recv().await;
+    assert_eq!((e["code"].as_u64(), e["reason"].as_str()), (Some(403), Some("DENIED")), "{e}");
+    let r = c.write(json!({"type": "write", "writeId": 1, "operation": "save", "instanceType": "Task", "instanceId": 1, "context": "locked/1", "data": {"status": "done"}})).await;
+    assert_eq!(r["error"]["reason"], "NOT_IN_CONTEXT", "{r}");
+    let sys = engine.write(
+        Actor::User(User::new(1, "ann")),
+        serde_json::from_value(json!({"writeId": 9, "operation": "save", "instanceType": "Task", "instanceId": 1, "context": "locked/1", "data": {"status": "done"}})).expect("write"),
+    ).await;
+    assert_eq!(sys.map_err(|e| e.reason.as_str()), Err("DENIED"));
+}
+
+#[tokio::test]
+async fn batches_are_all_or_nothing_and_temp_ids_chain() {
+    let engine = engine().await;
+    let mut a = Client::connect(&engine, "ann").await;
+    let before = a.subscribe(1).await;
+    let bad = a.write(json!({"type": "write", "writeId": 1, "operation": "batch", "context": "job/1", "ops": [
+        {"operation": "create", "instanceType": "Task", "instanceId": -1, "parentType": "Job", "parentId": 1, "relationName": "tasks", "data": {"name": "new"}},
+        {"operation": "save", "instanceType": "Task", "instanceId": -1, "data": {"status": "nope"}}
+    ]})).await;
+    assert_eq!((bad["success"].as_bool(), bad["error"]["op"].as_u64()), (Some(false), Some(1)), "{bad}");
+    a.silent().await;
+    assert_eq!(a.subscribe(1).await["instances"], before["instances"]);
+
+    let d = a.write(json!({"type": "write", "writeId": 2, "operation": "batch", "context": "job/1", "ops": [
+        {"operation": "create", "instanceType": "Task", "instanceId": -1, "parentType": "Job", "parentId": 1, "relationName": "tasks", "data": {"name": "new"}},
+        {"operation": "save", "instanceType": "Task", "instanceId": -1, "data": {"status": "done"}},
+        {"operation": "create", "instanceType": "Note", "instanceId": -2, "parentType": "Task", "parentId": -1, "relationName": "notes", "data": {"text": "hi"}}
+    ]})).await;
+    assert_eq!(d["type"], "delta", "{d}");
+    let changes = d["changes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(changes.len(), 2, "{d}");
+    assert_eq!(changes[0]["status"], "done");
+    let task_id = changes[0]["id"].as_i64().unwrap_or(0);
+    assert_eq!(changes[1]["task"], task_id);
+    assert_eq!(
+        d["created"],
+        json!([{"_type": "Task", "tempId": -1, "id": task_id}, {"_type": "Note", "tempId": -2, "id": changes[1]["id"]}])
+    );
+    let r = a.recv().await;
+    assert_eq!(r["success"], true, "{r}");
+}
+
+#[tokio::test]
+async fn creates_with_minted_and_taken_ids() {
+    let engine = engine().await;
+    let mut a = Client::connect(&engine, "ann").await;
+    a.subscribe(1).await;
+    let minted: i64 = (1 << 52) + 12345;
+    let create = |write_id: i64, id: Option<i64>| {
+        let mut w = json!({"type": "write", "writeId": write_id, "operation": "create", "instanceType": "Task", "parentType": "Job", "parentId": 1, "relationName": "tasks", "context": "job/1", "data": {"name": "m"}});
+        if let Some(id) = id {
+            w["instanceId"] = json!(id);
+        }
+        w
+    };
+    let d = a.write(create(1, Some(minted))).await;
+    assert_eq!(d["changes"][0]["id"], minted, "{d}");
+    let r = a.recv().await;
+    assert_eq!((r["success"].as_bool(), r["instanceId"].as_i64()), (Some(true), Some(minted)), "{r}");
+    let taken = a.write(create(2, Some(minted))).await;
+    assert_eq!(taken["error"]["reason"], "ID_CONFLICT", "{taken}");
+    assert_eq!(taken["error"]["code"], 409);
+    let d = a.write(create(3, None)).await;
+    assert_eq!(d["changes"][0]["id"], 4, "server ids continue after the seeded ones: {d}");
+    a.recv().await;
+    let out_of_range = a.write(create(4, Some(1 << 53))).await;
+    assert_eq!(out_of_range["error"]["reason"], "INVALID_ID", "{out_of_range}");
+}
+
+#[tokio::test]
+async fn reparenting_moves_a_subtree_between_contexts() {
+    let engine = engine().await;
+    let (mut one, mut two) = (Client::connect(&engine, "ben").await, Client::connect(&engine, "ben").await);
+    one.subscribe(1).await;
+    two.subscribe(2).await;
+    let moved = engine
+        .write(
+            Actor::System,
+            serde_json::from_value(
+                json!({"writeId": 2, "operation": "save", "instanceType": "Task", "instanceId": 3, "data": {"job": 1}}),
+            )
+            .expect("w"),
+        )
+        .await
+        .expect("move");
+    let gone = two.recv().await;
+    assert_eq!(
+        gone["changes"],
+        json!([
+            {"op": "delete", "_type": "Task", "id": 3, "_version": moved.seq},
+            {"op": "delete", "_type": "Note", "id": 1, "_version": moved.seq}
+        ]),
+        "{gone}"
+    );
+    let came = one.recv().await;
+    let ops: Vec<(String, String, i64)> = came["changes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            (
+                c["op"].as_str().unwrap_or("").into(),
+                c["_type"].as_str().unwrap_or("").into(),
+                c["id"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(ops, vec![("create".into(), "Task".into(), 3), ("create".into(), "Note".into(), 1)], "{came}");
+    assert_eq!(came["changes"][0]["name"], "c");
+    assert_eq!(came["prev"].as_u64().map(|p| p < moved.seq.unwrap_or(0)), Some(true));
+}
+
+#[tokio::test]
+async fn deleting_the_anchor_ends_the_context_and_cascades() {
+    let engine = engine().await;
+    let mut c = Client::connect(&engine, "ann").await;
+    c.subscribe(2).await;
+    engine
+        .write(
+            Actor::System,
+            serde_json::from_value(
+                json!({"writeId": 3, "operation": "delete", "instanceType": "Job", "instanceId": 2}),
+            )
+            .expect("w"),
+        )
+        .await
+        .expect("delete");
+    let u = c.recv().await;
+    assert_eq!((u["type"].as_str(), u["reason"].as_str()), (Some("unsubscribed"), Some("ANCHOR_DELETED")), "{u}");
+    assert!(engine.store().get("Note", 1).await.expect("get").is_none(), "cascade removed the note");
+    let r = c.write(json!({"type": "write", "writeId": 1, "operation": "save", "instanceType": "Task", "instanceId": 3, "context": "job/2", "data": {}})).await;
+    assert_eq!(r["error"]["reason"], "NOT_IN_CONTEXT");
+}
+
+#[tokio::test]
+async fn a_resent_write_is_applied_once() {
+    let engine = engine().await;
+    let w = json!({"type": "write", "writeId": 42, "operation": "create", "instanceType": "Task", "parentType": "Job", "parentId": 1, "relationName": "tasks", "context": "job/1", "instanceId": -7, "data": {"name": "once"}});
+    let mut a = Client::connect(&engine, "ann").await;
+    a.subscribe(1).await;
+    a.write(w.clone()).await;
+    let first = a.recv().await;
+    assert_eq!(first["success"], true);
+    drop(a);
+    let mut again = Client::connect(&engine, "ann").await;
+    let state = again.subscribe(1).await;
+    again.send(w).await;
+    let second = again.recv().await;
+    assert_eq!(
+        (second["duplicate"].as_bool(), second["seq"].clone(), second["created"].clone()),
+        (Some(true), first["seq"].clone(), first["created"].clone()),
+        "{second}"
+    );
+    again.silent().await;
+    let count = ids(&state).iter().filter(|(t, _)| t == "Task").count();
+    assert_eq!(count, 3, "the task exists once");
+}
+
+#[tokio::test]
+async fn resubscribe_with_since_is_incremental() {
+    let engine = engine().await;
+    let (mut watcher, mut a) = (Client::connect(&engine, "ann").await, Client::connect(&engine, "ann").await);
+    watcher.subscribe(1).await;
+    let s = a.subscribe(1).await;
+    let since = s["seq"].clone();
+    a.write(json!({"type": "write", "writeId": 1, "operation": "delete", "instanceType": "Task", "instanceId": 2, "context": "job/1"})).await;
+    a.recv().await;
+    a.write(json!({"type": "write", "writeId": 2, "operation": "save", "instanceType": "Task", "instanceId": 1, "context": "job/1", "data": {"status": "done"}})).await;
+    a.recv().await;
+    a.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1, "since": since, "epoch": s["epoch"]})).await;
+    let inc = a.recv().await;
+    assert_eq!(inc["incremental"], true, "{inc}");
+    assert_eq!(ids(&inc), vec![("Task".into(), 1)]);
+    assert_eq!(inc["removed"], json!([{"_type": "Task", "id": 2}]));
+    a.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1, "since": since, "epoch": "other"})).await;
+    let whole = a.recv().await;
+    assert!(whole.get("incremental").is_none(), "a new epoch gets a whole state");
+}
+
+#[tokio::test]
+async fn protocol_errors_are_answered_and_the_connection_stays() {
+    let engine = engine().await;
+    let (server, mut conn) = memory_pair(64);
+    engine.accept(server);
+    let mut c = Client { conn: { std::mem::replace(&mut conn, memory_pair(1).1) } };
+    c.send(json!({"type": "ping"})).await;
+    assert_eq!(c.recv().await["reason"], "UNAUTHENTICATED");
+    c.conn.outbox.send(Frame::text("{not json")).await.expect("send");
+    assert_eq!(c.recv().await["reason"], "BAD_FRAME");
+    c.send(json!({"type": "launch"})).await;
+    let e = c.recv().await;
+    assert_eq!((e["code"].as_u64(), e["reason"].as_str()), (Some(400), Some("BAD_FRAME")), "{e}");
+    c.send(json!({"type": "hello", "protocol": 1, "token": "ann"})).await;
+    assert_eq!(c.recv().await["type"], "welcome");
+    c.send(json!({"type": "subscribe", "channel": "job", "stream": "x"})).await;
+    assert_eq!(c.recv().await["reason"], "BAD_FRAME");
+    c.send(json!({"type": "subscribe", "channel": "nope", "anchorId": 1})).await;
+    assert_eq!(c.recv().await["reason"], "UNKNOWN_CHANNEL");
+    c.send(json!({"type": "subscribe", "channel": "job", "anchorId": 77})).await;
+    assert_eq!(c.recv().await["reason"], "ANCHOR_NOT_FOUND");
+    c.conn
+        .outbox
+        .send(Frame::binary(vec![0x81u8, 0xa4, b't', b'y', b'p', b'e', 0xa4, b'p', b'i', b'n', b'g']))
+        .await
+        .expect("send");
+    assert_eq!(c.recv().await["reason"], "BAD_FRAME", "a binary frame on a JSON connection is refused");
+    c.send(json!({"type": "ping", "rid": "r1"})).await;
+    assert_eq!(c.recv().await, json!({"type": "pong", "rid": "r1"}));
+}
+
+#[tokio::test]
+async fn a_bad_token_is_refused_and_closed() {
+    let engine = engine().await;
+    let (server, mut c) = memory_pair(64);
+    engine.accept(server);
+    c.outbox
+        .send(Frame::text(json!({"type": "hello", "protocol": 1, "token": "mallory"}).to_string()))
+        .await
+        .expect("send");
+    let Some(Incoming::Frame(f)) = c.incoming.recv().await else { panic!("no answer") };
+    let e: Value = serde_json::from_slice(&f.data).expect("json");
+    assert_eq!((e["code"].as_u64(), e["reason"].as_str()), (Some(401), Some("UNAUTHENTICATED")));
+    let end = tokio::time::timeout(Duration::from_secs(2), c.incoming.recv()).await.expect("closed in time");
+    assert!(end.is_none(), "the connection is closed");
+}
+
+#[tokio::test]
+async fn concurrent_writers_converge_with_every_subscriber() {
+    let engine = engine().await;
+    let mut watchers = Vec::new();
+    for _ in 0..3 {
+        let mut w = Client::connect(&engine, "ben").await;
+        w.subscribe(1).await;
+        watchers.push(w);
+    }
+    let mut writers = Vec::new();
+    for n in 0..4 {
+        let engine = engine.clone();
+        writers.push(tokio::spawn(async move {
+            let mut c = Client::connect(&engine, "ann").await;
+            c.subscribe(1).await;
+            for i in 0..25 {
+                c.send(json!({"type": "write", "writeId": i, "operation": "save", "instanceType": "Task", "instanceId": 1 + (i % 2), "context": "job/1", "data": {"name": format!("w{n}-{i}")}})).await;
+            }
+            let mut ok = 0;
+            while ok < 25 {
+                let m = c.recv().await;
+                if m["type"] == "writeResponse" {
+                    assert_eq!(m["success"], true, "{m}");
+                    ok += 1;
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    engine.flush_deliveries().await;
+    let mut fresh = Client::connect(&engine, "ben").await;
+    let truth = fresh.subscribe(1).await;
+    let final_seq = truth["seq"].as_u64().unwrap_or(0);
+    for w in &mut watchers {
+        let mut last = None;
+        let mut names = std::collections::HashMap::new();
+        loop {
+            let d = w.recv().await;
+            if let Some(prev) = last {
+                assert_eq!(d["prev"], json!(prev), "deltas chain without gaps");
+            }
+            for c in d["changes"].as_array().cloned().unwrap_or_default() {
+                names.insert(c["id"].as_i64().unwrap_or(0), c["name"].clone());
+            }
+            last = d["seq"].as_u64();
+            if last == Some(final_seq) {
+                break;
+            }
+        }
+        for row in truth["instances"].as_array().cloned().unwrap_or_default() {
+            if row["_type"] == "Task" && row["id"].as_i64().unwrap_or(0) <= 2 {
+                assert_eq!(names.get(&row["id"].as_i64().unwrap_or(0)), Some(&row["name"]));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_expiring_token_ends_the_session_unless_renewed() {
+    let schema = Schema::builder().entity("Job", |t| {
+        t.string("name");
+    });
+    let schema = schema.build().expect("schema");
+    let channel = Channel::builder("job", "Job").policy(TestPolicy).build(&schema).expect("channel");
+    let jwt = statecast_core::JwtHs256::new(b"0123456789abcdef0123456789abcdef");
+    // `exp` has whole seconds: 2 s of life is at least 1 s from now.
+    let short = jwt.issue(1, "ann", Duration::from_secs(2)).expect("token");
+    let long = jwt.issue(1, "ann", Duration::from_secs(600)).expect("token");
+    let other = jwt.issue(2, "ben", Duration::from_secs(600)).expect("token");
+    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
+        .channel(channel)
+        .authenticator(statecast_core::JwtHs256::new(b"0123456789abcdef0123456789abcdef"))
+        .build()
+        .expect("engine");
+
+    // Not renewed: 401 TOKEN_EXPIRED, then the connection closes.
+    let mut c = Client::connect(&engine, &short).await;
+    let e = tokio::time::timeout(Duration::from_secs(5), c.recv()).await.expect("expiry in time");
+    assert_eq!((e["code"].as_u64(), e["reason"].as_str()), (Some(401), Some("TOKEN_EXPIRED")), "{e}");
+    let end = tokio::time::timeout(Duration::from_secs(2), c.conn.incoming.recv()).await.expect("closed in time");
+    assert!(end.is_none());
+
+    // Renewed in time: the session goes on; a token for another user is refused.
+    let short = jwt.issue(1, "ann", Duration::from_secs(3)).expect("token");
+    let mut c = Client::connect(&engine, &short).await;
+    c.send(json!({"type": "auth", "token": other, "rid": 1})).await;
+    let refused = c.recv().await;
+    assert_eq!((refused["reason"].as_str(), refused["rid"].as_i64()), (Some("UNAUTHENTICATED"), Some(1)), "{refused}");
+    c.send(json!({"type": "auth", "token": long, "rid": 2})).await;
+    let ok = c.recv().await;
+    assert_eq!((ok["type"].as_str(), ok["rid"].as_i64()), (Some("authenticated"), Some(2)), "{ok}");
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    c.send(json!({"type": "ping", "rid": 3})).await;
+    assert_eq!(c.recv().await, json!({"type": "pong", "rid": 3}), "still connected after the first token's expiry");
+}
+
+struct Switch(Arc<std::sync::atomic::AtomicBool>);
+
+#[async_trait::async_trait]
+impl Policy for Switch {
+    async fn has_permission(&self, _: &PolicyContext<'_>, _: &Row) -> Result<bool, PolicyError> {
+        Ok(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    async fn can_save(&self, _: &PolicyContext<'_>, _: &Row, _: &Fields) -> Result<bool, PolicyError> {
+        Ok(true)
+    }
+}
+
+#[tokio::test]
+async fn revalidation_ends_subscriptions_the_user_lost() {
+    let schema = Schema::builder()
+        .entity("Job", |t| {
+            t.string("name");
+        })
+        .build()
+        .expect("schema");
+    let allowed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let channel = Channel::builder("job", "Job")
+        .writable("Job", [Op::Save])
+        .policy(Switch(allowed.clone()))
+        .build(&schema)
+        .expect("channel");
+    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
+        .channel(channel)
+        .authenticator(DevTokens::new().with("ann", User::new(1, "ann")))
+        .build()
+        .expect("engine");
+    let seed = serde_json::from_value(
+        json!({"writeId": 1, "operation": "create", "instanceType": "Job", "instanceId": 1, "data": {"name": "j"}}),
+    )
+    .expect("w");
+    engine.write(Actor::System, seed).await.expect("seed");
+    let mut c = Client::connect(&engine, "ann").await;
+    c.subscribe(1).await;
+    assert_eq!(engine.revalidate(&User::new(1, "ann")).await, 0, "still allowed");
+    allowed.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(engine.revalidate(&User::new(1, "ann")).await, 1);
+    let u = c.recv().await;
+    assert_eq!(
+        (u["type"].as_str(), u["reason"].as_str(), u["context"].as_str()),
+        (Some("unsubscribed"), Some("PERMISSION_LOST"), Some("job/1")),
+        "{u}"
+    );
+    let r = c.write(json!({"type": "write", "writeId": 2, "operation": "save", "instanceType": "Job", "instanceId": 1, "context": "job/1", "data": {"name": "x"}})).await;
+    assert_eq!(r["error"]["reason"], "NOT_IN_CONTEXT", "{r}");
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_dropped_not_buffered() {
+    let engine = engine().await;
+    let (server, mut slow) = memory_pair(8);
+    engine.accept(server);
+    slow.outbox
+        .send(Frame::text(json!({"type": "hello", "protocol": 1, "token": "ben"}).to_string()))
+        .await
+        .expect("hello");
+    slow.outbox
+        .send(Frame::text(json!({"type": "subscribe", "channel": "job", "anchorId": 1}).to_string()))
+        .await
+        .expect("sub");
+    let mut writer = Client::connect(&engine, "ann").await;
+    writer.subscribe(1).await;
+    for i in 0..200 {
+        writer.send(json!({"type": "write", "writeId": i, "operation": "save", "instanceType": "Task", "instanceId": 1, "context": "job/1", "data": {"name": format!("n{i}")}})).await;
+    }
+    let mut answered = 0;
+    while answered < 200 {
+        if writer.recv().await["type"] == "writeResponse" {
+            answered += 1;
+        }
+    }
+    engine.flush_deliveries().await;
+    assert_eq!(engine.metrics().slow_consumers.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // What was queued before the close drains, then the connection ends.
+    let mut frames = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), slow.incoming.recv()).await {
+        frames += 1;
+    }
+    assert!(frames < 60, "bounded: {frames} frames reached the slow client");
+    assert!(slow.outbox.is_closed() || slow.incoming.recv().await.is_none());
+}

@@ -1,0 +1,139 @@
+//! The `statecast-server` binary: the demo app (by default) on the embedded
+//! sled store (or SQLite, or PostgreSQL), served over WebSocket and QUIC,
+//! until SIGINT/SIGTERM; `statecast-server schema [--ts]` prints the demo
+//! schema as JSON or TypeScript.
+
+// A binary talks to its user: the listening line on stdout, the rest on stderr.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use clap::Parser;
+use statecast_core::Store;
+use statecast_server::builder::ServerBuilder;
+use statecast_server::config::{Args, Command};
+use statecast_server::{
+    Config, Mode, QUIC_FINGERPRINT_PREFIX, ServerAuth, StoreSpec, demo, quic_listening_line, schema_export,
+};
+use statecast_store_sled::SledStore;
+use statecast_store_sql::{SqlOptions, SqlStore};
+use statecast_transport_quic::QuicConfig;
+use statecast_transport_ws::WsConfig;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::Schema { ts }) = &args.command {
+        let schema = demo::schema();
+        let channels = demo::channels(&schema);
+        if *ts {
+            print!("{}", schema_export::typescript(&schema, &channels));
+        } else {
+            println!("{:#}", schema_export::schema_json(&schema, &channels));
+        }
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(args, |name| std::env::var(name).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("statecast-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    statecast_server::init_tracing(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("statecast-server: can't start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("statecast-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let schema = demo::schema();
+    let store: Arc<dyn Store> = match &config.store {
+        StoreSpec::Sled(path) => Arc::new(
+            SledStore::open(path, schema.clone())
+                .map_err(|e| format!("can't open the sled store in {}: {e}", path.display()))?,
+        ),
+        StoreSpec::Sqlite(path) => Arc::new(
+            SqlStore::open_sqlite(path, schema.clone(), SqlOptions::default())
+                .await
+                .map_err(|e| format!("can't open the SQLite store {}: {e}", path.display()))?,
+        ),
+        StoreSpec::Postgres(url) => Arc::new(
+            SqlStore::open_postgres(url, schema.clone(), SqlOptions::default())
+                .await
+                .map_err(|e| format!("can't open the PostgreSQL store {}: {e}", config.store))?,
+        ),
+    };
+    let auth = ServerAuth::for_config(&config, demo::dev_tokens());
+    let ws = WsConfig {
+        frame_limit: config.frame_limit,
+        outbox_capacity: config.outbox_capacity,
+        path: config.ws_path.clone(),
+        ..WsConfig::default()
+    };
+    let mut builder = ServerBuilder::new(schema.clone())
+        .channels(demo::channels(&schema))
+        .streams(demo::streams(&schema))
+        .store(store)
+        .authenticator(auth)
+        .engine_config(config.engine_config())
+        .websocket(config.ws_addr, ws);
+    if let Some(addr) = config.quic_addr {
+        let quic = QuicConfig {
+            frame_limit: config.frame_limit,
+            outbox_capacity: config.outbox_capacity,
+            ..QuicConfig::with_tls(config.quic_tls())
+        };
+        builder = builder.quic(addr, quic);
+    }
+    let engine = builder.build_engine()?;
+    if config.mode.seeds_demo_rows() && demo::seed_if_empty(&engine).await? {
+        eprintln!("statecast-server: the store was empty; inserted the demo rows");
+    }
+    let server = builder.serve(engine).await?;
+    eprintln!("statecast-server {} — mode {}, store {}", env!("CARGO_PKG_VERSION"), config.mode, config.store);
+    if config.mode == Mode::Demo {
+        eprintln!("  dev tokens: alice, bob, dave (members of project Apollo: alice, bob), carol (admin)");
+        eprintln!(
+            "  try: websocat {}  then  {{\"type\":\"hello\",\"protocol\":1,\"token\":\"alice\"}}",
+            server.ws_urls().first().map_or("", String::as_str)
+        );
+    }
+    for quic in server.quic_listeners() {
+        let cert = &quic.certificate;
+        let kind = match (cert.self_signed, cert.generated) {
+            (true, true) => "self-signed, generated now",
+            (true, false) => "self-signed",
+            (false, _) => "from --quic-cert",
+        };
+        // Absolute, so the line can be copied from any directory.
+        let cert_path = std::path::absolute(&cert.cert_path).unwrap_or_else(|_| cert.cert_path.clone());
+        eprintln!("  quic: {} certificate {} ({kind})", quic.url(), cert_path.display());
+        eprintln!("  {QUIC_FINGERPRINT_PREFIX}{}", cert.fingerprint);
+        if cert.self_signed {
+            eprintln!("  clients pin it: --fingerprint {}  (or --ca {})", cert.fingerprint, cert_path.display());
+        }
+    }
+    for url in server.ws_urls() {
+        let http = url.replacen("ws://", "http://", 1).trim_end_matches(config.ws_path.as_str()).to_owned();
+        eprintln!("  inspector: {http}/");
+        eprintln!("  health: {http}/healthz");
+        println!("listening {url}");
+    }
+    for quic in server.quic_listeners() {
+        println!("{}", quic_listening_line(quic.addr));
+    }
+    server.run_until_signal().await;
+    eprintln!("statecast-server: stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,1013 @@
+//! The SQL store: SQLite (embedded, one process) and PostgreSQL (shared by
+//! several server processes), over sqlx, with real tables derived from the
+//! schema. A person opening the database with `sqlite3` or `psql` sees one
+//! table per entity type with ordinary rows.
+//!
+//! - Every commit is one SQL transaction: the shared planner
+//!   ([`statecast_core::store::plan`]) runs inside it over an async reader,
+//!   then the rows, the id counters, the exactly-once record and the change
+//!   log entry are written, and the transaction commits.
+//! - **SQLite**: one writer connection (`BEGIN IMMEDIATE`), a pool of readers,
+//!   WAL mode with `synchronous = NORMAL`: a commit is written to the WAL
+//!   without an fsync, and a background flusher fsyncs the WAL file and then
+//!   advances the durability watermark, so many commits share one fsync
+//!   (group commit). Nothing is confirmed before the watermark passes it.
+//!   Seq numbers are reserved in durable blocks, as in the sled store.
+//! - **PostgreSQL**: `READ COMMITTED` with `SELECT … FOR UPDATE` on every row
+//!   the planner reads (the expected versions, the rows a cascade touches) and
+//!   on the type's id counter, so the checks hold until commit and two
+//!   processes never assign the same id. The seq is drawn from a sequence in
+//!   the last statement before `COMMIT` (after every row lock), which also
+//!   stamps the rows' versions and writes the change log entry and the applied
+//!   record. A commit is durable when `COMMIT` returns.
+
+mod codec;
+mod db;
+mod tables;
+
+pub use tables::MigrationError;
+
+use async_trait::async_trait;
+use db::{Bind, Col, Conn, Dialect, backend, is_database_error, is_retryable, unavailable, violation};
+use sqlx::error::ErrorKind;
+use statecast_core::store::plan::{self, Plan, PlanReader};
+use statecast_core::store::{
+    AppliedKey, AppliedRecord, CommitError, Committed, DurableWatermark, LogEntry, LogRead, Store, StoreError,
+    Transaction, new_epoch,
+};
+use statecast_core::{Id, Row, Schema, Seq};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tables::{APPLIED, IDS, LOG, META, PURGED, SEQ, Tables};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+#[cfg(feature = "postgres")]
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+#[cfg(feature = "sqlite")]
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+#[cfg(feature = "sqlite")]
+use sqlx::{Connection as _, SqliteConnection};
+
+/// Settings of a [`SqlStore`].
+#[derive(Clone, Debug)]
+pub struct SqlOptions {
+    /// How many recent commits the change log keeps (at least 1).
+    pub log_capacity: u64,
+    /// SQLite: how many seq numbers one durable reservation covers (at least 1).
+    pub seq_block: u64,
+    /// Connections in the pool (PostgreSQL; SQLite readers).
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the store is reported unavailable.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL: the schema (namespace) to keep the tables in, created if
+    /// missing; the connection's default (`public`) when `None`.
+    pub pg_schema: Option<String>,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        Self {
+            log_capacity: 10_000,
+            seq_block: 1_000,
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(3),
+            pg_schema: None,
+        }
+    }
+}
+
+/// Why a SQL store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("{0}")]
+    Spec(String),
+    #[error("can't connect to the database: {0}")]
+    Connect(String),
+    #[error("the database can't serve this schema: {0}")]
+    Migration(#[from] MigrationError),
+    #[error("this build has no {0} support (enable the crate feature `{0}`)")]
+    NoBackend(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[cfg(feature = "sqlite")]
+struct SqliteWriter {
+    conn: SqliteConnection,
+    /// The seq the next commit takes.
+    next: Seq,
+    /// The highest seq covered by a durable reservation.
+    reserved: Seq,
+    closed: bool,
+}
+
+#[cfg(feature = "sqlite")]
+struct SqliteDb {
+    writer: tokio::sync::Mutex<SqliteWriter>,
+    readers: SqlitePool,
+    wal: PathBuf,
+    wal_file: parking_lot::Mutex<Option<Arc<std::fs::File>>>,
+}
+
+enum Backend {
+    #[cfg(feature = "sqlite")]
+    Sqlite(SqliteDb),
+    #[cfg(feature = "postgres")]
+    Postgres(PgPool),
+}
+
+/// A pooled connection of either backend.
+enum Pooled {
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl Pooled {
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Pooled::Sqlite(c) => Conn::Sqlite(c),
+            #[cfg(feature = "postgres")]
+            Pooled::Postgres(c) => Conn::Postgres(c),
+        }
+    }
+}
+
+struct Shared {
+    schema: Arc<Schema>,
+    tables: Tables,
+    epoch: String,
+    options: SqlOptions,
+    backend: Backend,
+    /// The highest seq this process committed (or found at open).
+    last_seq: AtomicU64,
+    durable: DurableWatermark,
+    /// PostgreSQL: seqs drawn by transactions whose `COMMIT` has not returned.
+    in_flight: parking_lot::Mutex<BTreeSet<Seq>>,
+    /// Wakes the SQLite flusher.
+    wake: Notify,
+    stopping: AtomicBool,
+    flushes: AtomicU64,
+}
+
+/// A [`Store`] on SQLite or PostgreSQL. See the crate docs.
+pub struct SqlStore {
+    shared: Arc<Shared>,
+    flusher: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: &serde_json::Value) -> u64 {
+    v.as_i64().map_or(0, |n| n.max(0) as u64)
+}
+
+impl SqlStore {
+    /// Opens a store from a spec: `sqlite:PATH` or `postgres://…` (`postgresql://…`).
+    pub async fn open(spec: &str, schema: Arc<Schema>, options: SqlOptions) -> Result<SqlStore, SqlError> {
+        if let Some(path) = spec.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(SqlError::Spec("`sqlite:` needs a file path, e.g. `sqlite:./statecast.db`".into()));
+            }
+            return Self::open_sqlite(path, schema, options).await;
+        }
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            return Self::open_postgres(spec, schema, options).await;
+        }
+        Err(SqlError::Spec(format!("unknown SQL store `{spec}`: expected `sqlite:PATH` or `postgres://…`")))
+    }
+
+    /// Opens (or creates) a SQLite database file.
+    #[cfg(not(feature = "sqlite"))]
+    pub async fn open_sqlite(
+        _path: impl AsRef<Path>,
+        _schema: Arc<Schema>,
+        _options: SqlOptions,
+    ) -> Result<SqlStore, SqlError> {
+        Err(SqlError::NoBackend("sqlite"))
+    }
+
+    /// Opens (or creates) a SQLite database file. Must be called within a tokio runtime.
+    #[cfg(feature = "sqlite")]
+    pub async fn open_sqlite(
+        path: impl AsRef<Path>,
+        schema: Arc<Schema>,
+        options: SqlOptions,
+    ) -> Result<SqlStore, SqlError> {
+        let path = path.as_ref();
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let where_ = || format!("{}", path.display());
+        let mut conn = SqliteConnection::connect_with(&connect)
+            .await
+            .map_err(|e| SqlError::Connect(format!("can't open SQLite database {}: {e}", where_())))?;
+        let tables = Tables::new(Dialect::Sqlite, &schema);
+        let (epoch, last, reserved) = {
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(|e| SqlError::Store(backend(e)))?;
+            let mut c = Conn::Sqlite(&mut tx);
+            let notes = tables::migrate(&mut c, &schema).await?;
+            for note in notes {
+                tracing::info!(db = %where_(), "{note}");
+            }
+            let epoch = meta_epoch(&mut c).await?;
+            let last = meta_u64(&mut c, "last_seq").await?;
+            let reserved = meta_u64(&mut c, "seq_reserved").await?;
+            tx.commit().await.map_err(|e| SqlError::Store(backend(e)))?;
+            (epoch, last, reserved.max(last))
+        };
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| SqlError::Connect(format!("can't open SQLite database {}: {e}", where_())))?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let db = SqliteDb {
+            writer: tokio::sync::Mutex::new(SqliteWriter { conn, next: reserved + 1, reserved, closed: false }),
+            readers,
+            wal: PathBuf::from(wal),
+            wal_file: parking_lot::Mutex::new(None),
+        };
+        tracing::info!(db = %where_(), %epoch, last_seq = last, reserved, "opened SQLite store");
+        let store = Self::start(schema, tables, epoch, options, Backend::Sqlite(db), last);
+        // What the WAL holds at open (perhaps left by a crash in the page cache) is made durable now.
+        store.shared.flush().await?;
+        Ok(store)
+    }
+
+    /// Connects to a PostgreSQL database.
+    #[cfg(not(feature = "postgres"))]
+    pub async fn open_postgres(_url: &str, _schema: Arc<Schema>, _options: SqlOptions) -> Result<SqlStore, SqlError> {
+        Err(SqlError::NoBackend("postgres"))
+    }
+
+    /// Connects to a PostgreSQL database (`postgres://user:password@host:port/db`).
+    #[cfg(feature = "postgres")]
+    pub async fn open_postgres(url: &str, schema: Arc<Schema>, options: SqlOptions) -> Result<SqlStore, SqlError> {
+        use std::str::FromStr;
+        let mut connect = PgConnectOptions::from_str(url)
+            .map_err(|e| SqlError::Spec(format!("bad PostgreSQL URL: {e}")))?
+            .application_name("statecast");
+        if let Some(ns) = &options.pg_schema {
+            connect = connect.options([("search_path", ns.as_str())]);
+        }
+        let target = format!("{}:{}/{}", connect.get_host(), connect.get_port(), connect.get_database().unwrap_or(""));
+        // One direct connection first: its error names the cause (refused,
+        // bad password, no such database) where the pool would only time out.
+        {
+            use sqlx::Connection as _;
+            let probe = sqlx::PgConnection::connect_with(&connect)
+                .await
+                .map_err(|e| SqlError::Connect(format!("PostgreSQL at {target}: {e}")))?;
+            let _ = probe.close().await;
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .test_before_acquire(true)
+            .connect_with(connect)
+            .await
+            .map_err(|e| SqlError::Connect(format!("PostgreSQL at {target}: {e}")))?;
+        let tables = Tables::new(Dialect::Postgres, &schema);
+        let mut conn = pool.acquire().await.map_err(|e| SqlError::Connect(format!("PostgreSQL at {target}: {e}")))?;
+        let (epoch, last) = {
+            use sqlx::Connection as _;
+            let mut tx = conn.begin().await.map_err(|e| SqlError::Store(backend(e)))?;
+            let mut c = Conn::Postgres(&mut tx);
+            if let Some(ns) = &options.pg_schema {
+                c.run(&format!("CREATE SCHEMA IF NOT EXISTS {}", db::quote(ns)))
+                    .await
+                    .map_err(|e| SqlError::Store(backend(e)))?;
+            }
+            // Two processes starting at once migrate one after the other.
+            c.run("SELECT pg_advisory_xact_lock(7312252160533)").await.map_err(|e| SqlError::Store(backend(e)))?;
+            for note in tables::migrate(&mut c, &schema).await? {
+                tracing::info!(db = %target, "{note}");
+            }
+            let epoch = meta_epoch(&mut c).await?;
+            let rows = c
+                .fetch(
+                    &format!("SELECT last_value, CASE WHEN is_called THEN 1 ELSE 0 END::int8 FROM {SEQ}"),
+                    vec![],
+                    &[Col::Int, Col::Int],
+                )
+                .await
+                .map_err(|e| SqlError::Store(backend(e)))?;
+            let last = rows.first().filter(|r| r[1].as_i64() == Some(1)).map_or(0, |r| u64_of(&r[0]));
+            for (name, want) in [("synchronous_commit", "off"), ("fsync", "off")] {
+                let v = c
+                    .fetch(&format!("SHOW {name}"), vec![], &[Col::Text])
+                    .await
+                    .map_err(|e| SqlError::Store(backend(e)))?;
+                if v.first().and_then(|r| r[0].as_str()) == Some(want) {
+                    tracing::warn!(
+                        setting = name,
+                        "PostgreSQL has {name} = off: a confirmed write may be lost in a crash"
+                    );
+                }
+            }
+            tx.commit().await.map_err(|e| SqlError::Store(backend(e)))?;
+            (epoch, last)
+        };
+        drop(conn);
+        tracing::info!(db = %target, %epoch, last_seq = last, "opened PostgreSQL store");
+        Ok(Self::start(schema, tables, epoch, options, Backend::Postgres(pool), last))
+    }
+
+    fn start(
+        schema: Arc<Schema>,
+        tables: Tables,
+        epoch: String,
+        options: SqlOptions,
+        backend: Backend,
+        last: Seq,
+    ) -> SqlStore {
+        let options =
+            SqlOptions { log_capacity: options.log_capacity.max(1), seq_block: options.seq_block.max(1), ..options };
+        let sqlite = !matches!(tables.dialect, Dialect::Postgres);
+        let shared = Arc::new(Shared {
+            schema,
+            tables,
+            epoch,
+            options,
+            backend,
+            last_seq: AtomicU64::new(last),
+            durable: DurableWatermark::new(last),
+            in_flight: parking_lot::Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+            flushes: AtomicU64::new(0),
+        });
+        let flusher = sqlite.then(|| tokio::spawn(run_flusher(shared.clone())));
+        SqlStore { shared, flusher: parking_lot::Mutex::new(flusher) }
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.shared.tables.dialect {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    /// How many WAL fsyncs the SQLite flusher made since open (group commit
+    /// makes this lower than the number of commits under concurrency).
+    pub fn flush_count(&self) -> u64 {
+        self.shared.flushes.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for SqlStore {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+}
+
+async fn meta_get(c: &mut Conn<'_>, key: &str) -> Result<Option<String>, StoreError> {
+    let sql = format!("SELECT value FROM {META} WHERE key = {}", c.dialect().ph(1));
+    let rows = c.fetch(&sql, vec![Bind::Text(Some(key.to_owned()))], &[Col::Text]).await.map_err(backend)?;
+    Ok(rows.into_iter().next().and_then(|r| r[0].as_str().map(str::to_owned)))
+}
+
+async fn meta_set(c: &mut Conn<'_>, key: &str, value: String) -> Result<(), sqlx::Error> {
+    let d = c.dialect();
+    let sql = format!(
+        "INSERT INTO {META} (key, value) VALUES ({}, {}) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        d.ph(1),
+        d.ph(2)
+    );
+    c.exec(&sql, vec![Bind::Text(Some(key.to_owned())), Bind::Text(Some(value))]).await.map(|_| ())
+}
+
+async fn meta_u64(c: &mut Conn<'_>, key: &str) -> Result<u64, StoreError> {
+    match meta_get(c, key).await? {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| StoreError::Corrupt(format!("meta `{key}` is not a number: {v:?}"))),
+    }
+}
+
+/// The store's epoch, made on first open.
+async fn meta_epoch(c: &mut Conn<'_>) -> Result<String, StoreError> {
+    let sql =
+        format!("INSERT INTO {META} (key, value) VALUES ('epoch', {}) ON CONFLICT (key) DO NOTHING", c.dialect().ph(1));
+    c.exec(&sql, vec![Bind::Text(Some(new_epoch()))]).await.map_err(backend)?;
+    meta_get(c, "epoch").await?.ok_or_else(|| StoreError::Corrupt("the store has no epoch".into()))
+}
+
+async fn run_flusher(shared: Arc<Shared>) {
+    loop {
+        if shared.last_seq.load(Ordering::SeqCst) > shared.durable.seq() {
+            // Let commits that are in progress join this flush.
+            tokio::task::yield_now().await;
+            if shared.flush().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        shared.wake.notified().await;
+    }
+}
+
+/// The planner's reads, inside the commit's transaction.
+struct Reader<'a, 'c> {
+    tables: &'a Tables,
+    conn: &'a mut Conn<'c>,
+    /// PostgreSQL: lock what is read until commit.
+    lock: bool,
+    /// A read failed with a serialization failure or deadlock: retrying can help.
+    retry: bool,
+}
+
+impl Reader<'_, '_> {
+    fn fail(&mut self, e: sqlx::Error) -> StoreError {
+        self.retry |= is_retryable(&e);
+        backend(e)
+    }
+}
+
+#[async_trait]
+impl PlanReader for Reader<'_, '_> {
+    async fn get(&mut self, ty: &str, id: Id) -> Result<Option<Row>, StoreError> {
+        let Some(t) = self.tables.get(ty) else { return Ok(None) };
+        let sql = self.tables.get_sql(t, self.lock);
+        match self.conn.fetch(&sql, vec![Bind::Int(Some(id))], &t.cols).await {
+            Ok(rows) => rows.into_iter().next().map(|r| t.row(r).map_err(StoreError::Corrupt)).transpose(),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn referencing(&mut self, ty: &str, field: &str, id: Id) -> Result<Vec<Id>, StoreError> {
+        let Some(t) = self.tables.get(ty) else { return Ok(Vec::new()) };
+        if t.field(field).is_none() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("SELECT id FROM {} WHERE {} = {}", t.quoted, db::quote(field), self.tables.dialect.ph(1));
+        match self.conn.fetch(&sql, vec![Bind::Int(Some(id))], &[Col::Int]).await {
+            Ok(rows) => Ok(rows.iter().filter_map(|r| r[0].as_i64()).collect()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn last_id(&mut self, ty: &str) -> Result<Id, StoreError> {
+        let d = self.tables.dialect;
+        let lock = if self.lock && d == Dialect::Postgres { " FOR UPDATE" } else { "" };
+        let sql = format!("SELECT last_id FROM {IDS} WHERE type = {}{lock}", d.ph(1));
+        match self.conn.fetch(&sql, vec![Bind::Text(Some(ty.to_owned()))], &[Col::Int]).await {
+            Ok(rows) => Ok(rows.first().and_then(|r| r[0].as_i64()).unwrap_or(0)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn applied(&mut self, key: &AppliedKey) -> Result<Option<AppliedRecord>, StoreError> {
+        match applied_record(self.conn, key).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}
+
+async fn applied_record(c: &mut Conn<'_>, key: &AppliedKey) -> Result<Option<AppliedRecord>, sqlx::Error> {
+    let d = c.dialect();
+    let sql = format!(
+        "SELECT seq, created, at_ms FROM {APPLIED} WHERE user_id = {} AND client_id = {} AND write_id = {}",
+        d.ph(1),
+        d.ph(2),
+        d.ph(3)
+    );
+    let binds = vec![Bind::Int(Some(key.user)), Bind::Text(Some(key.client_id.clone())), Bind::Int(Some(key.write_id))];
+    let rows = c.fetch(&sql, binds, &[Col::Int, Col::Text, Col::Int]).await?;
+    let Some(r) = rows.into_iter().next() else { return Ok(None) };
+    let created = codec::decode_created(r[1].as_str().unwrap_or("[]")).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(Some(AppliedRecord { seq: u64_of(&r[0]), created, at_ms: u64_of(&r[2]) }))
+}
+
+/// Maps a failed write statement of a commit.
+fn write_error(e: sqlx::Error, ty: &str, id: Id, inserting: bool) -> CommitError {
+    if is_retryable(&e) {
+        return CommitError::Conflict { ty: ty.to_owned(), id };
+    }
+    match violation(&e) {
+        Some(ErrorKind::UniqueViolation) if inserting => CommitError::IdConflict { ty: ty.to_owned(), id },
+        Some(ErrorKind::UniqueViolation) => CommitError::Conflict { ty: ty.to_owned(), id },
+        Some(_) => CommitError::Invalid(format!("{ty}#{id}: {e}")),
+        None => CommitError::Store(backend(e)),
+    }
+}
+
+impl Shared {
+    fn failure(&self) -> Option<Arc<str>> {
+        self.durable.failure()
+    }
+
+    async fn reader(&self) -> Result<Pooled, StoreError> {
+        match &self.backend {
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(db) => db.readers.acquire().await.map(Pooled::Sqlite).map_err(unavailable),
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => pool.acquire().await.map(Pooled::Postgres).map_err(unavailable),
+        }
+    }
+
+    /// SQLite: fsyncs the WAL file and advances the watermark to the last seq
+    /// committed before the fsync started. A failure is recorded and is fatal.
+    async fn flush(&self) -> Result<(), StoreError> {
+        #[cfg(feature = "sqlite")]
+        if let Backend::Sqlite(db) = &self.backend {
+            if let Some(msg) = self.failure() {
+                return Err(StoreError::FlushFailed(msg.to_string()));
+            }
+            let target = self.last_seq.load(Ordering::SeqCst);
+            let file = {
+                let mut slot = db.wal_file.lock();
+                if slot.is_none() {
+                    match std::fs::File::open(&db.wal) {
+                        Ok(f) => *slot = Some(Arc::new(f)),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(self.flush_failed(format!("can't open {}: {e}", db.wal.display()))),
+                    }
+                }
+                slot.clone()
+            };
+            if let Some(file) = file {
+                let synced = tokio::task::spawn_blocking(move || file.sync_data()).await;
+                match synced {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(self.flush_failed(format!("fsync of {} failed: {e}", db.wal.display()))),
+                    Err(e) => return Err(self.flush_failed(format!("the fsync task failed: {e}"))),
+                }
+            }
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            self.advance(target);
+        }
+        Ok(())
+    }
+
+    fn flush_failed(&self, msg: String) -> StoreError {
+        tracing::error!(error = %msg, "SQLite WAL flush failed; the store refuses further commits");
+        self.durable.fail(&msg)
+    }
+
+    fn advance(&self, target: Seq) {
+        self.durable.advance(target);
+    }
+
+    /// PostgreSQL: after a `COMMIT` returned (either way), every seq below the
+    /// lowest one still in flight is durable.
+    fn settle(&self, seq: Seq, committed: bool) {
+        let mut in_flight = self.in_flight.lock();
+        in_flight.remove(&seq);
+        if committed {
+            self.last_seq.fetch_max(seq, Ordering::SeqCst);
+        }
+        let last = self.last_seq.load(Ordering::SeqCst);
+        let durable = in_flight.first().map_or(last, |lowest| last.min(lowest - 1));
+        drop(in_flight);
+        self.advance(durable);
+    }
+
+    /// Writes the plan's rows and id counters (in the order the foreign keys
+    /// need: inserts, then updates, then deletes in first-touch order, so a
+    /// cascade in the database only ever finds rows the plan deletes anyway).
+    async fn write_rows(&self, c: &mut Conn<'_>, plan: &Plan) -> Result<(), CommitError> {
+        let t = &self.tables;
+        for phase in 0..3 {
+            for change in &plan.changes {
+                let (ty, id) = (&*change.key.ty, change.key.id);
+                let table = t.get(ty).ok_or_else(|| CommitError::Invalid(format!("unknown type `{ty}`")))?;
+                let (sql, binds) = match (phase, &change.before, &change.after) {
+                    (0, None, Some(row)) => (&table.insert, table.binds(row).map_err(CommitError::Invalid)?),
+                    (1, Some(_), Some(row)) => (&table.update, table.binds(row).map_err(CommitError::Invalid)?),
+                    (2, Some(_), None) => (&table.delete, vec![Bind::Int(Some(id))]),
+                    _ => continue,
+                };
+                c.exec(sql, binds).await.map_err(|e| write_error(e, ty, id, phase == 0))?;
+            }
+        }
+        let d = t.dialect;
+        let sql = format!("UPDATE {IDS} SET last_id = {} WHERE type = {}", d.ph(1), d.ph(2));
+        for (ty, last) in &plan.last_ids {
+            c.exec(&sql, vec![Bind::Int(Some(*last)), Bind::Text(Some(ty.clone()))])
+                .await
+                .map_err(|e| write_error(e, ty, *last, false))?;
+        }
+        Ok(())
+    }
+
+    fn applied_binds(plan: &Plan) -> Option<[Bind; 5]> {
+        plan.applied.as_ref().map(|(key, rec)| {
+            [
+                Bind::Int(Some(key.user)),
+                Bind::Text(Some(key.client_id.clone())),
+                Bind::Int(Some(key.write_id)),
+                Bind::Text(Some(codec::encode_created(&rec.created))),
+                Bind::Int(Some(i64_of(rec.at_ms))),
+            ]
+        })
+    }
+
+    #[cfg(feature = "sqlite")]
+    async fn commit_sqlite(&self, db: &SqliteDb, tx: &Transaction) -> Result<Committed, CommitError> {
+        let mut w = db.writer.lock().await;
+        if let Some(msg) = self.failure() {
+            return Err(StoreError::FlushFailed(msg.to_string()).into());
+        }
+        if w.closed {
+            return Err(StoreError::Unavailable("the store is closed".into()).into());
+        }
+        let seq = w.next;
+        if seq > w.reserved {
+            let reserved = seq.saturating_add(self.options.seq_block);
+            meta_set(&mut Conn::Sqlite(&mut w.conn), "seq_reserved", reserved.to_string()).await.map_err(backend)?;
+            self.flush().await?;
+            w.reserved = reserved;
+        }
+        let mut sql_tx = w.conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let mut c = Conn::Sqlite(&mut sql_tx);
+        let plan = {
+            let mut reader = Reader { tables: &self.tables, conn: &mut c, lock: false, retry: false };
+            plan::plan(&self.schema, &mut reader, tx, seq).await?
+        };
+        self.write_rows(&mut c, &plan).await?;
+        let d = Dialect::Sqlite;
+        if let Some([user, client, write_id, created, at]) = Self::applied_binds(&plan) {
+            let sql = format!(
+                "INSERT INTO {APPLIED} (user_id, client_id, write_id, seq, created, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            );
+            c.exec(&sql, vec![user, client, write_id, Bind::Int(Some(i64_of(seq))), created, at])
+                .await
+                .map_err(|e| write_error(e, "applied write", 0, false))?;
+        }
+        let sql = format!("INSERT INTO {LOG} (seq, at_ms, changes) VALUES (?1, ?2, ?3)");
+        let binds = vec![
+            Bind::Int(Some(i64_of(seq))),
+            Bind::Int(Some(i64_of(tx.now_ms))),
+            Bind::Text(Some(codec::encode_changes(&plan.changes))),
+        ];
+        c.exec(&sql, binds).await.map_err(backend)?;
+        meta_set(&mut c, "last_seq", seq.to_string()).await.map_err(backend)?;
+        if let Some(floor) = seq.checked_sub(self.options.log_capacity).filter(|f| *f > 0) {
+            c.exec(&format!("DELETE FROM {LOG} WHERE seq <= {}", d.ph(1)), vec![Bind::Int(Some(i64_of(floor)))])
+                .await
+                .map_err(backend)?;
+            meta_set(&mut c, "log_trimmed", floor.to_string()).await.map_err(backend)?;
+        }
+        sql_tx.commit().await.map_err(|e| match violation(&e) {
+            Some(_) => CommitError::Invalid(e.to_string()),
+            None => CommitError::Store(backend(e)),
+        })?;
+        w.next = seq + 1;
+        self.last_seq.store(seq, Ordering::SeqCst);
+        drop(w);
+        self.wake.notify_one();
+        Ok(plan.committed())
+    }
+
+    #[cfg(feature = "postgres")]
+    async fn commit_postgres(&self, pool: &PgPool, tx: &Transaction) -> Result<Committed, CommitError> {
+        use sqlx::Connection as _;
+        let mut conn = pool.acquire().await.map_err(unavailable)?;
+        let mut sql_tx = conn.begin().await.map_err(backend)?;
+        let mut c = Conn::Postgres(&mut sql_tx);
+        // Planned with seq 0: the real seq is drawn last; rows are stamped then.
+        let mut plan = {
+            let mut reader = Reader { tables: &self.tables, conn: &mut c, lock: true, retry: false };
+            match plan::plan(&self.schema, &mut reader, tx, 0).await {
+                Ok(p) => p,
+                Err(CommitError::Store(_)) if reader.retry => {
+                    return Err(CommitError::Conflict { ty: "(locked rows)".into(), id: 0 });
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.write_rows(&mut c, &plan).await?;
+        let seq = self.draw_seq(&mut c, &plan, tx.now_ms).await?;
+        self.in_flight.lock().insert(seq);
+        let result = sql_tx.commit().await;
+        self.settle(seq, result.is_ok());
+        if let Err(e) = result {
+            // A deferred constraint or a serialization failure refused the
+            // commit; anything else (a broken connection, a server shutting
+            // down) leaves its fate unknown: the server may have committed.
+            return Err(match (violation(&e), is_retryable(&e)) {
+                (Some(_), _) if is_database_error(&e) => CommitError::Invalid(e.to_string()),
+                (None, true) => CommitError::Conflict { ty: "(commit)".into(), id: 0 },
+                _ => CommitError::Store(StoreError::OutcomeUnknown(e.to_string())),
+            });
+        }
+        drop(conn);
+        stamp(&mut plan, seq);
+        if seq.is_multiple_of(64) {
+            self.trim_log_postgres(pool, seq).await;
+        }
+        Ok(plan.committed())
+    }
+
+    /// The last statement before `COMMIT`: draws the seq, stamps it on every
+    /// written row, and writes the change log entry and the applied record.
+    #[cfg(feature = "postgres")]
+    async fn draw_seq(&self, c: &mut Conn<'_>, plan: &Plan, now_ms: u64) -> Result<Seq, CommitError> {
+        let mut by_type: HashMap<&str, Vec<Id>> = HashMap::new();
+        for change in plan.changes.iter().filter(|c| c.after.is_some()) {
+            by_type.entry(&change.key.ty).or_default().push(change.key.id);
+        }
+        let mut sql = format!("WITH s AS (SELECT nextval('{SEQ}') AS seq)");
+        let mut binds = Vec::new();
+        for (i, (ty, ids)) in by_type.iter().enumerate() {
+            let t = self.tables.get(ty).ok_or_else(|| CommitError::Invalid(format!("unknown type `{ty}`")))?;
+            binds.push(Bind::IntArray(ids.clone()));
+            sql.push_str(&format!(
+                ", v{i} AS (UPDATE {q} SET _version = s.seq, _created = CASE WHEN {q}._created = 0 THEN s.seq \
+                 ELSE {q}._created END FROM s WHERE {q}.id = ANY(${n}))",
+                q = t.quoted,
+                n = binds.len()
+            ));
+        }
+        binds.push(Bind::Int(Some(i64_of(now_ms))));
+        binds.push(Bind::Text(Some(codec::encode_changes(&plan.changes))));
+        sql.push_str(&format!(
+            ", l AS (INSERT INTO {LOG} (seq, at_ms, changes) SELECT s.seq, ${}, ${}::jsonb FROM s)",
+            binds.len() - 1,
+            binds.len()
+        ));
+        if let Some(applied) = Self::applied_binds(plan) {
+            let n = binds.len();
+            binds.extend(applied);
+            sql.push_str(&format!(
+                ", a AS (INSERT INTO {APPLIED} (user_id, client_id, write_id, seq, created, at_ms) \
+                 SELECT ${}, ${}, ${}, s.seq, ${}, ${} FROM s)",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5
+            ));
+        }
+        sql.push_str(" SELECT seq FROM s");
+        let rows = c.fetch(&sql, binds, &[Col::Int]).await.map_err(|e| {
+            // A unique violation here is the applied key, recorded meanwhile by
+            // another process: a retry finds the record and answers `duplicate`.
+            let write_id = plan.applied.as_ref().map_or(0, |(k, _)| k.write_id);
+            write_error(e, "applied write", write_id, false)
+        })?;
+        rows.first()
+            .and_then(|r| r[0].as_i64())
+            .map(|s| s as Seq)
+            .ok_or_else(|| CommitError::Store(StoreError::Backend("the seq draw returned nothing".into())))
+    }
+
+    #[cfg(feature = "postgres")]
+    async fn trim_log_postgres(&self, pool: &PgPool, seq: Seq) {
+        let Some(floor) = seq.checked_sub(self.options.log_capacity).filter(|f| *f > 0) else { return };
+        let result: Result<(), sqlx::Error> = async {
+            use sqlx::Connection as _;
+            let mut conn = pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            let mut c = Conn::Postgres(&mut tx);
+            c.exec(&format!("DELETE FROM {LOG} WHERE seq <= $1"), vec![Bind::Int(Some(i64_of(floor)))]).await?;
+            let sql = format!(
+                "INSERT INTO {META} (key, value) VALUES ('log_trimmed', $1) ON CONFLICT (key) DO UPDATE \
+                 SET value = GREATEST({META}.value::bigint, excluded.value::bigint)::text"
+            );
+            c.exec(&sql, vec![Bind::Text(Some(floor.to_string()))]).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, floor, "couldn't trim the change log; will retry later");
+        }
+    }
+}
+
+/// Stamps the drawn seq on the plan's after images and applied record.
+fn stamp(plan: &mut Plan, seq: Seq) {
+    plan.seq = seq;
+    for change in &mut plan.changes {
+        if let Some(row) = &mut change.after {
+            row.version = seq;
+            if row.created == 0 {
+                row.created = seq;
+            }
+        }
+    }
+    if let Some((_, rec)) = &mut plan.applied {
+        rec.seq = seq;
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn epoch(&self) -> &str {
+        &self.shared.epoch
+    }
+
+    fn last_seq(&self) -> Seq {
+        self.shared.last_seq.load(Ordering::SeqCst)
+    }
+
+    fn durable_seq(&self) -> Seq {
+        self.shared.durable.seq()
+    }
+
+    async fn wait_durable(&self, seq: Seq) -> Result<(), StoreError> {
+        // A seq not committed yet can't become durable by waiting for it alone.
+        self.shared.durable.wait(seq.min(self.last_seq())).await
+    }
+
+    async fn get(&self, ty: &str, id: Id) -> Result<Option<Row>, StoreError> {
+        let t = &self.shared.tables;
+        let Some(table) = t.get(ty) else { return Ok(None) };
+        let mut pooled = self.shared.reader().await?;
+        let rows = pooled
+            .conn()
+            .fetch(&t.get_sql(table, false), vec![Bind::Int(Some(id))], &table.cols)
+            .await
+            .map_err(backend)?;
+        rows.into_iter().next().map(|r| table.row(r).map_err(StoreError::Corrupt)).transpose()
+    }
+
+    async fn get_many(&self, ty: &str, ids: &[Id]) -> Result<Vec<Row>, StoreError> {
+        let t = &self.shared.tables;
+        let Some(table) = t.get(ty) else { return Ok(Vec::new()) };
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("{} WHERE {}", table.select, t.dialect.in_ids("id", 1));
+        let mut pooled = self.shared.reader().await?;
+        let rows = pooled.conn().fetch(&sql, vec![t.dialect.ids(ids)], &table.cols).await.map_err(backend)?;
+        let mut found: HashMap<Id, Row> = HashMap::new();
+        for r in rows {
+            let row = table.row(r).map_err(StoreError::Corrupt)?;
+            found.insert(row.id, row);
+        }
+        Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
+    }
+
+    async fn children(&self, child_ty: &str, field: &str, parent_ids: &[Id]) -> Result<Vec<Row>, StoreError> {
+        let t = &self.shared.tables;
+        let Some(table) = t.get(child_ty) else { return Ok(Vec::new()) };
+        if table.field(field).is_none() || parent_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parents: Vec<Id> = parent_ids.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
+        let sql = format!("{} WHERE {} ORDER BY _created, id", table.select, t.dialect.in_ids(&db::quote(field), 1));
+        let mut pooled = self.shared.reader().await?;
+        let rows = pooled.conn().fetch(&sql, vec![t.dialect.ids(&parents)], &table.cols).await.map_err(backend)?;
+        rows.into_iter().map(|r| table.row(r).map_err(StoreError::Corrupt)).collect()
+    }
+
+    async fn scan(&self, ty: &str, after: Option<Id>, limit: usize) -> Result<Vec<Row>, StoreError> {
+        let t = &self.shared.tables;
+        let Some(table) = t.get(ty) else { return Ok(Vec::new()) };
+        let d = t.dialect;
+        let sql = format!("{} WHERE id > {} ORDER BY id LIMIT {}", table.select, d.ph(1), d.ph(2));
+        let binds =
+            vec![Bind::Int(Some(after.unwrap_or(i64::MIN))), Bind::Int(Some(i64::try_from(limit).unwrap_or(i64::MAX)))];
+        let mut pooled = self.shared.reader().await?;
+        let rows = pooled.conn().fetch(&sql, binds, &table.cols).await.map_err(backend)?;
+        rows.into_iter().map(|r| table.row(r).map_err(StoreError::Corrupt)).collect()
+    }
+
+    async fn commit(&self, tx: Transaction) -> Result<Committed, CommitError> {
+        match &self.shared.backend {
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(db) => self.shared.commit_sqlite(db, &tx).await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => self.shared.commit_postgres(pool, &tx).await,
+        }
+    }
+
+    async fn applied(&self, key: &AppliedKey) -> Result<Option<AppliedRecord>, StoreError> {
+        let mut pooled = self.shared.reader().await?;
+        applied_record(&mut pooled.conn(), key).await.map_err(backend)
+    }
+
+    async fn purged_write_id(&self, user: Id, client_id: &str) -> Result<Option<i64>, StoreError> {
+        let d = self.shared.tables.dialect;
+        let sql = format!("SELECT write_id FROM {PURGED} WHERE user_id = {} AND client_id = {}", d.ph(1), d.ph(2));
+        let mut pooled = self.shared.reader().await?;
+        let rows = pooled
+            .conn()
+            .fetch(&sql, vec![Bind::Int(Some(user)), Bind::Text(Some(client_id.to_owned()))], &[Col::Int])
+            .await
+            .map_err(backend)?;
+        Ok(rows.first().and_then(|r| r[0].as_i64()))
+    }
+
+    async fn purge_applied(&self, before_ms: u64) -> Result<u64, StoreError> {
+        let d = self.shared.tables.dialect;
+        let mark = format!(
+            "INSERT INTO {PURGED} (user_id, client_id, write_id) SELECT user_id, client_id, MAX(write_id) \
+             FROM {APPLIED} WHERE at_ms < {p} GROUP BY user_id, client_id \
+             ON CONFLICT (user_id, client_id) DO UPDATE SET write_id = {g}({PURGED}.write_id, excluded.write_id)",
+            p = d.ph(1),
+            g = d.greatest()
+        );
+        let delete = format!("DELETE FROM {APPLIED} WHERE at_ms < {}", d.ph(1));
+        let before = Bind::Int(Some(i64_of(before_ms)));
+        let count = match &self.shared.backend {
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(db) => {
+                let mut w = db.writer.lock().await;
+                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+                let mut c = Conn::Sqlite(&mut tx);
+                c.exec(&mark, vec![before.clone()]).await.map_err(backend)?;
+                let n = c.exec(&delete, vec![before]).await.map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                drop(w);
+                // Make the purge durable with the next flush.
+                self.shared.wake.notify_one();
+                n
+            }
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(unavailable)?;
+                let mut c = Conn::Postgres(&mut tx);
+                c.exec(&mark, vec![before.clone()]).await.map_err(backend)?;
+                let n = c.exec(&delete, vec![before]).await.map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                n
+            }
+        };
+        if count > 0 {
+            tracing::debug!(count, before_ms, "purged applied records");
+        }
+        Ok(count)
+    }
+
+    async fn changes_since(&self, after: Seq, limit: usize) -> Result<LogRead, StoreError> {
+        let d = self.shared.tables.dialect;
+        let mut pooled = self.shared.reader().await?;
+        let mut c = pooled.conn();
+        if after < meta_u64(&mut c, "log_trimmed").await? {
+            return Ok(LogRead::Trimmed);
+        }
+        let changes = if d == Dialect::Postgres { "changes::text" } else { "changes" };
+        let sql = format!("SELECT seq, {changes} FROM {LOG} WHERE seq > {} ORDER BY seq LIMIT {}", d.ph(1), d.ph(2));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = c
+            .fetch(&sql, vec![Bind::Int(Some(i64_of(after))), Bind::Int(Some(limit))], &[Col::Int, Col::Text])
+            .await
+            .map_err(backend)?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for r in rows {
+            let seq = u64_of(&r[0]);
+            entries.push(LogEntry { seq, changes: codec::decode_changes(seq, r[1].as_str().unwrap_or("[]"))? });
+        }
+        Ok(LogRead::Entries(entries))
+    }
+
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        let t = &self.shared.tables;
+        if t.by_name.is_empty() {
+            return Ok(true);
+        }
+        let parts: Vec<String> = t.by_name.values().map(|table| format!("SELECT id FROM {}", table.quoted)).collect();
+        let sql = format!("{} LIMIT 1", parts.join(" UNION ALL "));
+        let mut pooled = self.shared.reader().await?;
+        let rows = pooled.conn().fetch(&sql, vec![], &[Col::Int]).await.map_err(backend)?;
+        Ok(rows.is_empty())
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let shared = &*self.shared;
+        #[cfg(feature = "sqlite")]
+        if let Backend::Sqlite(db) = &shared.backend {
+            db.writer.lock().await.closed = true;
+        }
+        shared.stopping.store(true, Ordering::SeqCst);
+        shared.wake.notify_one();
+        let flusher = self.flusher.lock().take();
+        if let Some(handle) = flusher
+            && let Err(e) = handle.await
+        {
+            tracing::error!(error = %e, "the SQLite flusher ended abnormally");
+        }
+        shared.flush().await?;
+        match &shared.backend {
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(db) => db.readers.close().await,
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(pool) => pool.close().await,
+        }
+        tracing::info!(last_seq = self.last_seq(), backend = self.backend_name(), "closed SQL store");
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! Settings of the WebSocket server and client, and the per-connection
+//! settings both ends share.
+
+use statecast_core::transport::TransportError;
+use std::time::Duration;
+
+/// The default frame limit (protocol v1: 1 MiB in both directions).
+pub const DEFAULT_FRAME_LIMIT: usize = 1 << 20;
+
+/// Settings of the WebSocket server.
+#[derive(Clone, Debug)]
+pub struct WsConfig {
+    /// Largest frame handed to the engine. Frames up to twice this size are
+    /// read and reported as `Incoming::TooLarge`; larger ones close the
+    /// connection with 1009.
+    pub frame_limit: usize,
+    /// Frames that may wait in a connection's outbox (slow-consumer bound).
+    pub outbox_capacity: usize,
+    /// Frames read from the socket that may wait for the engine; when full,
+    /// reading stops (TCP backpressure on the peer).
+    pub incoming_capacity: usize,
+    /// The HTTP path that upgrades to WebSocket.
+    pub path: String,
+    /// How often to ping the peer; `None` sends no pings.
+    pub ping_interval: Option<Duration>,
+    /// A peer that sends nothing (not even a pong) for this long is dropped.
+    pub idle_timeout: Duration,
+    /// How long a close handshake (or a close after an oversize frame) may take.
+    pub close_timeout: Duration,
+    /// Initial size of each connection's read buffer.
+    pub read_buffer_size: usize,
+    /// Bytes buffered before a write reaches the socket (0: write each frame at once).
+    pub write_buffer_size: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            frame_limit: DEFAULT_FRAME_LIMIT,
+            outbox_capacity: 1024,
+            incoming_capacity: 64,
+            path: "/ws".to_owned(),
+            ping_interval: Some(Duration::from_secs(20)),
+            idle_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(5),
+            read_buffer_size: 8 * 1024,
+            write_buffer_size: 0,
+        }
+    }
+}
+
+impl WsConfig {
+    pub(crate) fn validate(&self) -> Result<ConnSettings, TransportError> {
+        if !self.path.starts_with('/') || self.path.contains(['{', '}', '*']) {
+            return Err(TransportError::Address(format!(
+                "websocket path {:?} must start with '/' and hold no route patterns",
+                self.path
+            )));
+        }
+        ConnSettings::new(
+            self.frame_limit,
+            self.outbox_capacity,
+            self.incoming_capacity,
+            self.ping_interval,
+            self.idle_timeout,
+            self.close_timeout,
+            self.read_buffer_size,
+            self.write_buffer_size,
+        )
+    }
+}
+
+/// Settings of a client connection made by [`connect`](crate::connect).
+#[derive(Clone, Debug)]
+pub struct WsClientConfig {
+    /// Largest frame handed to the caller (same rules as [`WsConfig::frame_limit`]).
+    pub frame_limit: usize,
+    /// Frames that may wait in the outbox.
+    pub outbox_capacity: usize,
+    /// Frames read from the socket that may wait for the caller.
+    pub incoming_capacity: usize,
+    /// How often to ping the server; `None` sends no pings.
+    pub ping_interval: Option<Duration>,
+    /// A server that sends nothing for this long is dropped.
+    pub idle_timeout: Duration,
+    /// How long a close handshake may take.
+    pub close_timeout: Duration,
+    /// How long the TCP connect and the WebSocket handshake may take.
+    pub connect_timeout: Duration,
+    /// Initial size of the read buffer.
+    pub read_buffer_size: usize,
+    /// Bytes buffered before a write reaches the socket (0: write each frame at once).
+    pub write_buffer_size: usize,
+    /// For `wss://`: trust server certificates issued by the CA(s) in this PEM
+    /// file; `None` trusts the system's root certificates.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl Default for WsClientConfig {
+    fn default() -> Self {
+        Self {
+            frame_limit: DEFAULT_FRAME_LIMIT,
+            outbox_capacity: 256,
+            incoming_capacity: 256,
+            ping_interval: Some(Duration::from_secs(20)),
+            idle_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            read_buffer_size: 8 * 1024,
+            write_buffer_size: 0,
+            ca_file: None,
+        }
+    }
+}
+
+impl WsClientConfig {
+    pub(crate) fn validate(&self) -> Result<ConnSettings, TransportError> {
+        ConnSettings::new(
+            self.frame_limit,
+            self.outbox_capacity,
+            self.incoming_capacity,
+            self.ping_interval,
+            self.idle_timeout,
+            self.close_timeout,
+            self.read_buffer_size,
+            self.write_buffer_size,
+        )
+    }
+}
+
+/// What one connection's driver needs, checked once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnSettings {
+    pub frame_limit: usize,
+    pub outbox_capacity: usize,
+    pub incoming_capacity: usize,
+    pub ping_interval: Option<Duration>,
+    pub idle_timeout: Duration,
+    pub close_timeout: Duration,
+    pub read_buffer_size: usize,
+    pub write_buffer_size: usize,
+}
+
+impl ConnSettings {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        frame_limit: usize,
+        outbox_capacity: usize,
+        incoming_capacity: usize,
+        ping_interval: Option<Duration>,
+        idle_timeout: Duration,
+        close_timeout: Duration,
+        read_buffer_size: usize,
+        write_buffer_size: usize,
+    ) -> Result<Self, TransportError> {
+        let invalid = |what: &str| Err(TransportError::Protocol(format!("invalid websocket setting: {what}")));
+        if frame_limit == 0 {
+            return invalid("frame_limit must be positive");
+        }
+        if ping_interval.is_some_and(|p| p.is_zero()) {
+            return invalid("ping_interval must be positive");
+        }
+        if idle_timeout.is_zero() {
+            return invalid("idle_timeout must be positive");
+        }
+        Ok(Self {
+            frame_limit,
+            outbox_capacity: outbox_capacity.max(1),
+            incoming_capacity: incoming_capacity.max(1),
+            ping_interval,
+            idle_timeout,
+            close_timeout,
+            read_buffer_size: read_buffer_size.max(1024),
+            // tungstenite requires its (unbounded) max write buffer to be larger.
+            write_buffer_size: write_buffer_size.min(frame_limit),
+        })
+    }
+
+    /// What the WebSocket layer accepts: twice the frame limit, so frames just
+    /// over the limit can be reported instead of killing the connection.
+    pub fn wire_limit(&self) -> usize {
+        self.frame_limit.saturating_mul(2)
+    }
+}

@@ -1,0 +1,323 @@
+//! The per-connection driver both ends share: a reader task that turns
+//! WebSocket messages into `Incoming`, and a writer loop that drains the
+//! outbox, pings the peer and runs the close handshake.
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use statecast_core::transport::{
+    Connection, ConnectionInfo, Frame, Incoming, OutboxReceiver, Outgoing, close_code, outbox,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConnSettings;
+
+/// A WebSocket message as the driver sees it.
+pub(crate) enum Wire {
+    Data(Frame),
+    Close,
+    /// Pings (answered by tungstenite itself), pongs and raw frames.
+    Control,
+}
+
+/// The two WebSocket message types (axum's and tungstenite's) behind one face.
+pub(crate) trait WireMessage: Send + Sized + 'static {
+    fn into_wire(self) -> Wire;
+    /// `None` when a text frame does not hold UTF-8.
+    fn from_frame(frame: Frame) -> Option<Self>;
+    fn ping() -> Self;
+    fn close(code: u16, reason: String) -> Self;
+}
+
+/// The two WebSocket error types behind one face.
+pub(crate) trait WireError: std::fmt::Display + Send + 'static {
+    /// True when the peer's message or frame exceeded the configured maximum.
+    fn is_too_large(&self) -> bool;
+}
+
+/// Builds the [`Connection`] for a socket and the future that drives it.
+/// The future ends when the connection is closed and must be run (spawned)
+/// by the caller.
+pub(crate) fn open<S, M, E>(
+    socket: S,
+    info: ConnectionInfo,
+    settings: ConnSettings,
+) -> (Connection, impl Future<Output = ()> + Send + 'static)
+where
+    S: Stream<Item = Result<M, E>> + Sink<M, Error = E> + Send + 'static,
+    M: WireMessage,
+    E: WireError,
+{
+    let (outbox, outbox_rx) = outbox(settings.outbox_capacity);
+    let (incoming_tx, incoming) = mpsc::channel(settings.incoming_capacity);
+    let conn = Connection { info: info.clone(), incoming, outbox };
+    (conn, drive(socket, incoming_tx, outbox_rx, info, settings))
+}
+
+/// State the reader and the writer share.
+struct Shared {
+    start: Instant,
+    /// Milliseconds since `start` when the peer last sent anything.
+    last_seen_ms: AtomicU64,
+    /// The reader waits for room in the incoming queue: the engine is slow,
+    /// not the peer, so the idle timeout does not apply.
+    reader_blocked: AtomicBool,
+    /// The peer sent a close frame.
+    peer_closed: CancellationToken,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
+            reader_blocked: AtomicBool::new(false),
+            peer_closed: CancellationToken::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        self.last_seen_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn is_idle(&self, idle_timeout: Duration) -> bool {
+        if self.reader_blocked.load(Ordering::Relaxed) {
+            return false;
+        }
+        let quiet = self.now_ms().saturating_sub(self.last_seen_ms.load(Ordering::Relaxed));
+        u128::from(quiet) > idle_timeout.as_millis()
+    }
+}
+
+/// How the reader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// The socket ended or failed.
+    Gone,
+    /// The peer sent a close frame (and the handshake ran to its end).
+    PeerClosed,
+    /// A message beyond twice the frame limit: the stream cannot go on.
+    TooLarge,
+}
+
+/// How the writer loop ended.
+enum WriteEnd {
+    Reader(ReadEnd),
+    PeerClosing,
+    SentClose,
+    Failed,
+}
+
+async fn drive<S, M, E>(
+    socket: S,
+    incoming: mpsc::Sender<Incoming>,
+    mut outbox_rx: OutboxReceiver,
+    info: ConnectionInfo,
+    settings: ConnSettings,
+) where
+    S: Stream<Item = Result<M, E>> + Sink<M, Error = E> + Send + 'static,
+    M: WireMessage,
+    E: WireError,
+{
+    let (mut sink, stream) = socket.split();
+    let shared = Arc::new(Shared::new());
+    let mut reader = tokio::spawn(read_loop(stream, incoming, settings.frame_limit, shared.clone()));
+    let end = write_loop(&mut sink, &mut outbox_rx, &mut reader, &shared, &settings).await;
+    // From here on nothing more is written: senders see a closed outbox.
+    outbox_rx.mark_closed();
+    drop(outbox_rx);
+    match end {
+        WriteEnd::Reader(ReadEnd::TooLarge) => {
+            let limit = settings.wire_limit();
+            tracing::debug!(peer = %info.peer, limit, "closing: frame beyond the hard limit");
+            let close = M::close(close_code::TOO_BIG, format!("frame larger than {limit} bytes"));
+            send_within(&mut sink, close, settings.close_timeout).await;
+        }
+        WriteEnd::Reader(_) | WriteEnd::Failed => {}
+        WriteEnd::PeerClosing | WriteEnd::SentClose => {
+            // Let the reader finish the close handshake (it flushes our reply
+            // or reads the peer's).
+            if timeout(settings.close_timeout, &mut reader).await.is_err() {
+                tracing::debug!(peer = %info.peer, "close handshake timed out");
+            }
+        }
+    }
+    reader.abort();
+    tracing::debug!(peer = %info.peer, transport = info.transport, "connection ended");
+}
+
+async fn write_loop<K, M>(
+    sink: &mut K,
+    outbox_rx: &mut OutboxReceiver,
+    reader: &mut JoinHandle<ReadEnd>,
+    shared: &Shared,
+    settings: &ConnSettings,
+) -> WriteEnd
+where
+    K: Sink<M> + Unpin,
+    M: WireMessage,
+{
+    let mut ping = settings.ping_interval.map(|every| {
+        let mut ping = tokio::time::interval_at(Instant::now() + every, every);
+        // After a long write, one ping is enough: no burst of missed ticks.
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping
+    });
+    // A write that cannot finish within the idle timeout means the peer stopped reading.
+    let write_timeout = settings.idle_timeout;
+    loop {
+        let tick = async {
+            match ping.as_mut() {
+                Some(ping) => ping.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            end = &mut *reader => return WriteEnd::Reader(end.unwrap_or(ReadEnd::Gone)),
+            _ = shared.peer_closed.cancelled() => return WriteEnd::PeerClosing,
+            _ = tick => {
+                if shared.is_idle(settings.idle_timeout) {
+                    tracing::debug!("dropping a peer that stopped answering pings");
+                    return WriteEnd::Failed;
+                }
+                if !send_within(sink, M::ping(), write_timeout).await {
+                    return WriteEnd::Failed;
+                }
+            }
+            out = outbox_rx.next() => match out {
+                Some(Outgoing::Frame(frame)) => {
+                    if frame.len() > settings.frame_limit {
+                        tracing::warn!(size = frame.len(), limit = settings.frame_limit, "sending a frame over the frame limit");
+                    }
+                    let Some(message) = M::from_frame(frame) else {
+                        tracing::error!("dropping an outgoing text frame that is not UTF-8");
+                        continue;
+                    };
+                    if !send_within(sink, message, write_timeout).await {
+                        return WriteEnd::Failed;
+                    }
+                }
+                Some(Outgoing::Close(reason)) => {
+                    send_within(sink, M::close(reason.code, reason.reason), settings.close_timeout).await;
+                    return WriteEnd::SentClose;
+                }
+                None => {
+                    // Every outbox handle is gone: the owner left without a word.
+                    let close = M::close(close_code::NORMAL, String::new());
+                    send_within(sink, close, settings.close_timeout).await;
+                    return WriteEnd::SentClose;
+                }
+            },
+        }
+    }
+}
+
+/// Sends one message; false when it failed or took longer than `limit`.
+async fn send_within<K, M>(sink: &mut K, message: M, limit: Duration) -> bool
+where
+    K: Sink<M> + Unpin,
+{
+    matches!(timeout(limit, sink.send(message)).await, Ok(Ok(())))
+}
+
+async fn read_loop<St, M, E>(
+    mut stream: St,
+    incoming: mpsc::Sender<Incoming>,
+    limit: usize,
+    shared: Arc<Shared>,
+) -> ReadEnd
+where
+    St: Stream<Item = Result<M, E>> + Unpin,
+    M: WireMessage,
+    E: WireError,
+{
+    // `None` once the engine dropped its receiver: frames are then discarded,
+    // but reading goes on so pings and the close handshake still work.
+    let mut incoming = Some(incoming);
+    while let Some(item) = stream.next().await {
+        shared.touch();
+        let message = match item {
+            Ok(message) => message,
+            Err(err) if err.is_too_large() => return ReadEnd::TooLarge,
+            Err(err) => {
+                tracing::debug!(error = %err, "websocket read failed");
+                return ReadEnd::Gone;
+            }
+        };
+        match message.into_wire() {
+            Wire::Data(frame) => {
+                let Some(tx) = incoming.as_ref() else {
+                    continue;
+                };
+                let item = if frame.len() > limit {
+                    Incoming::TooLarge { size: frame.len(), limit }
+                } else {
+                    Incoming::Frame(frame)
+                };
+                shared.reader_blocked.store(true, Ordering::Relaxed);
+                if tx.send(item).await.is_err() {
+                    incoming = None;
+                }
+                shared.reader_blocked.store(false, Ordering::Relaxed);
+                shared.touch();
+            }
+            Wire::Close => {
+                shared.peer_closed.cancel();
+                drop(incoming.take());
+                // Keep reading: tungstenite flushes its close reply on the next
+                // read and ends the stream once the handshake is complete.
+                while stream.next().await.is_some() {}
+                return ReadEnd::PeerClosed;
+            }
+            Wire::Control => {}
+        }
+    }
+    ReadEnd::Gone
+}
+
+/// Cuts a close reason to the 123 bytes a close frame can carry.
+pub(crate) fn close_reason_text(mut reason: String) -> String {
+    const MAX: usize = 123;
+    if reason.len() > MAX {
+        let mut end = MAX;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reason_is_cut_at_a_char_boundary() {
+        let long = "é".repeat(100);
+        let cut = close_reason_text(long);
+        assert!(cut.len() <= 123);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(close_reason_text("bye".into()), "bye");
+    }
+
+    #[test]
+    fn idle_is_suspended_while_the_reader_waits_for_the_engine() {
+        let shared = Shared::new();
+        shared.last_seen_ms.store(0, Ordering::Relaxed);
+        let far = Duration::from_millis(0);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(shared.is_idle(far));
+        shared.reader_blocked.store(true, Ordering::Relaxed);
+        assert!(!shared.is_idle(far));
+    }
+}

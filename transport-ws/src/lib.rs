@@ -1,0 +1,18 @@
+//! The WebSocket transport of Statecast: a server ([`WsTransport`], axum) and
+//! a client connector ([`connect`], tokio-tungstenite) moving whole frames.
+//!
+//! Text frames carry JSON, binary frames MessagePack; both ends enforce the
+//! same frame limit: a frame up to twice the limit is read and reported as
+//! [`Incoming::TooLarge`](statecast_core::transport::Incoming::TooLarge), a
+//! larger one closes the connection with 1009. Each connection is two small
+//! tasks (reader and writer) around bounded queues; the writer pings the peer
+//! and drops it when it stays silent past the idle timeout.
+
+mod client;
+mod config;
+mod connection;
+mod server;
+
+pub use client::connect;
+pub use config::{DEFAULT_FRAME_LIMIT, WsClientConfig, WsConfig};
+pub use server::WsTransport;

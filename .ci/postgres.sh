@@ -3,6 +3,9 @@
 # and database the tests use, and prints the URL for STATECAST_PG_URL.
 # Idempotent and quiet; fast when everything is already there. Needs root.
 set -euo pipefail
+# Only the URL goes to standard output: everything else the tools print goes to
+# standard error, so `$(bash .ci/postgres.sh)` is exactly the URL.
+exec 3>&1 1>&2
 
 role=statecast
 password=statecast
@@ -33,4 +36,9 @@ fi
 if ! su postgres -c "psql -X -tA -d postgres -c \"SELECT 1 FROM pg_database WHERE datname = '$db'\"" | grep -q 1; then
     psql_admin "-c \"CREATE DATABASE $db OWNER $role\""
 fi
-echo "postgres://$role:$password@127.0.0.1:5432/$db"
+url="postgres://$role:$password@127.0.0.1:5432/$db"
+if ! psql "$url" -X -q -tA -c "SELECT 1" >/dev/null; then
+    echo "postgres.sh: PostgreSQL is running but $url does not connect" >&2
+    exit 1
+fi
+echo "$url" >&3

@@ -74,7 +74,7 @@ pub fn psql(url: &str, sql: &str) -> String {
         .args([url, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .expect("run psql (install the PostgreSQL client)");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "psql {url} {sql}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 

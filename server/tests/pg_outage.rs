@@ -1,9 +1,10 @@
 //! End to end on PostgreSQL: the database stops and starts under a running
 //! server. A write during the outage is refused (500 or 503) with nothing
 //! committed, and writes work again once the database is back, without
-//! restarting the server. Needs `STATECAST_PG_URL` and root (it runs
-//! `pg_ctlcluster`); passes with a note otherwise. One test in its own binary:
-//! it stops the database every other test in the run would use.
+//! restarting the server; and several processes sharing the database resume
+//! tailing its change log after a restart. Needs `STATECAST_PG_URL` and root
+//! (it runs `pg_ctlcluster`); passes with a note otherwise. Its own binary, its
+//! tests one at a time: they stop the database every other test would use.
 
 #![allow(clippy::print_stderr)]
 
@@ -41,16 +42,26 @@ impl Drop for Restart {
     }
 }
 
-#[tokio::test]
-async fn writes_fail_cleanly_during_an_outage_and_work_again_after_it() {
+/// The tests of this binary stop the database: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The cluster to stop, when this run can (PostgreSQL tests, default pass).
+fn outage_cluster() -> Option<(String, String)> {
     if StoreKind::from_env() != StoreKind::Sled {
         eprintln!("runs once, in the default (sled) pass: it picks its own store");
-        return;
+        return None;
     }
     let (Some(_), Some(cluster)) = (pg_url(), cluster()) else {
         eprintln!("STATECAST_PG_URL is not set or pg_ctlcluster is missing: skipped");
-        return;
+        return None;
     };
+    Some(cluster)
+}
+
+#[tokio::test]
+async fn writes_fail_cleanly_during_an_outage_and_work_again_after_it() {
+    let Some(cluster) = outage_cluster() else { return };
+    let _serial = ONE_AT_A_TIME.lock().await;
     let pg = PgSchema::create();
     let server = TestServer::start_on(&pg.store_url(), &[]);
     let mut alice = server.json().await;
@@ -88,4 +99,50 @@ async fn writes_fail_cleanly_during_an_outage_and_work_again_after_it() {
     let names: Vec<&str> =
         state["instances"].as_array().expect("rows").iter().filter_map(|r| r["name"].as_str()).collect();
     assert!(names.contains(&"After the outage") && !names.contains(&"During the outage"), "{names:?}");
+}
+
+#[tokio::test]
+async fn tailing_resumes_after_a_database_restart() {
+    let Some(cluster) = outage_cluster() else { return };
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = PgSchema::create();
+    let a = TestServer::start_on(&pg.store_url(), &[]);
+    let b = TestServer::start_on(&pg.store_url(), &[]);
+    let (mut watch_b, _) = b.subscribed("bob", 1).await;
+    let mut to_a = a.json().await;
+    to_a.hello("alice").await;
+    to_a.subscribe("job", 1).await;
+    to_a.write(create_task(1, Some(-1), json!({"name": "r-before"}))).await.ok();
+    assert_eq!(next_task_name(&mut watch_b).await, "r-before");
+
+    let guard = Restart(cluster.clone());
+    pg_ctl("restart", &cluster);
+    drop(guard);
+
+    // Writes are refused (500/503) until the pool reconnects, then succeed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = to_a.write(create_task(1, Some(-1), json!({"name": "r-after"}))).await;
+        if w.response["success"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A must write again after the restart: {}", w.response);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(next_task_name(&mut watch_b).await, "r-after", "B's tailer resumed where it was");
+}
+
+/// The name of the next Task created in a delta.
+async fn next_task_name(watch: &mut Client) -> String {
+    loop {
+        match watch.next_event(Duration::from_secs(20)).await {
+            Some(Event::Msg(m)) if m["type"] == "delta" => {
+                if let Some(name) = changes(&m).iter().find_map(|c| c["name"].as_str().map(str::to_owned)) {
+                    return name;
+                }
+            }
+            Some(Event::Msg(_)) => {}
+            other => panic!("no delta with a task name, got {other:?}"),
+        }
+    }
 }

@@ -32,7 +32,7 @@ use db::{Bind, Col, Conn, Dialect, backend, is_database_error, is_retryable, una
 use sqlx::error::ErrorKind;
 use statecast_core::store::plan::{self, Plan, PlanReader};
 use statecast_core::store::{
-    AppliedKey, AppliedRecord, CommitError, Committed, DurableWatermark, LogEntry, LogRead, Store, StoreError,
+    AppliedKey, AppliedRecord, CommitError, Committed, DurableWatermark, LogEntry, LogRead, Store, StoreError, Tail,
     Transaction, new_epoch,
 };
 use statecast_core::{Id, Row, Schema, Seq};
@@ -154,12 +154,39 @@ struct Shared {
     wake: Notify,
     stopping: AtomicBool,
     flushes: AtomicU64,
+    /// Wakes the log tailer: a local commit, or a notification from another process.
+    log_wake: Notify,
+    /// PostgreSQL: a coalesced `NOTIFY` is on its way.
+    notify_pending: AtomicBool,
+    /// PostgreSQL: the `NOTIFY` channel of this store (one per schema).
+    channel: String,
+    /// PostgreSQL: the first hole the tailer waits at (see [`Hole`]).
+    hole: parking_lot::Mutex<Option<Hole>>,
+}
+
+/// Seqs `from..=to` missing from the change log, and a transaction id `xid`
+/// assigned after they were seen missing. Each of them was drawn by a
+/// transaction that already had its id (rows are written before the seq is
+/// drawn), so every drawer's id is below `xid`. Once a log read's snapshot has
+/// `xmin >= xid`, every drawer has ended before that snapshot: a seq the read
+/// does not show was never committed (an aborted commit) and is skipped.
+///
+/// The bound must be a freshly assigned id, not a snapshot's `xmax`: that is
+/// only the last *completed* id + 1, and a drawer still running can hold an
+/// id above it (this skipped commits in flight under load).
+#[derive(Clone, Copy, Debug)]
+struct Hole {
+    from: Seq,
+    to: Seq,
+    xid: i64,
 }
 
 /// A [`Store`] on SQLite or PostgreSQL. See the crate docs.
 pub struct SqlStore {
     shared: Arc<Shared>,
     flusher: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// PostgreSQL: the task that `LISTEN`s for commits of other processes.
+    listener: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -243,7 +270,7 @@ impl SqlStore {
             wal_file: parking_lot::Mutex::new(None),
         };
         tracing::info!(db = %where_(), %epoch, last_seq = last, reserved, "opened SQLite store");
-        let store = Self::start(schema, tables, epoch, options, Backend::Sqlite(db), last);
+        let store = Self::start(schema, tables, epoch, options, Backend::Sqlite(db), last, String::new());
         // What the WAL holds at open (perhaps left by a crash in the page cache) is made durable now.
         store.shared.flush().await?;
         Ok(store)
@@ -284,7 +311,7 @@ impl SqlStore {
             .map_err(|e| SqlError::Connect(format!("PostgreSQL at {target}: {e}")))?;
         let tables = Tables::new(Dialect::Postgres, &schema);
         let mut conn = pool.acquire().await.map_err(|e| SqlError::Connect(format!("PostgreSQL at {target}: {e}")))?;
-        let (epoch, last) = {
+        let (epoch, last, channel) = {
             use sqlx::Connection as _;
             let mut tx = conn.begin().await.map_err(|e| SqlError::Store(backend(e)))?;
             let mut c = Conn::Postgres(&mut tx);
@@ -320,12 +347,18 @@ impl SqlStore {
                     );
                 }
             }
+            // One NOTIFY channel per schema: stores in other schemas of the database don't wake this one.
+            let ns = c
+                .fetch("SELECT current_schema()::text", vec![], &[Col::Text])
+                .await
+                .map_err(|e| SqlError::Store(backend(e)))?;
+            let channel = format!("statecast_log_{}", ns.first().and_then(|r| r[0].as_str()).unwrap_or("public"));
             tx.commit().await.map_err(|e| SqlError::Store(backend(e)))?;
-            (epoch, last)
+            (epoch, last, channel)
         };
         drop(conn);
         tracing::info!(db = %target, %epoch, last_seq = last, "opened PostgreSQL store");
-        Ok(Self::start(schema, tables, epoch, options, Backend::Postgres(pool), last))
+        Ok(Self::start(schema, tables, epoch, options, Backend::Postgres(pool), last, channel))
     }
 
     fn start(
@@ -335,6 +368,7 @@ impl SqlStore {
         options: SqlOptions,
         backend: Backend,
         last: Seq,
+        channel: String,
     ) -> SqlStore {
         let options =
             SqlOptions { log_capacity: options.log_capacity.max(1), seq_block: options.seq_block.max(1), ..options };
@@ -351,9 +385,17 @@ impl SqlStore {
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
+            log_wake: Notify::new(),
+            notify_pending: AtomicBool::new(false),
+            channel,
+            hole: parking_lot::Mutex::new(None),
         });
         let flusher = sqlite.then(|| tokio::spawn(run_flusher(shared.clone())));
-        SqlStore { shared, flusher: parking_lot::Mutex::new(flusher) }
+        #[cfg(feature = "postgres")]
+        let listener = (!sqlite).then(|| tokio::spawn(run_listener(shared.clone())));
+        #[cfg(not(feature = "postgres"))]
+        let listener = None;
+        SqlStore { shared, flusher: parking_lot::Mutex::new(flusher), listener: parking_lot::Mutex::new(listener) }
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -375,7 +417,72 @@ impl Drop for SqlStore {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.wake.notify_one();
+        if let Some(listener) = self.listener.lock().take() {
+            listener.abort();
+        }
     }
+}
+
+/// PostgreSQL: `LISTEN`s on the store's channel and wakes the tailer on each
+/// notification. `recv` reconnects by itself after a lost connection; the
+/// tailer is woken then too, since notifications sent meanwhile are lost.
+#[cfg(feature = "postgres")]
+async fn run_listener(shared: Arc<Shared>) {
+    use sqlx::postgres::PgListener;
+    let Backend::Postgres(pool) = &shared.backend else { return };
+    let mut listener: Option<PgListener> = None;
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let Some(l) = listener.as_mut() else {
+            match PgListener::connect_with(pool).await {
+                Ok(mut l) => match l.listen(&shared.channel).await {
+                    Ok(()) => {
+                        tracing::debug!(channel = %shared.channel, "listening for commits of other processes");
+                        listener = Some(l);
+                        shared.log_wake.notify_one();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN failed; the tailer polls meanwhile");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "can't connect the LISTEN connection; the tailer polls meanwhile");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            continue;
+        };
+        match l.recv().await {
+            Ok(_) => shared.log_wake.notify_one(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the LISTEN connection failed; reconnecting");
+                listener = None;
+                shared.log_wake.notify_one();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// PostgreSQL: wakes the local tailer and, coalesced, sends one `NOTIFY`
+/// (after the commit, outside its transaction) to the tailers of the other
+/// processes. Commits made while one is on its way ride on the next.
+#[cfg(feature = "postgres")]
+fn notify_commit(shared: &Arc<Shared>) {
+    shared.log_wake.notify_one();
+    if shared.notify_pending.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        // Cleared before sending: a commit from now on asks for another one.
+        shared.notify_pending.store(false, Ordering::SeqCst);
+        if let Backend::Postgres(pool) = &shared.backend
+            && let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(&shared.channel).execute(pool).await
+        {
+            tracing::debug!(error = %e, "NOTIFY failed; other processes find the commit by polling");
+        }
+    });
 }
 
 async fn meta_get(c: &mut Conn<'_>, key: &str) -> Result<Option<String>, StoreError> {
@@ -728,7 +835,10 @@ impl Shared {
         for change in plan.changes.iter().filter(|c| c.after.is_some()) {
             by_type.entry(&change.key.ty).or_default().push(change.key.id);
         }
-        let mut sql = format!("WITH s AS (SELECT nextval('{SEQ}') AS seq)");
+        // The transaction id is assigned before the seq is drawn, so a tailer
+        // waiting at a hole knows which transactions could still fill it.
+        let mut sql =
+            format!("WITH x AS (SELECT pg_current_xact_id() AS xid), s AS (SELECT nextval('{SEQ}') AS seq FROM x)");
         let mut binds = Vec::new();
         for (i, (ty, ids)) in by_type.iter().enumerate() {
             let t = self.tables.get(ty).ok_or_else(|| CommitError::Invalid(format!("unknown type `{ty}`")))?;
@@ -771,6 +881,101 @@ impl Shared {
             .and_then(|r| r[0].as_i64())
             .map(|s| s as Seq)
             .ok_or_else(|| CommitError::Store(StoreError::Backend("the seq draw returned nothing".into())))
+    }
+
+    /// Reads the change log after `after` with the snapshot it was read in
+    /// and resolves holes (see [`Hole`]).
+    #[cfg(feature = "postgres")]
+    async fn tail_postgres(&self, pool: &PgPool, after: Seq, limit: usize) -> Result<Tail, StoreError> {
+        let sql = format!(
+            "SELECT l.seq, l.changes::text, pg_snapshot_xmin(pg_current_snapshot())::text::int8, \
+             (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {SEQ})::int8, \
+             (SELECT value FROM {META} WHERE key = 'log_trimmed') \
+             FROM (SELECT 1) AS one LEFT JOIN LATERAL \
+             (SELECT seq, changes FROM {LOG} WHERE seq > $1 ORDER BY seq LIMIT $2) AS l ON true ORDER BY l.seq"
+        );
+        let limit = limit.max(1);
+        let rows = {
+            let mut conn = pool.acquire().await.map_err(unavailable)?;
+            let binds = vec![Bind::Int(Some(i64_of(after))), Bind::Int(Some(i64::try_from(limit).unwrap_or(i64::MAX)))];
+            Conn::Postgres(&mut conn)
+                .fetch(&sql, binds, &[Col::Int, Col::Text, Col::Int, Col::Int, Col::Text])
+                .await
+                .map_err(backend)?
+        };
+        let Some(first) = rows.first() else {
+            return Err(StoreError::Backend("the log read returned nothing".into()));
+        };
+        let (xmin, head) = (first[2].as_i64().unwrap_or(0), u64_of(&first[3]));
+        let floor: Seq = match first[4].as_str() {
+            None => 0,
+            Some(v) => {
+                v.parse().map_err(|_| StoreError::Corrupt(format!("meta `log_trimmed` is not a number: {v:?}")))?
+            }
+        };
+        let mut tail = Tail { entries: Vec::new(), through: after, trimmed: false };
+        if after < floor {
+            tail.trimmed = true;
+            tail.through = floor;
+        }
+        let full = rows.iter().filter(|r| !r[0].is_null()).count() >= limit;
+        for r in rows.iter().filter(|r| !r[0].is_null()) {
+            let seq = u64_of(&r[0]);
+            if seq <= tail.through {
+                continue;
+            }
+            // A gap before a visible entry: a commit still in flight, or an aborted one.
+            while tail.through + 1 < seq {
+                match self.settled(tail.through + 1, seq - 1, xmin, pool).await? {
+                    Some(to) => tail.through = to,
+                    None => return Ok(tail),
+                }
+            }
+            tail.entries.push(LogEntry { seq, changes: codec::decode_changes(seq, r[1].as_str().unwrap_or("[]"))? });
+            tail.through = seq;
+        }
+        // A gap at the end: seqs drawn, none visible after them.
+        if !full && tail.through < head {
+            while tail.through < head {
+                match self.settled(tail.through + 1, head, xmin, pool).await? {
+                    Some(to) => tail.through = to,
+                    None => break,
+                }
+            }
+        }
+        Ok(tail)
+    }
+
+    /// Whether the missing seqs `from..=to` are settled as of a log read whose
+    /// snapshot had `xmin`: the last seq settled, or None to wait. The first
+    /// sight of a hole assigns the transaction id that bounds its drawers (see [`Hole`]).
+    #[cfg(feature = "postgres")]
+    async fn settled(&self, from: Seq, to: Seq, xmin: i64, pool: &PgPool) -> Result<Option<Seq>, StoreError> {
+        let known = *self.hole.lock();
+        let hole = match known {
+            Some(h) if h.from == from => h,
+            _ => {
+                let mut conn = pool.acquire().await.map_err(unavailable)?;
+                let rows = Conn::Postgres(&mut conn)
+                    .fetch("SELECT pg_current_xact_id()::text::int8", vec![], &[Col::Int])
+                    .await
+                    .map_err(backend)?;
+                let xid = rows
+                    .first()
+                    .and_then(|r| r[0].as_i64())
+                    .ok_or_else(|| StoreError::Backend("pg_current_xact_id() returned nothing".into()))?;
+                let h = Hole { from, to, xid };
+                *self.hole.lock() = Some(h);
+                h
+            }
+        };
+        if xmin >= hole.xid {
+            tracing::debug!(from, to = hole.to.min(to), "skipping seqs of aborted commits");
+            *self.hole.lock() = None;
+            Ok(Some(hole.to.min(to)))
+        } else {
+            Ok(None)
+        }
     }
 
     #[cfg(feature = "postgres")]
@@ -890,7 +1095,11 @@ impl Store for SqlStore {
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(db) => self.shared.commit_sqlite(db, &tx).await,
             #[cfg(feature = "postgres")]
-            Backend::Postgres(pool) => self.shared.commit_postgres(pool, &tx).await,
+            Backend::Postgres(pool) => {
+                let result = self.shared.commit_postgres(pool, &tx).await;
+                notify_commit(&self.shared);
+                result
+            }
         }
     }
 
@@ -974,6 +1183,39 @@ impl Store for SqlStore {
         Ok(LogRead::Entries(entries))
     }
 
+    fn shared_log(&self) -> bool {
+        self.shared.tables.dialect == Dialect::Postgres
+    }
+
+    async fn tail_log(&self, after: Seq, limit: usize) -> Result<Tail, StoreError> {
+        #[cfg(feature = "postgres")]
+        if let Backend::Postgres(pool) = &self.shared.backend {
+            return self.shared.tail_postgres(pool, after, limit).await;
+        }
+        match self.changes_since(after, limit).await? {
+            LogRead::Entries(entries) => {
+                let through = entries.last().map_or(after, |e| e.seq);
+                Ok(Tail { entries, through, trimmed: false })
+            }
+            LogRead::Trimmed => Ok(Tail { entries: Vec::new(), through: after, trimmed: true }),
+        }
+    }
+
+    async fn wait_log(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.shared.log_wake.notified()).await;
+    }
+
+    async fn log_head(&self) -> Result<Seq, StoreError> {
+        #[cfg(feature = "postgres")]
+        if let Backend::Postgres(pool) = &self.shared.backend {
+            let mut conn = pool.acquire().await.map_err(unavailable)?;
+            let sql = format!("SELECT CASE WHEN is_called THEN last_value ELSE 0 END::int8 FROM {SEQ}");
+            let rows = Conn::Postgres(&mut conn).fetch(&sql, vec![], &[Col::Int]).await.map_err(backend)?;
+            return Ok(rows.first().map_or(0, |r| u64_of(&r[0])));
+        }
+        Ok(self.last_seq())
+    }
+
     async fn is_empty(&self) -> Result<bool, StoreError> {
         let t = &self.shared.tables;
         if t.by_name.is_empty() {
@@ -994,6 +1236,9 @@ impl Store for SqlStore {
         }
         shared.stopping.store(true, Ordering::SeqCst);
         shared.wake.notify_one();
+        if let Some(listener) = self.listener.lock().take() {
+            listener.abort();
+        }
         let flusher = self.flusher.lock().take();
         if let Some(handle) = flusher
             && let Err(e) = handle.await

@@ -24,8 +24,8 @@ use crate::transport::{Frame, Outbox, SendError, close_code};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub(crate) type ConnId = u64;
 /// The contexts a session holds; shared so the hub can drop one (anchor
@@ -68,12 +68,27 @@ pub(crate) enum HubMsg {
     Disconnect {
         conn: ConnId,
     },
+    /// A commit made through this engine. With a shared log it is only
+    /// registered here and delivered when the tailer reaches its seq.
     Commit {
         committed: Committed,
         writer: Option<WriterTag>,
         started: Instant,
     },
+    /// Shared log: committed entries in seq order (any process's), and the
+    /// seq up to which every commit is settled.
+    Tailed {
+        entries: Vec<LogEntry>,
+        through: Seq,
+    },
     Subscribe(SubscribeRequest),
+    /// The change log read for a `since` subscribe the context's memory did
+    /// not reach back to (None: the log doesn't either, or too much changed).
+    Backfilled {
+        req: SubscribeRequest,
+        upto: Seq,
+        entries: Option<Vec<LogEntry>>,
+    },
     Loaded {
         context: String,
         result: Result<Vec<Row>, WireError>,
@@ -138,6 +153,54 @@ pub(crate) struct SubscribeRequest {
 pub(crate) struct HubHandle {
     tx: mpsc::UnboundedSender<HubMsg>,
     healthy: Arc<AtomicBool>,
+    pub settle: Settle,
+}
+
+/// How long an answer waits for the hub to deliver a commit it depends on
+/// (shared log) before it is sent anyway.
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
+/// Shared log: how often the tailer reads the log without a notification.
+const TAIL_POLL: Duration = Duration::from_millis(100);
+/// Shared log: the most entries the tailer reads at once.
+const TAIL_BATCH: usize = 1000;
+/// Shared log: how far before the head the tailer starts, so a commit still
+/// in progress when the process started is not missed.
+const TAIL_BACK: Seq = 1000;
+
+/// Puts a message behind every commit that reads made so far may have seen:
+/// with one process, commits reach the hub under the commit lock; with a
+/// shared log, once the hub has delivered everything up to the log's head.
+#[derive(Clone)]
+pub(crate) struct Settle {
+    store: Arc<dyn Store>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    delivered: watch::Receiver<Seq>,
+}
+
+impl Settle {
+    /// After reads of the store: waits until what they may have seen is delivered.
+    pub async fn reads(&self) {
+        if !self.store.shared_log() {
+            drop(self.lock.lock().await);
+            return;
+        }
+        match self.store.log_head().await {
+            Ok(head) => self.seq(head).await,
+            Err(e) => tracing::warn!(error = %e, "can't read the log head; answering without waiting"),
+        }
+    }
+
+    /// Waits until the commit at `seq` is delivered (never under the commit lock).
+    pub async fn seq(&self, seq: Seq) {
+        if !self.store.shared_log() {
+            drop(self.lock.lock().await);
+            return;
+        }
+        let mut rx = self.delivered.clone();
+        if tokio::time::timeout(SETTLE_WAIT, rx.wait_for(|d| *d >= seq)).await.is_err() {
+            tracing::warn!(seq, "the log tailer has not reached this commit yet; answering anyway");
+        }
+    }
 }
 
 impl HubHandle {
@@ -166,14 +229,23 @@ pub(crate) fn spawn(
 ) -> HubHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let healthy = Arc::new(AtomicBool::new(true));
+    let (delivered, delivered_rx) = watch::channel(store.last_seq());
+    let settle = Settle { store: store.clone(), lock: commit_lock.clone(), delivered: delivered_rx };
+    if store.shared_log() {
+        tokio::spawn(run_tailer(store.clone(), tx.downgrade(), commit_lock.clone(), store.last_seq()));
+    }
     let mut hub = Hub {
+        shared_log: store.shared_log(),
+        delivered,
+        awaiting: BTreeMap::new(),
+        barriers: Vec::new(),
+        settle: settle.clone(),
         schema,
         epoch: store.epoch().to_owned(),
         seq: store.last_seq(),
         store,
         metrics,
         frame_limit,
-        commit_lock,
         me: tx.downgrade(),
         healthy: healthy.clone(),
         conns: HashMap::new(),
@@ -188,7 +260,65 @@ pub(crate) fn spawn(
             hub.handle(msg).await;
         }
     });
-    HubHandle { tx, healthy }
+    HubHandle { tx, healthy, settle }
+}
+
+/// Shared log: reads the log in seq order (woken by notifications, else every
+/// [`TAIL_POLL`]) and hands the entries to the hub. Store failures (a database
+/// restart) are retried with a backoff; it resumes after the last seq handed over.
+async fn run_tailer(
+    store: Arc<dyn Store>,
+    hub: mpsc::WeakUnboundedSender<HubMsg>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    head: Seq,
+) {
+    let mut after = head.saturating_sub(TAIL_BACK);
+    let mut backoff = TAIL_POLL;
+    let mut failing = false;
+    loop {
+        if hub.strong_count() == 0 {
+            return;
+        }
+        match store.tail_log(after, TAIL_BATCH).await {
+            Ok(tail) => {
+                if failing {
+                    tracing::info!(after, "reading the change log again");
+                    failing = false;
+                }
+                backoff = TAIL_POLL;
+                if tail.trimmed {
+                    tracing::error!(
+                        after,
+                        through = tail.through,
+                        "the change log was trimmed past this process's position: commits in between are not \
+                         broadcast here (raise the log capacity)"
+                    );
+                }
+                let full = tail.entries.len() >= TAIL_BATCH;
+                if tail.through > after || !tail.entries.is_empty() {
+                    after = tail.through;
+                    // Local writers hand their commit to the hub under this lock
+                    // before it becomes visible here; taking it puts this behind them.
+                    let _guard = lock.lock().await;
+                    let Some(tx) = hub.upgrade() else { return };
+                    if tx.send(HubMsg::Tailed { entries: tail.entries, through: tail.through }).is_err() {
+                        return;
+                    }
+                }
+                if !full {
+                    store.wait_log(TAIL_POLL).await;
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, after, "reading the change log failed; retrying");
+                    failing = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 struct ConnEntry {
@@ -200,6 +330,34 @@ struct ConnEntry {
 
 /// How many removals a live context remembers for incremental states.
 const TOMBSTONES: usize = 10_000;
+/// The most commits a context's `since` is backfilled over from the change log.
+const BACKFILL_MAX: Seq = 10_000;
+
+/// The change log `(since, upto]`, or None when it no longer reaches back
+/// (trimmed) or can't be read (the subscriber then gets the whole state).
+async fn read_log(store: &dyn Store, since: Seq, upto: Seq) -> Option<Vec<LogEntry>> {
+    let mut entries: Vec<LogEntry> = Vec::new();
+    let mut after = since;
+    while after < upto {
+        match store.changes_since(after, SCAN_PAGE).await {
+            Ok(LogRead::Entries(page)) => {
+                let Some(last) = page.last().map(|e| e.seq) else { break };
+                let short = page.len() < SCAN_PAGE;
+                entries.extend(page.into_iter().filter(|e| e.seq <= upto));
+                after = last;
+                if short {
+                    break;
+                }
+            }
+            Ok(LogRead::Trimmed) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, since, "can't read the change log for a `since` subscribe");
+                return None;
+            }
+        }
+    }
+    Some(entries)
+}
 
 struct LiveContext {
     name: String,
@@ -225,7 +383,19 @@ enum Slot {
     Live(Box<LiveContext>),
 }
 
+/// A local commit waiting for the tailer to reach its seq.
+type Awaiting = (Committed, Option<WriterTag>, Instant);
+
 struct Hub {
+    /// Commits are delivered from the store's shared log (see [`run_tailer`]).
+    shared_log: bool,
+    /// The last seq delivered (or settled), for [`Settle`].
+    delivered: watch::Sender<Seq>,
+    /// Shared log: local commits by seq, until the tailer delivers them.
+    awaiting: BTreeMap<Seq, Awaiting>,
+    /// Barriers waiting for the awaited local commits to be delivered.
+    barriers: Vec<oneshot::Sender<()>>,
+    settle: Settle,
     schema: Arc<Schema>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
@@ -233,7 +403,6 @@ struct Hub {
     /// The last commit delivered.
     seq: Seq,
     frame_limit: usize,
-    commit_lock: Arc<tokio::sync::Mutex<()>>,
     me: mpsc::WeakUnboundedSender<HubMsg>,
     healthy: Arc<AtomicBool>,
     conns: HashMap<ConnId, ConnEntry>,
@@ -266,9 +435,14 @@ impl Hub {
             }
             HubMsg::Revoke { conn, context } => self.revoke(conn, context),
             HubMsg::Disconnect { conn } => self.disconnect(conn),
+            HubMsg::Commit { committed, writer, started } if self.shared_log => {
+                self.await_tail(committed, writer, started)
+            }
             HubMsg::Commit { committed, writer, started } => self.commit(committed, writer, started).await,
+            HubMsg::Tailed { entries, through } => self.tailed(entries, through).await,
             HubMsg::Subscribe(req) => self.subscribe(req),
             HubMsg::Loaded { context, result } => self.loaded(context, result),
+            HubMsg::Backfilled { req, upto, entries } => self.backfilled(req, upto, entries),
             HubMsg::Unsubscribe { conn, context, rid } => self.unsubscribe(conn, context, rid),
             HubMsg::Reply { conn, msg } => self.send_msg(conn, &msg),
             HubMsg::Goaway => {
@@ -277,6 +451,7 @@ impl Hub {
                     self.send_msg(conn, &ServerMessage::Goaway(Goaway { reason: Some("SERVER_DRAINING".into()) }));
                 }
             }
+            HubMsg::Barrier(done) if !self.awaiting.is_empty() => self.barriers.push(done),
             HubMsg::Barrier(done) => {
                 let _ = done.send(());
             }
@@ -385,11 +560,7 @@ impl Hub {
             return;
         }
         match self.contexts.get_mut(&req.context) {
-            Some(Slot::Live(ctx)) => {
-                ctx.subscribers.insert(req.conn);
-                let frames = self.state_frames(&req);
-                self.send_frames(req.conn, &frames);
-            }
+            Some(Slot::Live(_)) => self.answer_subscribe(req),
             Some(Slot::Loading { waiting, .. }) => {
                 waiting.retain(|r| r.conn != req.conn);
                 waiting.push(req);
@@ -407,12 +578,11 @@ impl Hub {
     }
 
     fn spawn_loader(&self, context: String, channel: Arc<Channel>, anchor_id: Id) {
-        let (store, me, lock) = (self.store.clone(), self.me.clone(), self.commit_lock.clone());
+        let (store, me, settle) = (self.store.clone(), self.me.clone(), self.settle.clone());
         tokio::spawn(async move {
             let result = load_context(&*store, &channel, anchor_id).await;
-            // Every commit whose rows the load may have read is handed to the hub
-            // under this lock; taking it once puts `Loaded` behind all of them.
-            drop(lock.lock().await);
+            // `Loaded` goes behind every commit whose rows the load may have read.
+            settle.reads().await;
             if let Some(tx) = me.upgrade() {
                 let _ = tx.send(HubMsg::Loaded { context, result });
             }
@@ -473,18 +643,85 @@ impl Hub {
         ctx.tombstones.clear();
         ctx.joined.clear();
         self.contexts.insert(context.clone(), Slot::Live(ctx));
+        let mut backfilling = false;
         for req in waiting {
-            if let Some(Slot::Live(ctx)) = self.contexts.get_mut(&context) {
-                ctx.subscribers.insert(req.conn);
-            }
-            let frames = self.state_frames(&req);
-            self.send_frames(req.conn, &frames);
+            backfilling |= req.since.is_some();
+            self.answer_subscribe(req);
         }
         self.update_subscription_gauge();
         if let Some(Slot::Live(ctx)) = self.contexts.get(&context)
             && ctx.subscribers.is_empty()
+            && !backfilling
         {
             self.drop_context(&context);
+        }
+    }
+
+    /// Answers a subscribe to a live context: from memory, or after reading
+    /// the change log when `since` lies before what the context remembers.
+    fn answer_subscribe(&mut self, req: SubscribeRequest) {
+        if let Some(upto) = self.backfill_needed(&req) {
+            return self.spawn_backfill(req, upto);
+        }
+        self.register_subscriber(req);
+    }
+
+    fn register_subscriber(&mut self, req: SubscribeRequest) {
+        if let Some(Slot::Live(ctx)) = self.contexts.get_mut(&req.context) {
+            ctx.subscribers.insert(req.conn);
+        }
+        let frames = self.state_frames(&req);
+        self.send_frames(req.conn, &frames);
+    }
+
+    /// The seq the log must be read up to, when `since` (of this store's
+    /// epoch) lies before the context was loaded here: a process that just
+    /// loaded it, or a client resuming on another process after a failover.
+    fn backfill_needed(&self, req: &SubscribeRequest) -> Option<Seq> {
+        let (since, epoch) = req.since.as_ref()?;
+        let Some(Slot::Live(ctx)) = self.contexts.get(&req.context) else { return None };
+        let answerable = epoch.as_deref() == Some(self.epoch.as_str())
+            && *since < ctx.loaded_at
+            && *since >= ctx.loaded_at.saturating_sub(BACKFILL_MAX);
+        answerable.then_some(ctx.loaded_at)
+    }
+
+    /// Reads the change log `(since, upto]` off the hub's task.
+    fn spawn_backfill(&self, req: SubscribeRequest, upto: Seq) {
+        let (store, me) = (self.store.clone(), self.me.clone());
+        let Some((since, _)) = req.since.clone() else { return };
+        tokio::spawn(async move {
+            let entries = read_log(&*store, since, upto).await;
+            if let Some(tx) = me.upgrade() {
+                let _ = tx.send(HubMsg::Backfilled { req, upto, entries });
+            }
+        });
+    }
+
+    fn backfilled(&mut self, req: SubscribeRequest, upto: Seq, entries: Option<Vec<LogEntry>>) {
+        if !self.conns.contains_key(&req.conn) {
+            return self.drop_if_unused(&req.context);
+        }
+        let Some(Slot::Live(ctx)) = self.contexts.get_mut(&req.context) else {
+            // Dropped meanwhile: load it again.
+            return self.subscribe(req);
+        };
+        if let (Some(entries), Some((since, _))) = (entries, &req.since)
+            && ctx.loaded_at == upto
+            && !ctx.backfill(*since, &entries)
+        {
+            tracing::debug!(context = %req.context, since, "the log can't say what left the context: whole state");
+        }
+        // Answered from memory now if the backfill reached `since`, else whole.
+        self.register_subscriber(req);
+        self.update_subscription_gauge();
+    }
+
+    fn drop_if_unused(&mut self, context: &str) {
+        if let Some(Slot::Live(ctx)) = self.contexts.get(context)
+            && ctx.subscribers.is_empty()
+        {
+            self.drop_context(context);
         }
     }
 
@@ -554,6 +791,51 @@ impl Hub {
 
     // ---- commits ---------------------------------------------------------
 
+    /// Shared log: a local commit waits for the tailer to deliver its seq.
+    fn await_tail(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant) {
+        if committed.seq <= *self.delivered.borrow() {
+            // Delivered already (never expected: the tailer hands entries over
+            // under the commit lock): only the writer is left to answer.
+            self.answer_writer(writer, Ok(()), &committed);
+            return;
+        }
+        self.awaiting.insert(committed.seq, (committed, writer, started));
+    }
+
+    /// Shared log: delivers entries read by the tailer, in seq order, each once.
+    async fn tailed(&mut self, entries: Vec<LogEntry>, through: Seq) {
+        for entry in entries {
+            let (committed, writer, started) = match self.awaiting.remove(&entry.seq) {
+                Some(local) => local,
+                None => {
+                    (Committed { seq: entry.seq, changes: entry.changes, created: Vec::new() }, None, Instant::now())
+                }
+            };
+            self.deliver(committed, writer, started).await;
+        }
+        // Local commits the log no longer shows (trimmed past): answer their writers.
+        while let Some(entry) = self.awaiting.first_entry() {
+            if *entry.key() > through {
+                break;
+            }
+            let (committed, writer, started) = entry.remove();
+            self.deliver(committed, writer, started).await;
+        }
+        if self.awaiting.is_empty() {
+            for done in self.barriers.drain(..) {
+                let _ = done.send(());
+            }
+        }
+        self.seq = self.seq.max(through);
+        self.delivered.send_if_modified(|d| {
+            let advance = through > *d;
+            if advance {
+                *d = through;
+            }
+            advance
+        });
+    }
+
     async fn commit(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant) {
         if let Err(e) = self.store.wait_durable(committed.seq).await {
             tracing::error!(error = %e, seq = committed.seq, "the store could not make a commit durable");
@@ -562,11 +844,24 @@ impl Hub {
             self.answer_writer(writer, Err(err), &committed);
             return;
         }
+        self.deliver(committed, writer, started).await;
+        let seq = self.seq;
+        self.delivered.send_if_modified(|d| {
+            let advance = seq > *d;
+            if advance {
+                *d = seq;
+            }
+            advance
+        });
+    }
+
+    /// Routes a durable commit to contexts and streams, then answers its writer.
+    async fn deliver(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant) {
         self.metrics.observe_commit(started.elapsed());
         let moved = self.load_moved_subtrees(&committed).await;
         let delivered = Instant::now();
         let committed = Arc::new(committed);
-        self.seq = committed.seq;
+        self.seq = self.seq.max(committed.seq);
         for slot in self.contexts.values_mut() {
             if let Slot::Loading { buffered, .. } = slot {
                 buffered.push(committed.clone());
@@ -772,8 +1067,8 @@ impl Hub {
             return self.register_stream(req.sub, req.rid, self.seq, None);
         };
         let id = req.sub.id;
-        let (store, me, lock, limit) =
-            (self.store.clone(), self.me.clone(), self.commit_lock.clone(), self.snapshot_limit);
+        let (store, me, settle, limit) =
+            (self.store.clone(), self.me.clone(), self.settle.clone(), self.snapshot_limit);
         let entity = self.schema.entity(&req.sub.stream.ty).cloned();
         let filters = req.sub.filters.clone();
         self.pending_streams
@@ -791,9 +1086,8 @@ impl Hub {
                 }
                 (None, None) => Err(WireError::internal("the stream's type is not in the schema")),
             };
-            // Every commit the read may have seen is handed to the hub under this
-            // lock; taking it once puts `StreamLoaded` behind all of them.
-            drop(lock.lock().await);
+            // `StreamLoaded` goes behind every commit the read may have seen.
+            settle.reads().await;
             if let Some(tx) = me.upgrade() {
                 let _ = tx.send(HubMsg::StreamLoaded { sub: id, result });
             }
@@ -1209,6 +1503,71 @@ impl LiveContext {
             .then_with(|| compare_values(order_value(a).as_ref(), order_value(b).as_ref()))
             .then(a.created.cmp(&b.created))
             .then(a.id.cmp(&b.id))
+    }
+
+    /// Extends what the context remembers back to `since` with the change log
+    /// `(since, loaded_at]`: the rows that left it then (tombstones) and the
+    /// rows that joined it with a moved ancestor. A removed row is one whose
+    /// previous parent was in the context (or left it too). False, with
+    /// nothing changed, when the log can't tell: a row with children moved
+    /// out (its untouched descendants left with it, unseen in the log).
+    fn backfill(&mut self, since: Seq, entries: &[LogEntry]) -> bool {
+        let upto = self.loaded_at;
+        let changes: Vec<(Seq, &Change)> = entries
+            .iter()
+            .filter(|e| e.seq > since && e.seq <= upto)
+            .flat_map(|e| e.changes.iter().map(move |c| (e.seq, c)))
+            .filter(|(_, c)| *c.key.ty == *self.channel.anchor || self.channel.edges_into(&c.key.ty).next().is_some())
+            .collect();
+        let mut removed: HashMap<RowKey, (Seq, bool)> = HashMap::new();
+        loop {
+            let mut grew = false;
+            for (seq, change) in &changes {
+                let (Some(before), false) = (&change.before, self.rows.contains_key(&change.key)) else { continue };
+                if removed.contains_key(&change.key) {
+                    continue;
+                }
+                let was_here = self.channel.edges_into(&before.ty).any(|edge| {
+                    before.get_i64(&edge.field).is_some_and(|id| {
+                        let parent = RowKey::new(edge.parent.as_str(), id);
+                        self.rows.contains_key(&parent) || removed.contains_key(&parent)
+                    })
+                });
+                if was_here {
+                    removed.insert(change.key.clone(), (*seq, change.after.is_some()));
+                    grew = true;
+                }
+            }
+            if !grew {
+                break;
+            }
+        }
+        let moved_out_with_children =
+            removed.iter().any(|(key, (_, moved))| *moved && self.channel.edges.iter().any(|e| *e.parent == *key.ty));
+        if moved_out_with_children || removed.len() + self.tombstones.len() > TOMBSTONES {
+            return false;
+        }
+        // Rows that joined with an ancestor moved in: the whole current subtree.
+        for (seq, change) in &changes {
+            let (Some(before), Some(after)) = (&change.before, &change.after) else { continue };
+            if !self.rows.contains_key(&change.key) || self.parent_in_context(before) == self.parent_in_context(after) {
+                continue;
+            }
+            let mut stack = vec![change.key.clone()];
+            while let Some(k) = stack.pop() {
+                let joined = self.joined.entry(k.clone()).or_insert(*seq);
+                *joined = (*joined).max(*seq);
+                stack.extend(self.children.get(&k).into_iter().flatten().cloned());
+            }
+        }
+        let mut earlier: Vec<(Seq, RowKey)> = removed.into_iter().map(|(k, (s, _))| (s, k)).collect();
+        earlier.sort();
+        for t in earlier.into_iter().rev() {
+            self.tombstones.push_front(t);
+        }
+        self.loaded_at = since;
+        self.tombstones_from = since;
+        true
     }
 
     /// Rows changed or joined after `since`, and rows that left; None when the

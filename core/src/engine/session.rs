@@ -347,8 +347,8 @@ impl Session {
             Ok(rows) => rows,
             Err(e) => return self.reply(error_msg(e, g.rid), codec),
         };
-        // Every commit the reads may have seen is handed to the hub under this lock.
-        drop(self.inner.commit_lock.lock().await);
+        // Answered behind every commit the reads may have seen.
+        self.inner.hub.settle.reads().await;
         let msg = ServerMessage::Rows(Rows { stream: g.stream, rows, rid: g.rid });
         self.inner.hub.send(HubMsg::Reply { conn: self.id, msg: Box::new(msg) });
     }

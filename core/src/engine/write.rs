@@ -102,7 +102,7 @@ async fn run_checked(
     if let Some(key) = &key {
         if let Some(rec) = inner.store.applied(key).await.map_err(store_error)? {
             // The original may still be on its way to the hub: let it get there first.
-            drop(inner.commit_lock.lock().await);
+            inner.hub.settle.seq(rec.seq).await;
             return Ok(Outcome::Duplicate(rec));
         }
         check_not_stale(inner, key).await?;
@@ -137,7 +137,14 @@ async fn run_checked(
                 tracing::debug!(%ty, id, "row changed between check and commit; checking again");
                 inner.metrics.commit_retries.fetch_add(1, Ordering::Relaxed);
             }
-            Err(CommitError::Duplicate(rec)) => return Ok(Outcome::Duplicate(rec)),
+            Err(CommitError::Duplicate(rec)) => {
+                drop(guard);
+                if inner.store.shared_log() {
+                    // Recorded by another process meanwhile: answer after its delivery here.
+                    inner.hub.settle.seq(rec.seq).await;
+                }
+                return Ok(Outcome::Duplicate(rec));
+            }
             Err(e) => return Err(commit_error(e)),
         }
     }

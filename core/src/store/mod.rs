@@ -158,6 +158,19 @@ pub enum LogRead {
     Trimmed,
 }
 
+/// What [`Store::tail_log`] read: committed log entries in seq order with no
+/// unresolved hole before any of them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tail {
+    pub entries: Vec<LogEntry>,
+    /// Every seq up to here is settled: delivered in `entries` (or earlier),
+    /// or a hole that no transaction can fill any more (an aborted commit).
+    pub through: Seq,
+    /// The log no longer reached back to the seq asked for: `entries` start
+    /// after a gap of trimmed commits.
+    pub trimmed: bool,
+}
+
 /// A place that stores rows. See the module docs.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -210,6 +223,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Change log entries with seq above `after`, at most `limit`.
     async fn changes_since(&self, after: Seq, limit: usize) -> Result<LogRead, StoreError>;
+
+    /// True when several server processes commit to this store (PostgreSQL):
+    /// the engine then delivers every commit, its own included, from
+    /// [`tail_log`](Self::tail_log) in seq order instead of from its writers.
+    fn shared_log(&self) -> bool {
+        false
+    }
+
+    /// Shared log: the committed entries after `after`, in seq order, stopping
+    /// at the first seq that a transaction still in progress may fill.
+    async fn tail_log(&self, after: Seq, limit: usize) -> Result<Tail, StoreError> {
+        match self.changes_since(after, limit).await? {
+            LogRead::Entries(entries) => {
+                let through = entries.last().map_or(after, |e| e.seq);
+                Ok(Tail { entries, through, trimmed: false })
+            }
+            LogRead::Trimmed => Ok(Tail { entries: Vec::new(), through: after, trimmed: true }),
+        }
+    }
+
+    /// Shared log: waits until another commit may have been logged (a
+    /// notification), at most `max`.
+    async fn wait_log(&self, max: std::time::Duration) {
+        tokio::time::sleep(max).await
+    }
+
+    /// Shared log: the highest seq drawn so far by any process (committed or
+    /// not): every commit visible now has a seq at or below it.
+    async fn log_head(&self) -> Result<Seq, StoreError> {
+        Ok(self.last_seq())
+    }
 
     /// True when the store holds no rows at all.
     async fn is_empty(&self) -> Result<bool, StoreError>;

@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `(version, cluster)` of the local PostgreSQL cluster, if `pg_ctlcluster` can drive it.
@@ -28,7 +28,13 @@ fn pg_ctl(action: &str, (version, name): &(String, String)) {
     if action == "stop" {
         args.extend(["-m", "fast"]);
     }
-    let status = Command::new("pg_ctlcluster").args(args).status().expect("run pg_ctlcluster");
+    // The daemon it starts keeps its inherited descriptors: give it none of ours.
+    let status = Command::new("pg_ctlcluster")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("run pg_ctlcluster");
     assert!(status.success(), "pg_ctlcluster {action} failed");
 }
 
@@ -38,7 +44,11 @@ struct Restart((String, String));
 impl Drop for Restart {
     fn drop(&mut self) {
         let (version, name) = &self.0;
-        let _ = Command::new("pg_ctlcluster").args([version.as_str(), name.as_str(), "start"]).status();
+        let _ = Command::new("pg_ctlcluster")
+            .args([version.as_str(), name.as_str(), "start"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
     }
 }
 

@@ -53,14 +53,14 @@ impl FanoutResult {
     }
 }
 
-struct SubOutcome {
-    hist: Histogram<u64>,
-    seen: u64,
-    violations: u64,
-    view: View,
-    disconnected: bool,
-    bytes: u64,
-    frames: u64,
+pub(crate) struct SubOutcome {
+    pub hist: Histogram<u64>,
+    pub seen: u64,
+    pub violations: u64,
+    pub view: View,
+    pub disconnected: bool,
+    pub bytes: u64,
+    pub frames: u64,
 }
 
 /// Subscribes `n` clients to `job/1`, `SETUP_CONCURRENCY` at a time.
@@ -80,76 +80,85 @@ pub async fn subscribers(kind: Kind, target: &Target, n: usize) -> Vec<Result<(C
         .await
 }
 
-/// One fan-out run: `n` subscribers, `rate` writes/s for `length`.
-pub async fn run(
-    srv: &Server,
-    kind: Kind,
-    n: usize,
-    rate: u64,
+/// Follows one subscriber's deltas until it has seen `total` writes (or the
+/// run's deadline, or the writer is done and the line is quiet): latency per
+/// write from the intended send time in `notes`, its seq/prev chain, its view.
+pub(crate) fn follow(
+    mut c: Client,
+    seq0: u64,
+    mut view: View,
+    total: usize,
     length: Duration,
-    check_views: bool,
-) -> Result<FanoutResult, BoxError> {
-    let target = srv.target.clone();
-    let total = (rate * length.as_secs()) as usize;
-    let writer_done = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    let mut setup_failed = 0u64;
-    for sub in subscribers(kind, &target, n).await {
-        let Ok((mut c, seq0, mut view)) = sub else {
-            setup_failed += 1;
-            continue;
+    writer_done: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<SubOutcome> {
+    tokio::spawn(async move {
+        let mut out = SubOutcome {
+            hist: Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 significant digits are valid")),
+            seen: 0,
+            violations: 0,
+            view: View::new(),
+            disconnected: false,
+            bytes: 0,
+            frames: 0,
         };
-        let writer_done = writer_done.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut out = SubOutcome {
-                hist: Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 significant digits are valid")),
-                seen: 0,
-                violations: 0,
-                view: View::new(),
-                disconnected: false,
-                bytes: 0,
-                frames: 0,
+        let mut last = seq0;
+        // Room for an overloaded run to drain its backlog; what is still missing then counts as lost.
+        let deadline = Instant::now() + length * 4 + Duration::from_secs(15);
+        while (out.seen as usize) < total && Instant::now() < deadline {
+            let frame = match c.recv_frame(Duration::from_secs(2)).await {
+                Ok(Some(f)) => f,
+                Ok(None) if writer_done.load(Ordering::Relaxed) => break,
+                Ok(None) => continue,
+                Err(_) => {
+                    out.disconnected = true;
+                    break;
+                }
             };
-            let mut last = seq0;
-            // Room for an overloaded run to drain its backlog; what is still missing then counts as lost.
-            let deadline = Instant::now() + length * 4 + Duration::from_secs(15);
-            while (out.seen as usize) < total && Instant::now() < deadline {
-                let frame = match c.recv_frame(Duration::from_secs(2)).await {
-                    Ok(Some(f)) => f,
-                    Ok(None) if writer_done.load(Ordering::Relaxed) => break,
-                    Ok(None) => continue,
-                    Err(_) => {
-                        out.disconnected = true;
-                        break;
-                    }
-                };
-                let Ok(msg) = frame.decode() else { continue };
-                if msg.ty != "delta" {
-                    continue;
-                }
-                out.bytes += frame.len() as u64;
-                out.frames += 1;
-                if let (Some(seq), Some(prev)) = (msg.seq, msg.prev) {
-                    if prev != last || seq <= last {
-                        out.violations += 1;
-                    }
-                    last = last.max(seq);
-                }
-                let now = crate::micros_now();
-                for change in &msg.changes {
-                    if let Some(sent) = change.notes.as_deref().and_then(|s| s.parse::<u64>().ok()) {
-                        let _ = out.hist.record(now.saturating_sub(sent).max(1));
-                        out.seen += 1;
-                    }
-                }
-                apply(&mut view, &msg.changes);
+            let Ok(msg) = frame.decode() else { continue };
+            if msg.ty != "delta" {
+                continue;
             }
-            out.view = view;
-            out
-        }));
-    }
-    let cpu_before = (proc_stats::cpu_seconds(srv.pid()), proc_stats::cpu_seconds(std::process::id()));
-    let mut writer = Client::connect(kind, &target).await?;
+            out.bytes += frame.len() as u64;
+            out.frames += 1;
+            if let (Some(seq), Some(prev)) = (msg.seq, msg.prev) {
+                if prev != last || seq <= last {
+                    out.violations += 1;
+                }
+                last = last.max(seq);
+            }
+            let now = crate::micros_now();
+            for change in &msg.changes {
+                if let Some(sent) = change.notes.as_deref().and_then(|s| s.parse::<u64>().ok()) {
+                    let _ = out.hist.record(now.saturating_sub(sent).max(1));
+                    out.seen += 1;
+                }
+            }
+            apply(&mut view, &msg.changes);
+        }
+        out.view = view;
+        out
+    })
+}
+
+/// What the open-loop writer reports: how late its sends were, the refusals
+/// by code and how many writes went unanswered.
+pub(crate) struct WriterOutcome {
+    pub lag: Histogram<u64>,
+    pub refused: std::collections::BTreeMap<u16, u64>,
+    pub unanswered: u64,
+}
+
+/// Saves task 1 of `job/1` through `target` `total` times at `rate`/s on a
+/// fixed schedule (open loop), the intended send time (µs) in `notes`; sets
+/// `writer_done` after the last send.
+pub(crate) async fn open_loop_writer(
+    kind: Kind,
+    target: &Target,
+    rate: u64,
+    total: usize,
+    writer_done: &AtomicBool,
+) -> Result<WriterOutcome, BoxError> {
+    let mut writer = Client::connect(kind, target).await?;
     writer.hello("alice").await?;
     writer.subscribe("job", 1).await?;
     let (mut tx, mut rx) = writer.split();
@@ -188,6 +197,39 @@ pub async fn run(
         let _ = lag.record((start.elapsed().saturating_sub(offset)).as_micros() as u64);
     }
     writer_done.store(true, Ordering::Relaxed);
+    let (refused, unanswered) = drain.await?;
+    Ok(WriterOutcome { lag, refused, unanswered })
+}
+
+/// The refusals by error code, e.g. `12×503`.
+pub(crate) fn refusal_codes(refused: &std::collections::BTreeMap<u16, u64>) -> String {
+    refused.iter().map(|(code, n)| format!("{n}×{code}")).collect::<Vec<_>>().join(" ")
+}
+
+/// One fan-out run: `n` subscribers, `rate` writes/s for `length`.
+pub async fn run(
+    srv: &Server,
+    kind: Kind,
+    n: usize,
+    rate: u64,
+    length: Duration,
+    check_views: bool,
+) -> Result<FanoutResult, BoxError> {
+    let target = srv.target.clone();
+    let total = (rate * length.as_secs()) as usize;
+    let writer_done = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let mut setup_failed = 0u64;
+    for sub in subscribers(kind, &target, n).await {
+        let Ok((c, seq0, view)) = sub else {
+            setup_failed += 1;
+            continue;
+        };
+        tasks.push(follow(c, seq0, view, total, length, writer_done.clone()));
+    }
+    let cpu_before = (proc_stats::cpu_seconds(srv.pid()), proc_stats::cpu_seconds(std::process::id()));
+    let start = Instant::now();
+    let writer = open_loop_writer(kind, &target, rate, total, &writer_done).await?;
     let mut hist = Histogram::<u64>::new(3)?;
     let mut res = FanoutResult { disconnected: setup_failed, expected: (total * n) as u64, ..Default::default() };
     let mut views = Vec::with_capacity(tasks.len());
@@ -204,16 +246,12 @@ pub async fn run(
     }
     res.elapsed = start.elapsed().as_secs_f64();
     let cpu_after = (proc_stats::cpu_seconds(srv.pid()), proc_stats::cpu_seconds(std::process::id()));
-    let (refused, unanswered) = drain.await?;
-    res.writes_refused = refused.values().sum();
-    res.refusal_codes = refused.iter().map(|(code, n)| format!("{n}×{code}")).collect::<Vec<_>>().join(" ");
-    res.writes_unanswered = unanswered;
+    res.writes_refused = writer.refused.values().sum();
+    res.refusal_codes = refusal_codes(&writer.refused);
+    res.writes_unanswered = writer.unanswered;
     if check_views {
         // The real server: one fresh subscribe is the truth every view must equal.
-        let mut checker = Client::connect(Kind::Ws, &target).await?;
-        checker.hello("bob").await?;
-        let (_, truth) = checker.subscribe_view("job", 1).await?;
-        res.views_differing = Some(views.iter().filter(|v| **v != truth).count() as u64);
+        res.views_differing = Some(views_differing(&target, &views).await?);
     }
     res.deliveries_per_sec = res.received as f64 / res.elapsed;
     res.p50_ms = hist.value_at_quantile(0.5) as f64 / 1000.0;
@@ -221,8 +259,16 @@ pub async fn run(
     res.max_ms = hist.max() as f64 / 1000.0;
     res.server_cpu = cpu_after.0 - cpu_before.0;
     res.bench_cpu = cpu_after.1 - cpu_before.1;
-    res.send_lag_p99_ms = lag.value_at_quantile(0.99) as f64 / 1000.0;
-    res.send_lag_max_ms = lag.max() as f64 / 1000.0;
+    res.send_lag_p99_ms = writer.lag.value_at_quantile(0.99) as f64 / 1000.0;
+    res.send_lag_max_ms = writer.lag.max() as f64 / 1000.0;
     res.delta_bytes = bytes as f64 / frames.max(1) as f64;
     Ok(res)
+}
+
+/// How many of `views` differ from what a fresh subscribe through `target` shows.
+pub(crate) async fn views_differing(target: &Target, views: &[View]) -> Result<u64, BoxError> {
+    let mut checker = Client::connect(Kind::Ws, target).await?;
+    checker.hello("bob").await?;
+    let (_, truth) = checker.subscribe_view("job", 1).await?;
+    Ok(views.iter().filter(|v| **v != truth).count() as u64)
 }

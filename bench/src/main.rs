@@ -14,6 +14,7 @@
 
 mod baseline;
 mod client;
+mod cluster;
 mod fanout;
 mod proc_stats;
 mod scenarios;
@@ -80,7 +81,7 @@ struct Args {
     /// Override: stores, each `sled`, `sqlite` or a `postgres://` URL (a fresh schema per server).
     #[arg(long, value_delimiter = ',')]
     stores: Option<Vec<server::StoreArg>>,
-    /// Override: scenarios: fanout, writes, load, contexts, storm, memory, streams.
+    /// Override: scenarios: fanout, writes, load, contexts, storm, memory, streams, cluster.
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
     /// Override: context sizes (rows) of the initial-load scenario.
@@ -92,6 +93,21 @@ struct Args {
     /// Override: idle connection counts of the memory scenario.
     #[arg(long, value_delimiter = ',')]
     idle_connections: Option<Vec<usize>>,
+    /// PostgreSQL for the `cluster` scenario (a fresh schema shared by its processes).
+    #[arg(long, env = "STATECAST_PG_URL", hide_env_values = true)]
+    pg_url: Option<String>,
+    /// Server processes on one database in the `cluster` scenario (measured beside one process).
+    #[arg(long, default_value_t = 3)]
+    cluster_processes: usize,
+    /// Override: subscribers per process in the `cluster` scenario.
+    #[arg(long)]
+    cluster_subscribers: Option<usize>,
+    /// Override: writes/s of the `cluster` scenario's latency run.
+    #[arg(long)]
+    cluster_rate: Option<u64>,
+    /// Override: closed-loop writers of the `cluster` scenario's throughput run.
+    #[arg(long)]
+    cluster_concurrency: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,6 +138,9 @@ struct Plan {
     storm_clients: Vec<usize>,
     storm_rate: u64,
     idle_connections: Vec<usize>,
+    cluster_subscribers: usize,
+    cluster_rate: u64,
+    cluster_concurrency: usize,
 }
 
 impl Plan {
@@ -130,7 +149,7 @@ impl Plan {
         let mut p = if a.full {
             Plan {
                 mode: "full",
-                scenarios: s(&["fanout", "writes", "load", "contexts", "storm", "memory", "streams"]),
+                scenarios: s(&["fanout", "writes", "load", "contexts", "storm", "memory", "streams", "cluster"]),
                 transports: vec![Kind::Ws, Kind::Quic],
                 stores: vec![server::StoreArg::Sled, server::StoreArg::Sqlite],
                 seconds: 4,
@@ -145,11 +164,14 @@ impl Plan {
                 storm_clients: vec![1000, 5000],
                 storm_rate: 100,
                 idle_connections: vec![1000, 10_000],
+                cluster_subscribers: 100,
+                cluster_rate: 500,
+                cluster_concurrency: 48,
             }
         } else {
             Plan {
                 mode: "quick",
-                scenarios: s(&["fanout", "writes", "load", "contexts", "storm", "memory"]),
+                scenarios: s(&["fanout", "writes", "load", "contexts", "storm", "memory", "cluster"]),
                 transports: vec![Kind::Ws],
                 stores: vec![server::StoreArg::Sled],
                 seconds: 2,
@@ -164,6 +186,9 @@ impl Plan {
                 storm_clients: vec![300],
                 storm_rate: 100,
                 idle_connections: vec![1000],
+                cluster_subscribers: 20,
+                cluster_rate: 200,
+                cluster_concurrency: 12,
             }
         };
         if let Some(v) = &a.scenarios {
@@ -195,6 +220,15 @@ impl Plan {
         }
         if let Some(v) = &a.storm_clients {
             p.storm_clients = v.clone();
+        }
+        if let Some(v) = a.cluster_subscribers {
+            p.cluster_subscribers = v;
+        }
+        if let Some(v) = a.cluster_rate {
+            p.cluster_rate = v.max(1);
+        }
+        if let Some(v) = a.cluster_concurrency {
+            p.cluster_concurrency = v.max(1);
         }
         if let Some(v) = &a.idle_connections {
             p.idle_connections = v.clone();
@@ -258,12 +292,75 @@ async fn main() -> Result<(), client::BoxError> {
         let r = streams_report(&mut report, &bin, &args, &plan).await;
         note_failure(&mut report, "streams", r);
     }
+    if plan.runs("cluster") {
+        let r = cluster_report(&mut report, &bin, &args, &plan).await;
+        note_failure(&mut report, "cluster", r);
+    }
     let _ = writeln!(report, "\nWall time: {:.0} s.", started.elapsed().as_secs_f64());
     println!("{report}");
     if let Some(path) = args.out {
         let mut existing = std::fs::read_to_string(&path).unwrap_or_default();
         existing.push_str(&report);
         std::fs::write(&path, existing)?;
+    }
+    Ok(())
+}
+
+async fn cluster_report(report: &mut String, bin: &Path, args: &Args, plan: &Plan) -> Result<(), client::BoxError> {
+    let Some(url) = &args.pg_url else {
+        let _ = writeln!(report, "\n### Scale-out: skipped (set STATECAST_PG_URL or --pg-url)\n");
+        return Ok(());
+    };
+    let (subs, rate, writers, length) =
+        (plan.cluster_subscribers, plan.cluster_rate, plan.cluster_concurrency, Duration::from_secs(plan.seconds));
+    let _ = writeln!(
+        report,
+        "\n### Scale-out: processes on one PostgreSQL ({} s per run)\n\n\
+         Latency: one writer saves a task through process 0 at {rate}/s (open loop); {subs} subscribers of the \
+         context on each process measure each delta from its intended send time — on process 0 the writer's own \
+         process, on the others delivery through their change-log tailer. Throughput: {writers} closed-loop writers \
+         creating tasks, spread round-robin over the processes. Server CPU: all processes together, % of one core.\n",
+        plan.seconds
+    );
+    let _ = writeln!(
+        report,
+        "| processes | deliveries | writer's process p50 / p99 ms | other processes p50 / p99 ms | max ms | chain violations | views differing | refused | unanswered | server CPU | confirmed writes/s | write p50 / p99 ms | server CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let mut counts = vec![1];
+    if args.cluster_processes > 1 {
+        counts.push(args.cluster_processes);
+    }
+    for n in counts {
+        let lat = {
+            let cluster = server::Cluster::start(bin, url, n)?;
+            cluster::latency(&cluster, subs, rate, length).await?
+        };
+        eprintln!("cluster {n} latency: {lat:?}");
+        let thr = {
+            let cluster = server::Cluster::start(bin, url, n)?;
+            cluster::throughput(&cluster, writers, length).await?
+        };
+        eprintln!("cluster {n} throughput: {thr:?}");
+        let remote = lat.remote.map_or("—".to_owned(), |(p50, p99)| format!("{p50:.2} / {p99:.2}"));
+        let refused = if lat.refusal_codes.is_empty() { "0".to_owned() } else { lat.refusal_codes.clone() };
+        let _ = writeln!(
+            report,
+            "| {n} | {}/{} | {:.2} / {:.2} | {remote} | {:.1} | {} | {} | {refused} + {} | {} | {:.0}% | {:.0} | {:.2} / {:.2} | {:.0}% |",
+            lat.received,
+            lat.expected,
+            lat.local.0,
+            lat.local.1,
+            lat.max_ms,
+            lat.chain_violations,
+            lat.views_differing,
+            thr.refused,
+            lat.unanswered + thr.unanswered,
+            lat.server_cpu,
+            thr.per_sec,
+            thr.p50_ms,
+            thr.p99_ms,
+            thr.server_cpu,
+        );
     }
     Ok(())
 }

@@ -13,15 +13,68 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn hist() -> Histogram<u64> {
+pub(crate) fn hist() -> Histogram<u64> {
     Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 significant digits are valid"))
 }
 
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+pub(crate) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
 // ---------------------------------------------------------------- writes
+
+/// Writer `i` (alice or bob, in turn) creates tasks in `job/1` through
+/// `target` back to back, one in flight, for `length`: the answer latency of
+/// each, and how many were refused or went unanswered.
+pub(crate) async fn closed_loop_creates(
+    kind: Kind,
+    target: Target,
+    i: usize,
+    length: Duration,
+) -> (Histogram<u64>, u64, u64) {
+    let mut h = hist();
+    let (mut refused, mut unanswered) = (0u64, 0u64);
+    let Ok(mut w) = Client::connect(kind, &target).await else {
+        return (h, refused, 1);
+    };
+    if w.hello(if i.is_multiple_of(2) { "alice" } else { "bob" }).await.is_err() || w.subscribe("job", 1).await.is_err()
+    {
+        return (h, refused, 1);
+    }
+    let end = Instant::now() + length;
+    let mut write_id = 0u64;
+    'outer: while Instant::now() < end {
+        write_id += 1;
+        let t0 = Instant::now();
+        let sent = w
+            .send(json!({"type": "write", "writeId": write_id, "operation": "create", "instanceType": "Task",
+                "parentType": "Job", "parentId": 1, "relationName": "tasks", "context": "job/1",
+                "data": {"name": format!("bench {i}-{write_id}")}}))
+            .await;
+        if sent.is_err() {
+            break;
+        }
+        loop {
+            match w.recv_frame(Duration::from_secs(10)).await {
+                Ok(Some(f)) => match f.decode() {
+                    Ok(m) if m.ty == "writeResponse" => {
+                        if m.success != Some(true) {
+                            refused += 1;
+                        }
+                        break;
+                    }
+                    _ => continue,
+                },
+                _ => {
+                    unanswered += 1;
+                    break 'outer;
+                }
+            }
+        }
+        let _ = h.record(t0.elapsed().as_micros() as u64);
+    }
+    (h, refused, unanswered)
+}
 
 #[derive(Debug)]
 pub struct WritesResult {
@@ -70,51 +123,7 @@ pub async fn writes(
     }
     let mut tasks = Vec::new();
     for i in 0..c {
-        let target = srv.target.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut h = hist();
-            let (mut refused, mut unanswered) = (0u64, 0u64);
-            let Ok(mut w) = Client::connect(kind, &target).await else {
-                return (h, refused, 1);
-            };
-            if w.hello(if i % 2 == 0 { "alice" } else { "bob" }).await.is_err() || w.subscribe("job", 1).await.is_err()
-            {
-                return (h, refused, 1);
-            }
-            let end = Instant::now() + length;
-            let mut write_id = 0u64;
-            'outer: while Instant::now() < end {
-                write_id += 1;
-                let t0 = Instant::now();
-                let sent = w
-                    .send(json!({"type": "write", "writeId": write_id, "operation": "create", "instanceType": "Task",
-                        "parentType": "Job", "parentId": 1, "relationName": "tasks", "context": "job/1",
-                        "data": {"name": format!("bench {i}-{write_id}")}}))
-                    .await;
-                if sent.is_err() {
-                    break;
-                }
-                loop {
-                    match w.recv_frame(Duration::from_secs(10)).await {
-                        Ok(Some(f)) => match f.decode() {
-                            Ok(m) if m.ty == "writeResponse" => {
-                                if m.success != Some(true) {
-                                    refused += 1;
-                                }
-                                break;
-                            }
-                            _ => continue,
-                        },
-                        _ => {
-                            unanswered += 1;
-                            break 'outer;
-                        }
-                    }
-                }
-                let _ = h.record(t0.elapsed().as_micros() as u64);
-            }
-            (h, refused, unanswered)
-        }));
+        tasks.push(tokio::spawn(closed_loop_creates(kind, srv.target.clone(), i, length)));
     }
     let start = Instant::now();
     let mut h = hist();

@@ -75,12 +75,7 @@ impl Server {
             StoreArg::Sled => format!("sled:{}", dir.path().join("data").display()),
             StoreArg::Sqlite => format!("sqlite:{}", dir.path().join("statecast.db").display()),
             StoreArg::Postgres(url) => {
-                let nanos =
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-                let schema = format!("bench_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
-                psql(url, &format!("CREATE SCHEMA {schema}"))?;
-                let sep = if url.contains('?') { '&' } else { '?' };
-                let spec = format!("{url}{sep}options[search_path]={schema}");
+                let (schema, spec) = fresh_pg_schema(url)?;
                 pg = Some((url.clone(), schema));
                 spec
             }
@@ -92,6 +87,18 @@ impl Server {
             StoreArg::Sqlite => dir.path().to_owned(),
             StoreArg::Postgres(_) => dir.path().join("statecast-data"),
         };
+        Self::spawn(bin, dir, &spec, &cert_dir, extra, pg)
+    }
+
+    /// Starts the binary in `dir` on `--store spec`.
+    fn spawn(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        spec: &str,
+        cert_dir: &Path,
+        extra: &[&str],
+        pg: Option<(String, String)>,
+    ) -> Result<Server, crate::client::BoxError> {
         let mut child = Command::new(bin)
             .current_dir(dir.path())
             .args(["--ws-addr", "127.0.0.1:0", "--quic-addr", "127.0.0.1:0", "--store"])
@@ -109,7 +116,7 @@ impl Server {
             })?;
         let (ws_url, quic_url) = read_listening(&mut child, true)?;
         // The server made its self-signed certificate before listening; pin it.
-        let fingerprint = statecast_transport_quic::ensure_self_signed(&cert_dir)?.fingerprint;
+        let fingerprint = statecast_transport_quic::ensure_self_signed(cert_dir)?.fingerprint;
         let target = Target { ws_url, quic_url, quic_fingerprint: Some(fingerprint) };
         Ok(Server { child, target, _dir: dir, pg })
     }
@@ -144,6 +151,50 @@ impl Server {
         body.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.parse().ok()))
             .ok_or_else(|| format!("no metric {name} in /metrics").into())
+    }
+}
+
+/// Creates a fresh schema in the database at `url`; returns it and the
+/// store spec that points a server at it.
+fn fresh_pg_schema(url: &str) -> Result<(String, String), crate::client::BoxError> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let schema = format!("bench_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
+    psql(url, &format!("CREATE SCHEMA {schema}"))?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let spec = format!("{url}{sep}options[search_path]={schema}");
+    Ok((schema, spec))
+}
+
+/// Several server processes on one PostgreSQL schema (scale-out), each on
+/// its own ports; the schema is dropped after every process has stopped.
+pub struct Cluster {
+    pub servers: Vec<Server>,
+    url: String,
+    schema: String,
+}
+
+impl Cluster {
+    pub fn start(bin: &Path, url: &str, processes: usize) -> Result<Cluster, crate::client::BoxError> {
+        let (schema, spec) = fresh_pg_schema(url)?;
+        let mut cluster = Cluster { servers: Vec::new(), url: url.to_owned(), schema };
+        // One at a time: the first creates the tables and the demo rows.
+        for _ in 0..processes {
+            let dir = tempfile::tempdir()?;
+            let cert_dir = dir.path().join("statecast-data");
+            cluster.servers.push(Server::spawn(bin, dir, &spec, &cert_dir, &[], None)?);
+        }
+        Ok(cluster)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().map(Server::pid).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.servers.clear();
+        let _ = psql(&self.url, &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
     }
 }
 

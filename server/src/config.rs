@@ -7,6 +7,7 @@ use statecast_core::EngineConfig;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 pub const DEFAULT_WS_ADDR: &str = "127.0.0.1:7100";
 pub const DEFAULT_WS_PATH: &str = "/ws";
@@ -19,6 +20,11 @@ pub const DEFAULT_STORE: &str = "sled:./statecast-data";
 pub const DEFAULT_JWT_SECRET_ENV: &str = "STATECAST_JWT_SECRET";
 pub const DEFAULT_FRAME_LIMIT: usize = 1 << 20;
 pub const DEFAULT_LOG: &str = "info";
+/// How many recent commits the change log keeps unless told otherwise.
+pub const DEFAULT_LOG_KEEP: u64 = 10_000;
+/// The shortest age limit for the change log: the other processes' tailers
+/// (woken at once, polling every 100 ms) and resuming clients must find it.
+pub const MIN_LOG_MAX_AGE_SECS: u64 = 10;
 /// Frames outside these bounds make no sense (a `hello` must fit; tungstenite's own cap is 64 MiB).
 pub const FRAME_LIMIT_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 << 20);
 /// The shortest JWT secret accepted in `prod` mode (HS256 wants at least 256 bits).
@@ -209,6 +215,14 @@ pub struct Args {
     /// change for every subscription: same events, for benchmarks) [default: true].
     #[arg(long, value_name = "BOOL")]
     pub stream_index: Option<bool>,
+    /// How many recent commits the change log keeps for `since` resumes and
+    /// other processes' tailers [default: 10000].
+    #[arg(long, value_name = "COMMITS")]
+    pub log_keep: Option<u64>,
+    /// Also trim change-log entries older than this many seconds (SQL stores;
+    /// at least 10) [default: no age limit].
+    #[arg(long, value_name = "SECS")]
+    pub log_max_age: Option<u64>,
     /// Log filter (tracing `EnvFilter` syntax) [default: $RUST_LOG, else the file's `log`, else info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -241,6 +255,8 @@ pub struct FileConfig {
     pub frame_limit: Option<usize>,
     pub outbox_capacity: Option<usize>,
     pub stream_index: Option<bool>,
+    pub log_keep: Option<u64>,
+    pub log_max_age: Option<u64>,
     pub log: Option<String>,
 }
 
@@ -278,6 +294,10 @@ pub struct Config {
     pub frame_limit: usize,
     pub outbox_capacity: usize,
     pub stream_index: bool,
+    /// How many recent commits the change log keeps.
+    pub log_keep: u64,
+    /// Change-log entries older than this are trimmed too (SQL stores only).
+    pub log_max_age: Option<Duration>,
     pub log: String,
 }
 
@@ -407,6 +427,33 @@ impl Config {
 
         let stream_index = args.stream_index.or(file.stream_index).unwrap_or(true);
 
+        let (log_keep, from_flag) = pick(args.log_keep, file.log_keep).unwrap_or((DEFAULT_LOG_KEEP, false));
+        if log_keep == 0 {
+            return Err(origin("--log-keep", "log_keep").invalid(from_flag, "must be at least 1 commit"));
+        }
+        let log_max_age = match pick(args.log_max_age, file.log_max_age) {
+            None => None,
+            Some((secs, from_flag)) => {
+                let origin = origin("--log-max-age", "log_max_age");
+                if secs < MIN_LOG_MAX_AGE_SECS {
+                    return Err(origin.invalid(
+                        from_flag,
+                        format!(
+                            "{secs} s is too short: other processes and resuming clients read the log, \
+                             keep it at least {MIN_LOG_MAX_AGE_SECS} s"
+                        ),
+                    ));
+                }
+                if matches!(store, StoreSpec::Sled(_)) {
+                    return Err(origin.invalid(
+                        from_flag,
+                        "the sled store trims its change log by count only: use --log-keep (`log_keep`)",
+                    ));
+                }
+                Some(Duration::from_secs(secs))
+            }
+        };
+
         // Precedence for the log filter: flag, then RUST_LOG, then the file, then `info`.
         let (log, log_name) = match (args.log, env("RUST_LOG").filter(|s| !s.is_empty()), file.log) {
             (Some(l), _, _) => (l, "--log".to_owned()),
@@ -443,6 +490,8 @@ impl Config {
             frame_limit,
             outbox_capacity,
             stream_index,
+            log_keep,
+            log_max_age,
             log,
         })
     }
@@ -608,6 +657,30 @@ mod tests {
         let c = Config::load(args(&["--config", &path]), env).expect("valid");
         assert_eq!(c.jwt_secret, Some(Secret::new("from-env")), "the environment wins over the file");
         assert_eq!(format!("{:?}", c.jwt_secret), "Some(Secret(..))", "secrets are not printed");
+    }
+
+    #[test]
+    fn change_log_retention_by_count_and_age() {
+        let c = load(&[]).expect("valid");
+        assert_eq!((c.log_keep, c.log_max_age), (DEFAULT_LOG_KEEP, None), "by count only by default");
+        let c = load(&["--store", "sqlite:/tmp/s.db", "--log-keep", "500", "--log-max-age", "3600"]).expect("valid");
+        assert_eq!((c.log_keep, c.log_max_age), (500, Some(Duration::from_secs(3600))));
+        let (_dir, path) = config_file("store = \"postgres://u@h/db\"\nlog_keep = 20\nlog_max_age = 60");
+        let c = load(&["--config", &path]).expect("valid file");
+        assert_eq!((c.log_keep, c.log_max_age), (20, Some(Duration::from_secs(60))));
+        let c = load(&["--config", &path, "--log-keep", "30"]).expect("valid");
+        assert_eq!(c.log_keep, 30, "the flag wins");
+
+        let e = error(load(&["--log-keep", "0"]));
+        assert!(e.starts_with("--log-keep: ") && e.contains("at least 1"), "{e}");
+        let e = error(load(&["--store", "sqlite:/tmp/s.db", "--log-max-age", "9"]));
+        assert!(e.starts_with("--log-max-age: ") && e.contains("at least 10 s"), "{e}");
+        let e = error(load(&["--log-max-age", "60"]));
+        assert!(e.starts_with("--log-max-age: ") && e.contains("sled") && e.contains("--log-keep"), "{e}");
+        let (_dir, path) = config_file("store = \"sqlite:/tmp/s.db\"\nlog_max_age = 1");
+        let e = error(load(&["--config", &path]));
+        assert!(e.contains("`log_max_age`") && e.contains("at least 10 s"), "{e}");
+        assert!(Args::try_parse_from(["statecast-server", "--log-keep", "-5"]).is_err(), "not a count");
     }
 
     #[test]

@@ -30,6 +30,31 @@ fn an_unreachable_database_at_startup_is_a_clear_error_and_a_failed_exit() {
     assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "no listening line");
 }
 
+#[test]
+fn change_log_retention_flags_are_checked_before_anything_starts() {
+    let run = |flags: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_statecast-server"))
+            .args(["--ws-addr", "127.0.0.1:0", "--quic-addr", "off"])
+            .args(flags)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run statecast-server")
+    };
+    // Port 1: had the flags passed, the server would fail to connect instead.
+    let pg = "postgres://statecast@127.0.0.1:1/nowhere";
+    for (flags, expected) in [
+        (vec!["--store", pg, "--log-max-age", "3"], "--log-max-age: 3 s is too short"),
+        (vec!["--store", pg, "--log-keep", "0"], "--log-keep: must be at least 1 commit"),
+        (vec!["--log-max-age", "60"], "the sled store trims its change log by count only"),
+    ] {
+        let out = run(&flags);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{flags:?}: nothing listens");
+    }
+}
+
 fn task_ids(state: &Value) -> BTreeSet<i64> {
     state["instances"]
         .as_array()

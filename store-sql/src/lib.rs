@@ -57,6 +57,11 @@ use sqlx::{Connection as _, SqliteConnection};
 pub struct SqlOptions {
     /// How many recent commits the change log keeps (at least 1).
     pub log_capacity: u64,
+    /// Entries older than this are trimmed from the change log too (checked
+    /// at most once a second); `None` trims by count only. The log is what a
+    /// `since` resume and the other processes' tailers read, so keep it well
+    /// above their lag (the server refuses less than 10 s).
+    pub log_max_age: Option<Duration>,
     /// SQLite: how many seq numbers one durable reservation covers (at least 1).
     pub seq_block: u64,
     /// Connections in the pool (PostgreSQL; SQLite readers).
@@ -72,6 +77,7 @@ impl Default for SqlOptions {
     fn default() -> Self {
         Self {
             log_capacity: 10_000,
+            log_max_age: None,
             seq_block: 1_000,
             max_connections: 8,
             acquire_timeout: Duration::from_secs(3),
@@ -162,7 +168,12 @@ struct Shared {
     channel: String,
     /// PostgreSQL: the first hole the tailer waits at (see [`Hole`]).
     hole: parking_lot::Mutex<Option<Hole>>,
+    /// When the change log was last trimmed by age (ms since the epoch).
+    last_age_trim_ms: AtomicU64,
 }
+
+/// How often the change log is checked for entries older than `log_max_age`.
+const AGE_TRIM_EVERY_MS: u64 = 1_000;
 
 /// Seqs `from..=to` missing from the change log, and a transaction id `xid`
 /// assigned after they were seen missing. Each of them was drawn by a
@@ -389,6 +400,7 @@ impl SqlStore {
             notify_pending: AtomicBool::new(false),
             channel,
             hole: parking_lot::Mutex::new(None),
+            last_age_trim_ms: AtomicU64::new(0),
         });
         let flusher = sqlite.then(|| tokio::spawn(run_flusher(shared.clone())));
         #[cfg(feature = "postgres")]
@@ -770,7 +782,8 @@ impl Shared {
         ];
         c.exec(&sql, binds).await.map_err(backend)?;
         meta_set(&mut c, "last_seq", seq.to_string()).await.map_err(backend)?;
-        if let Some(floor) = seq.checked_sub(self.options.log_capacity).filter(|f| *f > 0) {
+        let by_age = self.age_trim_due(tx.now_ms);
+        if let Some(floor) = self.log_floor(&mut c, seq, tx.now_ms, by_age).await.map_err(backend)? {
             c.exec(&format!("DELETE FROM {LOG} WHERE seq <= {}", d.ph(1)), vec![Bind::Int(Some(i64_of(floor)))])
                 .await
                 .map_err(backend)?;
@@ -821,8 +834,9 @@ impl Shared {
         }
         drop(conn);
         stamp(&mut plan, seq);
-        if seq.is_multiple_of(64) {
-            self.trim_log_postgres(pool, seq).await;
+        let by_age = self.age_trim_due(tx.now_ms);
+        if seq.is_multiple_of(64) || by_age {
+            self.trim_log_postgres(pool, seq, tx.now_ms, by_age).await;
         }
         Ok(plan.committed())
     }
@@ -978,14 +992,49 @@ impl Shared {
         }
     }
 
+    /// Is an age trim of the change log due? True for one caller a second.
+    fn age_trim_due(&self, now_ms: u64) -> bool {
+        if self.options.log_max_age.is_none() {
+            return false;
+        }
+        let last = self.last_age_trim_ms.load(Ordering::Relaxed);
+        now_ms >= last.saturating_add(AGE_TRIM_EVERY_MS)
+            && self.last_age_trim_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+
+    /// The highest seq the change log may drop once `seq` is in it: the count
+    /// floor, raised (when `by_age`) to the newest entry older than
+    /// `log_max_age`. The newest entry always stays. `None`: nothing to drop.
+    async fn log_floor(
+        &self,
+        c: &mut Conn<'_>,
+        seq: Seq,
+        now_ms: u64,
+        by_age: bool,
+    ) -> Result<Option<Seq>, sqlx::Error> {
+        let mut floor = seq.saturating_sub(self.options.log_capacity);
+        if let (true, Some(age)) = (by_age, self.options.log_max_age) {
+            let cutoff = now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+            let sql = format!("SELECT MAX(seq) FROM {LOG} WHERE at_ms < {}", self.tables.dialect.ph(1));
+            let rows = c.fetch(&sql, vec![Bind::Int(Some(i64_of(cutoff)))], &[Col::Int]).await?;
+            if let Some(newest_expired) = rows.first().and_then(|r| r[0].as_u64()) {
+                floor = floor.max(newest_expired);
+            }
+        }
+        let floor = floor.min(seq.saturating_sub(1));
+        Ok((floor > 0).then_some(floor))
+    }
+
     #[cfg(feature = "postgres")]
-    async fn trim_log_postgres(&self, pool: &PgPool, seq: Seq) {
-        let Some(floor) = seq.checked_sub(self.options.log_capacity).filter(|f| *f > 0) else { return };
+    async fn trim_log_postgres(&self, pool: &PgPool, seq: Seq, now_ms: u64, by_age: bool) {
+        let mut floor = 0;
         let result: Result<(), sqlx::Error> = async {
             use sqlx::Connection as _;
             let mut conn = pool.acquire().await?;
             let mut tx = conn.begin().await?;
             let mut c = Conn::Postgres(&mut tx);
+            let Some(found) = self.log_floor(&mut c, seq, now_ms, by_age).await? else { return Ok(()) };
+            floor = found;
             c.exec(&format!("DELETE FROM {LOG} WHERE seq <= $1"), vec![Bind::Int(Some(i64_of(floor)))]).await?;
             let sql = format!(
                 "INSERT INTO {META} (key, value) VALUES ('log_trimmed', $1) ON CONFLICT (key) DO UPDATE \

@@ -302,6 +302,8 @@ fn internal_ddl(d: Dialect) -> Vec<String> {
             ddl.push(format!("CREATE SEQUENCE IF NOT EXISTS {SEQ} AS BIGINT MINVALUE 1"));
         }
     }
+    // Trimming by age finds the newest entry older than the cutoff.
+    ddl.push(format!("CREATE INDEX IF NOT EXISTS {LOG}_at_ms ON {LOG} (at_ms)"));
     ddl
 }
 

@@ -21,20 +21,8 @@ version=$(ls /usr/lib/postgresql | sort -V | tail -1)
 if ! pg_lsclusters -h | grep -q "^$version main"; then
     pg_createcluster "$version" main >/dev/null
 fi
-# The server is a daemon: it must not inherit any of our descriptors beyond
-# 0-2 (which pg_ctlcluster points at its log). Above all not fd 3, the caller's
-# `$(...)` pipe: a daemon holding it open makes the caller wait forever.
-start_detached() {
-    (
-        for fd in /proc/$BASHPID/fd/*; do
-            fd=${fd##*/}
-            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
-        done
-        exec "$@"
-    ) </dev/null
-}
 if ! pg_lsclusters -h | grep -q "^$version main .* online"; then
-    start_detached pg_ctlcluster "$version" main start
+    "$(dirname "$0")/pg-ctl" "$version" main start
 fi
 for _ in $(seq 1 50); do
     pg_isready -q -h 127.0.0.1 -p 5432 && break

@@ -23,18 +23,20 @@ fn cluster() -> Option<(String, String)> {
     Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
 }
 
+/// `pg_ctlcluster` through `.ci/pg-ctl`, which closes our descriptors first:
+/// the daemon it starts would keep them (a test runner's pipes among them).
+fn pg_ctl_command() -> Command {
+    let mut c = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.ci/pg-ctl"));
+    c.stdin(Stdio::null()).stdout(Stdio::null());
+    c
+}
+
 fn pg_ctl(action: &str, (version, name): &(String, String)) {
     let mut args = vec![version.as_str(), name.as_str(), action];
     if action == "stop" {
         args.extend(["-m", "fast"]);
     }
-    // The daemon it starts keeps its inherited descriptors: give it none of ours.
-    let status = Command::new("pg_ctlcluster")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .status()
-        .expect("run pg_ctlcluster");
+    let status = pg_ctl_command().args(args).status().expect("run pg_ctlcluster");
     assert!(status.success(), "pg_ctlcluster {action} failed");
 }
 
@@ -44,11 +46,7 @@ struct Restart((String, String));
 impl Drop for Restart {
     fn drop(&mut self) {
         let (version, name) = &self.0;
-        let _ = Command::new("pg_ctlcluster")
-            .args([version.as_str(), name.as_str(), "start"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status();
+        let _ = pg_ctl_command().args([version.as_str(), name.as_str(), "start"]).status();
     }
 }
 

@@ -2,8 +2,10 @@
 //! server. A write during the outage is refused (500 or 503) with nothing
 //! committed, and writes work again once the database is back, without
 //! restarting the server; and several processes sharing the database resume
-//! tailing its change log after a restart. Needs `STATECAST_PG_URL` and root
-//! (it runs `pg_ctlcluster`); passes with a note otherwise. Its own binary, its
+//! tailing its change log after a restart. A connection killed in the middle
+//! of a write answers 500 `INTERNAL` and commits nothing. Needs
+//! `STATECAST_PG_URL` and root (it runs `pg_ctlcluster`); passes with a note
+//! otherwise. Its own binary, its
 //! tests one at a time: they stop the database every other test would use.
 
 #![allow(clippy::print_stderr)]
@@ -138,6 +140,79 @@ async fn tailing_resumes_after_a_database_restart() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(next_task_name(&mut watch_b).await, "r-after", "B's tailer resumed where it was");
+}
+
+#[tokio::test]
+async fn a_connection_killed_in_the_middle_of_a_write_answers_500_and_commits_nothing() {
+    let Some(_) = outage_cluster() else { return };
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let pg = PgSchema::create();
+    let server = TestServer::start_on(&pg.store_url(), &[]);
+    let mut alice = server.json().await;
+    alice.hello("alice").await;
+    alice.subscribe("job", 1).await;
+    let created = alice.write(create_task(1, None, json!({"name": "Original"}))).await;
+    let id = created.ok()["instanceId"].as_i64().expect("created id");
+    // Carol is an admin: she may rename any task.
+    let (mut carol, _) = server.subscribed("carol", 1).await;
+
+    // Another session locks the row, so the server's write stops inside its
+    // transaction (its planner reads the row FOR UPDATE) ...
+    let mut holder = Command::new("psql")
+        .args([pg.url.as_str(), "-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run psql");
+    let mut holder_in = holder.stdin.take().expect("psql stdin");
+    use std::io::Write as _;
+    writeln!(holder_in, "BEGIN; SELECT id FROM {}.\"Task\" WHERE id = {id} FOR UPDATE;", pg.name).expect("lock");
+    let held = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction' AND datname = current_database() \
+         AND query LIKE '%{}%FOR UPDATE%'",
+        pg.name
+    );
+    wait_for(&pg.url, &held, "the row lock").await;
+    let mut doomed = save("job/1", "Task", id, json!({"name": "Never committed"}));
+    doomed["writeId"] = json!(900);
+    carol.send(doomed).await;
+    let blocked = "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database() \
+                   AND state = 'active' LIMIT 1";
+    let pid = wait_for(&pg.url, blocked, "the server's write waiting on the lock").await;
+    // ... where its connection is killed.
+    psql(&pg.url, &format!("SELECT pg_terminate_backend({pid})"));
+    let answer = loop {
+        let m = carol.recv().await;
+        if m["type"] == "writeResponse" && m["writeId"] == 900 {
+            break m;
+        }
+        assert_ne!(m["type"], "delta", "no delta for a write that failed: {m}");
+    };
+    assert_eq!(error_of(&answer), (500, "INTERNAL".to_owned()), "{answer}");
+    writeln!(holder_in, "ROLLBACK;").expect("unlock");
+    drop(holder_in);
+    assert!(holder.wait().expect("psql exits").success());
+
+    let name = psql(&pg.url, &format!("SELECT name FROM {}.\"Task\" WHERE id = {id}", pg.name));
+    assert_eq!(name, "Original", "nothing of the killed write was committed");
+    // The pool replaces the dead connection by itself.
+    let again = carol.write(save("job/1", "Task", id, json!({"name": "Saved after"}))).await;
+    assert_eq!(again.response["success"], true, "{}", again.response);
+    let name = psql(&pg.url, &format!("SELECT name FROM {}.\"Task\" WHERE id = {id}", pg.name));
+    assert_eq!(name, "Saved after");
+}
+
+/// Polls `sql` until it returns something other than empty or `0`; returns it.
+async fn wait_for(url: &str, sql: &str, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = psql(url, sql);
+        if !v.is_empty() && v != "0" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The name of the next Task created in a delta.

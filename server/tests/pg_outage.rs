@@ -89,6 +89,10 @@ async fn writes_fail_cleanly_during_an_outage_and_work_again_after_it() {
         "expected 500 INTERNAL or 503 UNAVAILABLE, got {code} {reason}"
     );
     assert!(during.deltas().is_empty());
+    // The writable check reads nothing from the store: with no database at
+    // all, a write the channel never allows is still answered 403.
+    let not_writable = alice.write(save("job/1", "Job", 1, json!({"name": "Renamed"}))).await;
+    assert_eq!(not_writable.refused(), (403, "NOT_WRITABLE".to_owned()), "{}", not_writable.response);
     pg_ctl("start", &cluster);
     drop(guard);
 

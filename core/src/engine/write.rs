@@ -11,7 +11,7 @@ use crate::ids::{Id, IdKind, Seq, classify_create_id, is_safe_int};
 use crate::policy::{PolicyContext, PolicyError};
 use crate::protocol::v1::{Write, WriteOp};
 use crate::row::{Fields, Row, RowKey};
-use crate::schema::{EntityType, ServerValue};
+use crate::schema::{EntityType, Schema, ServerValue};
 use crate::store::{AppliedKey, AppliedRecord, CommitError, NewId, StoreError, Transaction, TxOp, now_ms};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -99,6 +99,7 @@ async fn run_checked(
         }
         _ => None,
     };
+    check_writable(inner, actor, context, &ops, batch)?;
     if let Some(key) = &key {
         if let Some(rec) = inner.store.applied(key).await.map_err(store_error)? {
             // The original may still be on its way to the hub: let it get there first.
@@ -197,6 +198,47 @@ async fn check_dependencies(inner: &Inner, key: &AppliedKey, after: &[i64]) -> R
 static SYSTEM_USER: std::sync::LazyLock<User> = std::sync::LazyLock::new(|| User::new(0, "system"));
 
 /// Checks every op and builds the transaction (with the versions it relied on).
+/// The op's type and kind, once the channel allows it: checks that read
+/// nothing from the store.
+fn writable_op<'s>(
+    schema: &'s Schema,
+    system: bool,
+    context: Option<&WriteContext>,
+    op: &WriteOp,
+) -> Result<(&'s EntityType, Op), WireError> {
+    let entity = schema
+        .entity(&op.instance_type)
+        .ok_or_else(|| WireError::new(ErrorReason::UnknownType, format!("unknown type `{}`", op.instance_type)))?;
+    let kind = op.operation.op().ok_or_else(|| WireError::invalid_data("operation", "a batch may not nest"))?;
+    if !system {
+        let ctx = context.ok_or_else(|| WireError::new(ErrorReason::NotInContext, "the write names no context"))?;
+        if !ctx.channel.is_writable(&entity.name, kind) {
+            return Err(WireError::new(
+                ErrorReason::NotWritable,
+                format!("`{kind}` on {} is not writable in channel `{}`", entity.name, ctx.channel.name),
+            ));
+        }
+    }
+    Ok((entity, kind))
+}
+
+/// Refuses a write the channel never allows (403 `NOT_WRITABLE`), an unknown
+/// type or a write without a context before anything is read from the store:
+/// not even the exactly-once records.
+fn check_writable(
+    inner: &Inner,
+    actor: &Actor,
+    context: Option<&WriteContext>,
+    ops: &[WriteOp],
+    batch: bool,
+) -> Result<(), WireError> {
+    let system = matches!(actor, Actor::System);
+    for (i, op) in ops.iter().enumerate() {
+        writable_op(&inner.schema, system, context, op).map_err(|e| if batch { e.with_op(i) } else { e })?;
+    }
+    Ok(())
+}
+
 async fn check(
     inner: &Inner,
     actor: &Actor,
@@ -267,19 +309,7 @@ impl<'a> Checker<'a> {
 
     async fn check_op(&mut self, op: &WriteOp) -> Result<TxOp, WireError> {
         let schema = self.inner.schema.clone();
-        let entity = schema
-            .entity(&op.instance_type)
-            .ok_or_else(|| WireError::new(ErrorReason::UnknownType, format!("unknown type `{}`", op.instance_type)))?;
-        let kind = op.operation.op().ok_or_else(|| WireError::invalid_data("operation", "a batch may not nest"))?;
-        if !self.system {
-            let ctx = self.context()?;
-            if !ctx.channel.is_writable(&entity.name, kind) {
-                return Err(WireError::new(
-                    ErrorReason::NotWritable,
-                    format!("`{kind}` on {} is not writable in channel `{}`", entity.name, ctx.channel.name),
-                ));
-            }
-        }
+        let (entity, kind) = writable_op(&schema, self.system, self.context, op)?;
         match kind {
             Op::Save => self.check_save(entity, op).await,
             Op::Create => self.check_create(entity, op).await,

@@ -2,7 +2,7 @@
 //! WebSocket messages into `Incoming`, and a writer loop that drains the
 //! outbox, pings the peer and runs the close handshake.
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use statecast_core::transport::{
     Connection, ConnectionInfo, Frame, Incoming, OutboxReceiver, Outgoing, close_code, outbox,
 };
@@ -247,6 +247,20 @@ where
         }
         sink.flush().await
     };
+    within(send, limit).await
+}
+
+/// Runs a socket write, failing it after `limit`. The timer (a clock read and
+/// a timer entry) is only set up when the write does not finish at once, as
+/// most do while the socket has room.
+async fn within<F, E>(send: F, limit: Duration) -> bool
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let mut send = std::pin::pin!(send);
+    if let Some(done) = (&mut send).now_or_never() {
+        return done.is_ok();
+    }
     matches!(timeout(limit, send).await, Ok(Ok(())))
 }
 
@@ -255,7 +269,7 @@ async fn send_within<K, M>(sink: &mut K, message: M, limit: Duration) -> bool
 where
     K: Sink<M> + Unpin,
 {
-    matches!(timeout(limit, sink.send(message)).await, Ok(Ok(())))
+    within(sink.send(message), limit).await
 }
 
 async fn read_loop<St, M, E>(

@@ -7,7 +7,8 @@
 //! `writeResponse` to the writer. No store, no checks: what is left is the
 //! cost of the transport and the broadcast, the ceiling the engine is
 //! measured against. Its WebSocket buffers are sized as the engine's
-//! transport sizes them by default (8 KiB read, no write buffering). Run as `statecast-bench baseline-server`; it prints
+//! transport sizes them by default (`statecast_transport_ws::DEFAULT_READ_BUFFER_SIZE`
+//! and `DEFAULT_WRITE_BUFFER_SIZE`: 2 KiB initial read, 16 KiB write). Run as `statecast-bench baseline-server`; it prints
 //! `listening ws://127.0.0.1:PORT/ws` like the real server.
 
 use crate::client::BoxError;
@@ -48,7 +49,9 @@ pub async fn run(addr: &str) -> Result<(), BoxError> {
 async fn serve(tcp: TcpStream, hub: Arc<Hub>) -> Result<(), BoxError> {
     tcp.set_nodelay(true)?;
     // The same buffer sizes as the engine's WebSocket transport (its defaults).
-    let config = WebSocketConfig::default().read_buffer_size(8 * 1024).write_buffer_size(0);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(statecast_transport_ws::DEFAULT_READ_BUFFER_SIZE)
+        .write_buffer_size(statecast_transport_ws::DEFAULT_WRITE_BUFFER_SIZE);
     let ws = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await?;
     let (mut sink, mut stream) = ws.split();
     let mut sub: Option<broadcast::Receiver<Utf8Bytes>> = None;

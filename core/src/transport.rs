@@ -67,11 +67,25 @@ pub struct CloseReason {
 
 #[derive(Debug, Default)]
 struct CloseSignal {
+    /// Set once the connection is closing (mirrors `token`, which takes a
+    /// mutex to read: this is what the hot send path checks).
+    closed: std::sync::atomic::AtomicBool,
     reason: parking_lot::Mutex<Option<CloseReason>>,
     /// Close without sending what is queued (a slow consumer would never drain it).
     abort: std::sync::atomic::AtomicBool,
     notify: Notify,
     token: CancellationToken,
+}
+
+impl CloseSignal {
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn mark_closed(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.token.cancel();
+    }
 }
 
 /// Why a frame could not be queued.
@@ -93,7 +107,7 @@ pub struct Outbox {
 impl Outbox {
     /// Queues a frame without waiting; a full queue is an error (slow consumer).
     pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
-        if self.close.token.is_cancelled() {
+        if self.close.is_closed() {
             return Err(SendError::Closed);
         }
         self.tx.try_send(frame).map_err(|e| match e {
@@ -104,7 +118,7 @@ impl Outbox {
 
     /// Queues a frame, waiting for room (client side, where waiting is right).
     pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
-        if self.close.token.is_cancelled() {
+        if self.close.is_closed() {
             return Err(SendError::Closed);
         }
         self.tx.send(frame).await.map_err(|_| SendError::Closed)
@@ -117,7 +131,7 @@ impl Outbox {
             *slot = Some(CloseReason { code, reason: reason.to_owned() });
         }
         drop(slot);
-        self.close.token.cancel();
+        self.close.mark_closed();
         self.close.notify.notify_waiters();
     }
 
@@ -129,7 +143,7 @@ impl Outbox {
 
     /// True once [`close`](Self::close) was called or the transport ended.
     pub fn is_closed(&self) -> bool {
-        self.close.token.is_cancelled() || self.tx.is_closed()
+        self.close.is_closed() || self.tx.is_closed()
     }
 
     /// Resolves when the connection is closed by either side.
@@ -182,6 +196,17 @@ impl OutboxReceiver {
         }
     }
 
+    /// The next queued frame if one is ready now, without waiting: `None`
+    /// when the queue is empty or the connection was aborted. Lets a writer
+    /// batch every ready frame into one flush; the close itself still comes
+    /// from [`next`](Self::next).
+    pub fn try_next_frame(&mut self) -> Option<Frame> {
+        if self.is_aborted() {
+            return None;
+        }
+        self.rx.try_recv().ok()
+    }
+
     /// Resolves once the owner asked to close or abort (queued frames may
     /// still be waiting). Lets a writer blocked on a slow peer notice an
     /// [`Outbox::abort`] without taking frames from the queue.
@@ -196,7 +221,7 @@ impl OutboxReceiver {
 
     /// Marks the connection closed from the transport's side (the peer left).
     pub fn mark_closed(&self) {
-        self.close.token.cancel();
+        self.close.mark_closed();
     }
 }
 

@@ -36,16 +36,23 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+    decode_with(bytes, || what.to_owned())
+}
+
+/// Decodes; `what` names the value in the error and is only built on failure.
+fn decode_with<T: DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{}: {e}", what())))
 }
 
 pub(crate) fn encode_row(row: &Row) -> Result<Vec<u8>, StoreError> {
     encode(&StoredRow::from_row(row))
 }
 
-pub(crate) fn decode_row(ty: &str, id: Id, bytes: &[u8]) -> Result<Row, StoreError> {
-    let stored: StoredRow = decode(&format!("row {ty}#{id}"), bytes)?;
-    Ok(stored.into_row(ty.into(), id))
+/// Decodes a stored row; `ty` is shared by the rows of a type (no allocation
+/// per row for its name, nor for an error text unless it fails).
+pub(crate) fn decode_row(ty: &Arc<str>, id: Id, bytes: &[u8]) -> Result<Row, StoreError> {
+    let stored: StoredRow = decode_with(bytes, || format!("row {ty}#{id}"))?;
+    Ok(stored.into_row(ty.clone(), id))
 }
 
 pub(crate) fn encode_changes(changes: &[Change]) -> Result<Vec<u8>, StoreError> {
@@ -62,7 +69,7 @@ pub(crate) fn encode_changes(changes: &[Change]) -> Result<Vec<u8>, StoreError> 
 }
 
 pub(crate) fn decode_changes(seq: Seq, bytes: &[u8]) -> Result<Vec<Change>, StoreError> {
-    let stored: Vec<StoredChange> = decode(&format!("log entry {seq}"), bytes)?;
+    let stored: Vec<StoredChange> = decode_with(bytes, || format!("log entry {seq}"))?;
     Ok(stored
         .into_iter()
         .map(|c| {
@@ -95,10 +102,11 @@ mod tests {
             fields: fields.as_object().cloned().unwrap_or_default(),
         };
         let bytes = encode_row(&row).expect("encode");
-        assert_eq!(decode_row("Task", 7, &bytes).expect("decode"), row);
+        let ty: Arc<str> = "Task".into();
+        assert_eq!(decode_row(&ty, 7, &bytes).expect("decode"), row);
         let change = Change { key: row.key(), before: None, after: Some(row.clone()) };
         let bytes = encode_changes(std::slice::from_ref(&change)).expect("encode");
         assert_eq!(decode_changes(12, &bytes).expect("decode"), vec![change]);
-        assert!(matches!(decode_row("Task", 7, b"\xc1junk"), Err(StoreError::Corrupt(_))));
+        assert!(matches!(decode_row(&ty, 7, b"\xc1junk"), Err(StoreError::Corrupt(_))));
     }
 }

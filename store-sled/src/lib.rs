@@ -24,7 +24,7 @@ use statecast_core::store::{
     Transaction, new_epoch,
 };
 use statecast_core::{Id, Row, Schema, Seq};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,6 +63,8 @@ struct CommitState {
 
 struct Shared {
     schema: Arc<Schema>,
+    /// Each type's name, shared by every row of it that is read.
+    type_names: HashMap<String, Arc<str>>,
     tree: sled::Tree,
     epoch: String,
     options: SledOptions,
@@ -153,7 +155,9 @@ impl SledStore {
         // crash: start above it.
         let reserved = meta_u64(&tree, keys::META_RESERVED)?.max(last);
         tracing::info!(path = %path.display(), %epoch, last_seq = last, reserved, "opened sled store");
+        let type_names = schema.types.keys().map(|t| (t.clone(), Arc::from(t.as_str()))).collect();
         let shared = Arc::new(Shared {
+            type_names,
             schema,
             tree,
             epoch,
@@ -250,7 +254,16 @@ impl Shared {
         Ok(())
     }
 
+    /// The shared name of a type (allocated only for a type the schema lacks).
+    fn type_name(&self, ty: &str) -> Arc<str> {
+        self.type_names.get(ty).cloned().unwrap_or_else(|| Arc::from(ty))
+    }
+
     fn get_row(&self, ty: &str, id: Id) -> Result<Option<Row>, StoreError> {
+        self.get_row_named(&self.type_name(ty), id)
+    }
+
+    fn get_row_named(&self, ty: &Arc<str>, id: Id) -> Result<Option<Row>, StoreError> {
         match self.tree.get(keys::row(ty, id)).map_err(backend)? {
             Some(v) => codec::decode_row(ty, id, &v).map(Some),
             None => Ok(None),
@@ -272,11 +285,12 @@ impl Shared {
     /// Ids of rows of `ty` whose `field` is `target`, from the reference index.
     fn referencing(&self, ty: &str, field: &str, target: Id) -> Result<Vec<Id>, StoreError> {
         if !self.is_reference(ty, field) {
+            let name = self.type_name(ty);
             let mut ids = Vec::new();
             for item in self.tree.scan_prefix(keys::rows_of(ty)) {
                 let (k, v) = item.map_err(backend)?;
                 let id = keys::trailing_id(&k)?;
-                if codec::decode_row(ty, id, &v)?.get_i64(field) == Some(target) {
+                if codec::decode_row(&name, id, &v)?.get_i64(field) == Some(target) {
                     ids.push(id);
                 }
             }
@@ -336,6 +350,13 @@ impl Shared {
     }
 }
 
+/// True when `count` distinct ids between `lo` and `hi` fill at least half
+/// of that range: a range scan then reads at most twice the rows wanted.
+fn is_dense(lo: Id, hi: Id, count: usize) -> bool {
+    let span = i128::from(hi) - i128::from(lo) + 1;
+    span <= 2 * count as i128
+}
+
 /// The planner's view of the tree (consistent while the commit lock is held).
 struct Reader<'a>(&'a Shared);
 
@@ -392,18 +413,47 @@ impl Store for SledStore {
     }
 
     async fn children(&self, child_ty: &str, field: &str, parent_ids: &[Id]) -> Result<Vec<Row>, StoreError> {
-        let mut rows = BTreeMap::new();
-        for parent in parent_ids.iter().copied().collect::<BTreeSet<Id>>() {
-            for id in self.shared.referencing(child_ty, field, parent)? {
-                // Reads are not under the commit lock: recheck the row itself.
-                if let Some(row) = self.shared.get_row(child_ty, id)?
-                    && row.get_i64(field) == Some(parent)
-                {
-                    rows.insert(id, row);
+        let shared = &*self.shared;
+        let parents: BTreeSet<Id> = parent_ids.iter().copied().collect();
+        let mut ids = Vec::new();
+        for &parent in &parents {
+            ids.extend(shared.referencing(child_ty, field, parent)?);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let name = shared.type_name(child_ty);
+        // Reads are not under the commit lock: recheck each row's reference.
+        let belongs = |row: &Row| row.get_i64(field).is_some_and(|p| parents.contains(&p));
+        let mut rows = Vec::with_capacity(ids.len());
+        match (ids.first(), ids.last()) {
+            (Some(&lo), Some(&hi)) if ids.len() > 1 && is_dense(lo, hi, ids.len()) => {
+                // The ids fill most of their range: one range scan of the rows
+                // instead of a lookup per child (rows in between are skipped
+                // undecoded).
+                let mut wanted = ids.iter().copied().peekable();
+                for item in shared.tree.range(keys::row(&name, lo)..=keys::row(&name, hi)) {
+                    let (k, v) = item.map_err(backend)?;
+                    let id = keys::trailing_id(&k)?;
+                    while wanted.next_if(|w| *w < id).is_some() {}
+                    if wanted.next_if_eq(&id).is_none() {
+                        continue;
+                    }
+                    let row = codec::decode_row(&name, id, &v)?;
+                    if belongs(&row) {
+                        rows.push(row);
+                    }
+                }
+            }
+            _ => {
+                for id in ids {
+                    if let Some(row) = shared.get_row_named(&name, id)?
+                        && belongs(&row)
+                    {
+                        rows.push(row);
+                    }
                 }
             }
         }
-        let mut rows: Vec<Row> = rows.into_values().collect();
         rows.sort_by_key(|r| (r.created, r.id));
         Ok(rows)
     }
@@ -418,13 +468,14 @@ impl Store for SledStore {
             }
             None => prefix.clone(),
         };
+        let name = self.shared.type_name(ty);
         let mut rows = Vec::new();
         for item in self.shared.tree.range(start..).take(limit) {
             let (k, v) = item.map_err(backend)?;
             if !k.starts_with(&prefix) {
                 break;
             }
-            rows.push(codec::decode_row(ty, keys::trailing_id(&k)?, &v)?);
+            rows.push(codec::decode_row(&name, keys::trailing_id(&k)?, &v)?);
         }
         Ok(rows)
     }

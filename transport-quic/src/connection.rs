@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConnSettings;
 
+/// The most frames the writer queues before one flush.
+const WRITE_BATCH: usize = 256;
+
 /// QUIC application error codes: the core close codes (WebSocket numbering),
 /// carried unchanged as the CONNECTION_CLOSE error code.
 ///
@@ -203,6 +206,8 @@ async fn write_loop(
     // A write that can't finish within the idle timeout means the peer stopped reading.
     let write_timeout = settings.idle_timeout;
     let mut warned_text = false;
+    // Reused for every batch of ready frames.
+    let mut batch: Vec<Bytes> = Vec::new();
     loop {
         let out = if stopping.is_cancelled() {
             // Send what is queued, then close.
@@ -238,7 +243,13 @@ async fn write_loop(
                         "QUIC carries MessagePack only: a text frame is sent as bytes and the peer sees it as binary"
                     );
                 }
-                match write_frame(writer, outbox_rx, frame.data, write_timeout, settings.close_timeout).await {
+                // Every frame ready now goes out with this one, flushed once.
+                batch.push(frame.data);
+                for _ in 1..WRITE_BATCH {
+                    let Some(more) = outbox_rx.try_next_frame() else { break };
+                    batch.push(more.data);
+                }
+                match write_frames(writer, outbox_rx, &mut batch, write_timeout, settings.close_timeout).await {
                     Written::Done => {}
                     Written::Failed => return WriteEnd::Failed,
                     Written::Aborted => {
@@ -265,17 +276,17 @@ enum Written {
     Aborted,
 }
 
-/// Writes one frame. A write blocked by flow control (the peer reads
-/// slowly) gives way to an abort at once; after a plain close it may go on
-/// for the close timeout.
-async fn write_frame(
+/// Writes a batch of frames with one flush. A write blocked by flow control
+/// (the peer reads slowly) gives way to an abort at once; after a plain close
+/// it may go on for the close timeout.
+async fn write_frames(
     writer: &mut Writer,
     outbox_rx: &OutboxReceiver,
-    data: Bytes,
+    batch: &mut Vec<Bytes>,
     limit: Duration,
     close_timeout: Duration,
 ) -> Written {
-    let write = send_within(writer, data, limit);
+    let write = send_within(writer, batch, limit);
     tokio::pin!(write);
     let mut close_deadline = None;
     loop {
@@ -302,9 +313,16 @@ async fn write_frame(
     }
 }
 
-/// Writes one frame; false when it failed or took longer than `limit`.
-async fn send_within(writer: &mut Writer, data: Bytes, limit: Duration) -> bool {
-    match timeout(limit, writer.send(data)).await {
+/// Queues every frame of a batch and flushes once; false when it failed or
+/// the whole batch took longer than `limit`.
+async fn send_within(writer: &mut Writer, batch: &mut Vec<Bytes>, limit: Duration) -> bool {
+    let send = async {
+        for data in batch.drain(..) {
+            writer.feed(data).await?;
+        }
+        SinkExt::<Bytes>::flush(writer).await
+    };
+    match timeout(limit, send).await {
         Ok(Ok(())) => true,
         Ok(Err(err)) => {
             tracing::debug!(error = %err, "QUIC write failed");

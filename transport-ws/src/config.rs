@@ -7,6 +7,18 @@ use std::time::Duration;
 /// The default frame limit (protocol v1: 1 MiB in both directions).
 pub const DEFAULT_FRAME_LIMIT: usize = 1 << 20;
 
+/// The default initial size of a connection's read buffer: small, because an
+/// idle connection keeps it (it grows for larger frames).
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 2 * 1024;
+
+/// The default write buffer: frames queued together (the writer drains every
+/// ready frame, then flushes once) reach the socket in writes of about this
+/// size instead of one write per frame.
+pub const DEFAULT_WRITE_BUFFER_SIZE: usize = 16 * 1024;
+
+/// The most frames the writer queues before one flush.
+pub(crate) const WRITE_BATCH: usize = 256;
+
 /// Settings of the WebSocket server.
 #[derive(Clone, Debug)]
 pub struct WsConfig {
@@ -43,8 +55,8 @@ impl Default for WsConfig {
             ping_interval: Some(Duration::from_secs(20)),
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(5),
-            read_buffer_size: 8 * 1024,
-            write_buffer_size: 0,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
         }
     }
 }
@@ -106,8 +118,8 @@ impl Default for WsClientConfig {
             idle_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
-            read_buffer_size: 8 * 1024,
-            write_buffer_size: 0,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+            write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
             ca_file: None,
         }
     }

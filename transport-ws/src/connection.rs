@@ -2,7 +2,7 @@
 //! WebSocket messages into `Incoming`, and a writer loop that drains the
 //! outbox, pings the peer and runs the close handshake.
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use statecast_core::transport::{
     Connection, ConnectionInfo, Frame, Incoming, OutboxReceiver, Outgoing, close_code, outbox,
 };
@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ConnSettings;
+use crate::config::{ConnSettings, WRITE_BATCH};
 
 /// A WebSocket message as the driver sees it.
 pub(crate) enum Wire {
@@ -173,6 +173,8 @@ where
     });
     // A write that cannot finish within the idle timeout means the peer stopped reading.
     let write_timeout = settings.idle_timeout;
+    // Reused for every batch of ready frames.
+    let mut batch: Vec<M> = Vec::new();
     loop {
         let tick = async {
             match ping.as_mut() {
@@ -195,14 +197,14 @@ where
             }
             out = outbox_rx.next() => match out {
                 Some(Outgoing::Frame(frame)) => {
-                    if frame.len() > settings.frame_limit {
-                        tracing::warn!(size = frame.len(), limit = settings.frame_limit, "sending a frame over the frame limit");
+                    // Every frame ready now goes out with this one: one flush
+                    // (about one socket write per write buffer) for the batch.
+                    batch.extend(to_message::<M>(frame, settings.frame_limit));
+                    for _ in 1..WRITE_BATCH {
+                        let Some(more) = outbox_rx.try_next_frame() else { break };
+                        batch.extend(to_message::<M>(more, settings.frame_limit));
                     }
-                    let Some(message) = M::from_frame(frame) else {
-                        tracing::error!("dropping an outgoing text frame that is not UTF-8");
-                        continue;
-                    };
-                    if !send_within(sink, message, write_timeout).await {
+                    if !batch.is_empty() && !send_batch_within(sink, &mut batch, write_timeout).await {
                         return WriteEnd::Failed;
                     }
                 }
@@ -221,12 +223,53 @@ where
     }
 }
 
+/// An outgoing frame as a message (`None`, logged, for a text frame that is not UTF-8).
+fn to_message<M: WireMessage>(frame: Frame, limit: usize) -> Option<M> {
+    if frame.len() > limit {
+        tracing::warn!(size = frame.len(), limit, "sending a frame over the frame limit");
+    }
+    let message = M::from_frame(frame);
+    if message.is_none() {
+        tracing::error!("dropping an outgoing text frame that is not UTF-8");
+    }
+    message
+}
+
+/// Queues every message of a batch and flushes once; false when it failed or
+/// the whole batch took longer than `limit`.
+async fn send_batch_within<K, M>(sink: &mut K, batch: &mut Vec<M>, limit: Duration) -> bool
+where
+    K: Sink<M> + Unpin,
+{
+    let send = async {
+        for message in batch.drain(..) {
+            sink.feed(message).await?;
+        }
+        sink.flush().await
+    };
+    within(send, limit).await
+}
+
+/// Runs a socket write, failing it after `limit`. The timer (a clock read and
+/// a timer entry) is only set up when the write does not finish at once, as
+/// most do while the socket has room.
+async fn within<F, E>(send: F, limit: Duration) -> bool
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let mut send = std::pin::pin!(send);
+    if let Some(done) = (&mut send).now_or_never() {
+        return done.is_ok();
+    }
+    matches!(timeout(limit, send).await, Ok(Ok(())))
+}
+
 /// Sends one message; false when it failed or took longer than `limit`.
 async fn send_within<K, M>(sink: &mut K, message: M, limit: Duration) -> bool
 where
     K: Sink<M> + Unpin,
 {
-    matches!(timeout(limit, sink.send(message)).await, Ok(Ok(())))
+    within(sink.send(message), limit).await
 }
 
 async fn read_loop<St, M, E>(

@@ -22,6 +22,16 @@ use crate::store::{Change, Committed, LogEntry, LogRead, Store};
 use crate::stream::CompiledFilters;
 use crate::transport::{Frame, Outbox, SendError, close_code};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+/// The hub's hot maps: foldhash, much cheaper than SipHash for the small
+/// keys (ids, row keys, context names) hashed on every delivery. The hub
+/// never hashes keys an attacker picks freely beyond those names.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+/// Row → the live contexts holding it (names shared with the contexts).
+type RowIndex = FastMap<RowKey, FastSet<Arc<str>>>;
+/// A context holding more rows than this is freed off the hub's task.
+const FREE_ELSEWHERE_ROWS: usize = 4096;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -248,9 +258,9 @@ pub(crate) fn spawn(
         frame_limit,
         me: tx.downgrade(),
         healthy: healthy.clone(),
-        conns: HashMap::new(),
-        contexts: HashMap::new(),
-        index: HashMap::new(),
+        conns: FastMap::default(),
+        contexts: FastMap::default(),
+        index: RowIndex::default(),
         streams: StreamRegistry::default(),
         pending_streams: HashMap::new(),
         snapshot_limit: stream_settings.snapshot_limit,
@@ -360,14 +370,14 @@ async fn read_log(store: &dyn Store, since: Seq, upto: Seq) -> Option<Vec<LogEnt
 }
 
 struct LiveContext {
-    name: String,
+    name: Arc<str>,
     channel: Arc<Channel>,
     anchor: RowKey,
-    rows: HashMap<RowKey, Arc<Row>>,
-    parent: HashMap<RowKey, RowKey>,
-    children: HashMap<RowKey, HashSet<RowKey>>,
+    rows: FastMap<RowKey, Arc<Row>>,
+    parent: FastMap<RowKey, RowKey>,
+    children: FastMap<RowKey, FastSet<RowKey>>,
     /// When a row joined after the initial load (re-parented in).
-    joined: HashMap<RowKey, Seq>,
+    joined: FastMap<RowKey, Seq>,
     tombstones: VecDeque<(Seq, RowKey)>,
     /// Removals after this seq are all in `tombstones`.
     tombstones_from: Seq,
@@ -375,7 +385,7 @@ struct LiveContext {
     last_seq: Seq,
     subscribers: BTreeSet<ConnId>,
     /// Whole-state frames for `last_seq`, per codec (without rid).
-    state_cache: [Option<Arc<Vec<Frame>>>; 2],
+    state_cache: [Option<Arc<[Frame]>>; 2],
 }
 
 enum Slot {
@@ -405,10 +415,10 @@ struct Hub {
     frame_limit: usize,
     me: mpsc::WeakUnboundedSender<HubMsg>,
     healthy: Arc<AtomicBool>,
-    conns: HashMap<ConnId, ConnEntry>,
-    contexts: HashMap<String, Slot>,
+    conns: FastMap<ConnId, ConnEntry>,
+    contexts: FastMap<String, Slot>,
     /// Row → the live contexts holding it (routing never reads the store).
-    index: HashMap<RowKey, HashSet<String>>,
+    index: RowIndex,
     streams: StreamRegistry,
     pending_streams: HashMap<SubId, PendingSub>,
     snapshot_limit: usize,
@@ -465,22 +475,22 @@ impl Hub {
 
     fn send_frames(&mut self, conn: ConnId, frames: &[Frame]) {
         let Some(entry) = self.conns.get(&conn) else { return };
-        for frame in frames {
-            match entry.outbox.try_send(frame.clone()) {
-                Ok(()) => {}
-                Err(SendError::Full) => {
-                    tracing::warn!(conn, "closing a slow consumer: its outgoing queue is full");
-                    self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    entry.outbox.abort(close_code::SLOW_CONSUMER, "SLOW_CONSUMER");
-                    self.disconnect(conn);
-                    return;
-                }
-                Err(SendError::Closed) => {
-                    self.disconnect(conn);
-                    return;
-                }
+        if let Err(e) = offer(&entry.outbox, frames) {
+            self.send_failed(conn, e);
+        }
+    }
+
+    /// A connection whose outbox refused a frame: a slow consumer is aborted;
+    /// either way it is gone from the hub.
+    fn send_failed(&mut self, conn: ConnId, e: SendError) {
+        if e == SendError::Full {
+            tracing::warn!(conn, "closing a slow consumer: its outgoing queue is full");
+            self.metrics.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            if let Some(entry) = self.conns.get(&conn) {
+                entry.outbox.abort(close_code::SLOW_CONSUMER, "SLOW_CONSUMER");
             }
         }
+        self.disconnect(conn);
     }
 
     fn encode(&self, codec: Codec, msg: &ServerMessage) -> Option<Frame> {
@@ -537,6 +547,7 @@ impl Hub {
             for key in ctx.rows.keys() {
                 unindex(&mut self.index, key, context);
             }
+            free(ctx);
         }
     }
 
@@ -599,13 +610,13 @@ impl Hub {
         };
         let anchor = RowKey::new(channel.anchor.as_str(), anchor_id);
         let mut ctx = Box::new(LiveContext {
-            name: context.clone(),
+            name: Arc::from(context.as_str()),
             channel,
             anchor: anchor.clone(),
-            rows: HashMap::new(),
-            parent: HashMap::new(),
-            children: HashMap::new(),
-            joined: HashMap::new(),
+            rows: FastMap::with_capacity_and_hasher(rows.len(), Default::default()),
+            parent: FastMap::with_capacity_and_hasher(rows.len(), Default::default()),
+            children: FastMap::default(),
+            joined: FastMap::default(),
             tombstones: VecDeque::new(),
             tombstones_from: self.seq,
             loaded_at: self.seq,
@@ -617,7 +628,7 @@ impl Hub {
             let key = row.key();
             if key == anchor {
                 ctx.rows.insert(key.clone(), Arc::new(row));
-                index(&mut self.index, &key, &context);
+                index(&mut self.index, &key, &ctx.name);
             } else if let Some(parent) = ctx.parent_in_context(&row) {
                 ctx.link(&mut self.index, key, parent, Arc::new(row), None);
             }
@@ -636,6 +647,7 @@ impl Hub {
             for key in ctx.rows.keys() {
                 unindex(&mut self.index, key, &context);
             }
+            free(ctx);
             let e = WireError::new(ErrorReason::AnchorNotFound, format!("{anchor} was deleted"));
             return self.refuse_waiting(&context, waiting, e);
         }
@@ -760,31 +772,33 @@ impl Hub {
     }
 
     /// The state frames for a subscribe to a live context (whole or incremental).
-    fn state_frames(&mut self, req: &SubscribeRequest) -> Vec<Frame> {
+    /// Whole states without a rid are encoded once per (context, seq, codec)
+    /// and the same frames shared by everyone subscribing meanwhile.
+    fn state_frames(&mut self, req: &SubscribeRequest) -> Arc<[Frame]> {
         let Some(codec) = self.conns.get(&req.conn).map(|c| c.codec) else {
-            return Vec::new();
+            return Arc::from([]);
         };
-        let (epoch, limit) = (self.epoch.clone(), self.frame_limit);
+        let (epoch, limit) = (self.epoch.as_str(), self.frame_limit);
         let Some(Slot::Live(ctx)) = self.contexts.get_mut(&req.context) else {
-            return Vec::new();
+            return Arc::from([]);
         };
         if let Some((since, ep)) = &req.since
-            && ep.as_deref() == Some(epoch.as_str())
+            && ep.as_deref() == Some(epoch)
             && let Some((instances, removed)) = ctx.changes_since(*since)
         {
-            let state = ctx.state_message(&epoch, instances, removed, true, req.rid.clone());
-            return split_state(codec, state, limit);
+            let state = ctx.state_message(epoch, instances, removed, true, req.rid.clone());
+            return split_state(codec, state, limit).into();
         }
         if req.rid.is_none()
             && let Some(cached) = &ctx.state_cache[codec.index()]
         {
-            return cached.to_vec();
+            return cached.clone();
         }
         let instances = ctx.ordered_rows();
-        let state = ctx.state_message(&epoch, instances, Vec::new(), false, req.rid.clone());
-        let frames = split_state(codec, state, limit);
+        let state = ctx.state_message(epoch, instances, Vec::new(), false, req.rid.clone());
+        let frames: Arc<[Frame]> = split_state(codec, state, limit).into();
         if req.rid.is_none() {
-            ctx.state_cache[codec.index()] = Some(Arc::new(frames.clone()));
+            ctx.state_cache[codec.index()] = Some(frames.clone());
         }
         frames
     }
@@ -918,7 +932,7 @@ impl Hub {
     }
 
     /// Live contexts that hold a changed row or the row a changed row now references.
-    fn candidate_contexts(&self, c: &Committed) -> Vec<String> {
+    fn candidate_contexts(&self, c: &Committed) -> Vec<Arc<str>> {
         let mut out = BTreeSet::new();
         for change in &c.changes {
             if let Some(set) = self.index.get(&change.key) {
@@ -990,7 +1004,7 @@ impl Hub {
             return;
         }
         let delta = Delta {
-            context: ctx.name.clone(),
+            context: ctx.name.to_string(),
             seq: c.seq,
             prev: ctx.last_seq,
             changes: Arc::new(changes),
@@ -1001,22 +1015,33 @@ impl Hub {
         };
         ctx.last_seq = c.seq;
         ctx.state_cache = [None, None];
-        let subscribers: Vec<ConnId> = ctx.subscribers.iter().copied().collect();
-        let mut shared: [Option<Vec<Frame>>; 2] = [None, None];
         let limit = self.frame_limit;
-        for conn in subscribers {
-            let Some(codec) = self.conns.get(&conn).map(|e| e.codec) else {
+        // Encoded once per codec, the same frames for every subscriber but the writer.
+        let mut shared: [Option<Vec<Frame>>; 2] = [None, None];
+        let mut failed: Vec<(ConnId, SendError)> = Vec::new();
+        let mut delivered = 0u64;
+        for &conn in &ctx.subscribers {
+            let Some(entry) = self.conns.get(&conn) else {
                 continue;
             };
-            let frames = match writer {
+            let codec = entry.codec;
+            let own;
+            let frames: &[Frame] = match writer {
                 Some((w, write_id)) if w == conn => {
-                    let own = Delta { write_id: Some(write_id), created: c.created.clone(), ..delta.clone() };
-                    split_delta(codec, own, limit)
+                    let mine = Delta { write_id: Some(write_id), created: c.created.clone(), ..delta.clone() };
+                    own = split_delta(codec, mine, limit);
+                    &own
                 }
-                _ => shared[codec.index()].get_or_insert_with(|| split_delta(codec, delta.clone(), limit)).clone(),
+                _ => shared[codec.index()].get_or_insert_with(|| split_delta(codec, delta.clone(), limit)),
             };
-            self.metrics.deliveries.fetch_add(frames.len() as u64, Ordering::Relaxed);
-            self.send_frames(conn, &frames);
+            delivered += frames.len() as u64;
+            if let Err(e) = offer(&entry.outbox, frames) {
+                failed.push((conn, e));
+            }
+        }
+        self.metrics.deliveries.fetch_add(delivered, Ordering::Relaxed);
+        for (conn, e) in failed {
+            self.send_failed(conn, e);
         }
     }
 
@@ -1320,11 +1345,35 @@ fn split_subscribed(codec: Codec, msg: Subscribed, limit: usize) -> Vec<Frame> {
     }
 }
 
-fn index(index: &mut HashMap<RowKey, HashSet<String>>, key: &RowKey, context: &str) {
-    index.entry(key.clone()).or_default().insert(context.to_owned());
+/// Queues frames in an outbox, stopping at the first refusal.
+fn offer(outbox: &Outbox, frames: &[Frame]) -> Result<(), SendError> {
+    frames.iter().try_for_each(|frame| outbox.try_send(frame.clone()))
 }
 
-fn unindex(index: &mut HashMap<RowKey, HashSet<String>>, key: &RowKey, context: &str) {
+/// Frees a context: a large one on a blocking thread, so dropping its maps
+/// (one deallocation per row) does not hold up the hub.
+fn free(ctx: Box<LiveContext>) {
+    if ctx.rows.len() > FREE_ELSEWHERE_ROWS && tokio::runtime::Handle::try_current().is_ok() {
+        tokio::task::spawn_blocking(move || drop(ctx));
+    }
+}
+
+fn index(index: &mut RowIndex, key: &RowKey, context: &Arc<str>) {
+    match index.get_mut(key) {
+        Some(set) => {
+            if !set.contains(&**context) {
+                set.insert(context.clone());
+            }
+        }
+        None => {
+            let mut set = FastSet::default();
+            set.insert(context.clone());
+            index.insert(key.clone(), set);
+        }
+    }
+}
+
+fn unindex(index: &mut RowIndex, key: &RowKey, context: &str) {
     if let Some(set) = index.get_mut(key) {
         set.remove(context);
         if set.is_empty() {
@@ -1342,14 +1391,7 @@ impl LiveContext {
         })
     }
 
-    fn link(
-        &mut self,
-        index_map: &mut HashMap<RowKey, HashSet<String>>,
-        key: RowKey,
-        parent: RowKey,
-        row: Arc<Row>,
-        joined: Option<Seq>,
-    ) {
+    fn link(&mut self, index_map: &mut RowIndex, key: RowKey, parent: RowKey, row: Arc<Row>, joined: Option<Seq>) {
         self.children.entry(parent.clone()).or_default().insert(key.clone());
         self.parent.insert(key.clone(), parent);
         if let Some(seq) = joined {
@@ -1360,13 +1402,7 @@ impl LiveContext {
     }
 
     /// Removes a row and its subtree, emitting a delete for each (parent first).
-    fn remove_subtree(
-        &mut self,
-        index_map: &mut HashMap<RowKey, HashSet<String>>,
-        key: &RowKey,
-        seq: Seq,
-        out: &mut Vec<DeltaChange>,
-    ) {
+    fn remove_subtree(&mut self, index_map: &mut RowIndex, key: &RowKey, seq: Seq, out: &mut Vec<DeltaChange>) {
         let mut stack = vec![key.clone()];
         while let Some(k) = stack.pop() {
             let Some(row) = self.rows.remove(&k) else { continue };
@@ -1399,7 +1435,7 @@ impl LiveContext {
     /// Applies one committed change; returns true when the anchor was deleted.
     fn apply(
         &mut self,
-        index_map: &mut HashMap<RowKey, HashSet<String>>,
+        index_map: &mut RowIndex,
         seq: Seq,
         change: &crate::store::Change,
         moved: &Moved,
@@ -1475,34 +1511,29 @@ impl LiveContext {
 
     /// Rows in tree order: the anchor, then each parent's children by relation order.
     fn ordered_rows(&self) -> Vec<Arc<Row>> {
+        // Each type's relation position and order field, looked up once.
+        let mut relation: FastMap<&str, (usize, Option<&str>)> = FastMap::default();
+        for (pos, edge) in self.channel.edges.iter().enumerate() {
+            relation.entry(edge.child.as_str()).or_insert((pos, edge.order_by.as_deref()));
+        }
         let mut out = Vec::with_capacity(self.rows.len());
-        let mut stack = vec![self.anchor.clone()];
+        let mut stack = vec![&self.anchor];
+        let mut kids: Vec<SortKey<'_>> = Vec::new();
         while let Some(k) = stack.pop() {
-            let Some(row) = self.rows.get(&k) else { continue };
+            let Some(row) = self.rows.get(k) else { continue };
             out.push(row.clone());
-            let Some(kids) = self.children.get(&k) else { continue };
-            let mut kids: Vec<&Arc<Row>> = kids.iter().filter_map(|c| self.rows.get(c)).collect();
-            kids.sort_by(|a, b| self.sibling_order(a, b));
-            stack.extend(kids.iter().rev().map(|r| r.key()));
+            let Some(children) = self.children.get(k) else { continue };
+            kids.clear();
+            kids.extend(children.iter().filter_map(|c| {
+                let (key, row) = self.rows.get_key_value(c)?;
+                let (pos, order_by) = relation.get(&*row.ty).copied().unwrap_or((usize::MAX, None));
+                let order = order_by.map(|f| row.get(f));
+                Some(SortKey { pos, order, created: row.created, id: row.id, key })
+            }));
+            kids.sort_by(SortKey::cmp);
+            stack.extend(kids.iter().rev().map(|s| s.key));
         }
         out
-    }
-
-    fn sibling_order(&self, a: &Row, b: &Row) -> std::cmp::Ordering {
-        let edge_pos = |r: &Row| self.channel.edges.iter().position(|e| e.child == *r.ty).unwrap_or(usize::MAX);
-        let order_value = |r: &Row| {
-            self.channel
-                .edges
-                .iter()
-                .find(|e| e.child == *r.ty)
-                .and_then(|e| e.order_by.as_ref())
-                .map(|f| r.get(f).clone())
-        };
-        edge_pos(a)
-            .cmp(&edge_pos(b))
-            .then_with(|| compare_values(order_value(a).as_ref(), order_value(b).as_ref()))
-            .then(a.created.cmp(&b.created))
-            .then(a.id.cmp(&b.id))
     }
 
     /// Extends what the context remembers back to `since` with the change log
@@ -1599,7 +1630,7 @@ impl LiveContext {
         rid: Rid,
     ) -> State {
         State {
-            context: self.name.clone(),
+            context: self.name.to_string(),
             channel: self.channel.name.clone(),
             anchor_id: self.anchor.id,
             epoch: epoch.to_owned(),
@@ -1611,6 +1642,27 @@ impl LiveContext {
             last: None,
             rid,
         }
+    }
+}
+
+/// A sibling's place among its siblings, computed once per row before sorting.
+struct SortKey<'a> {
+    /// The position of its relation in the channel.
+    pos: usize,
+    /// The relation's order field, if it has one.
+    order: Option<&'a serde_json::Value>,
+    created: Seq,
+    id: Id,
+    key: &'a RowKey,
+}
+
+impl SortKey<'_> {
+    fn cmp(a: &Self, b: &Self) -> std::cmp::Ordering {
+        a.pos
+            .cmp(&b.pos)
+            .then_with(|| compare_values(a.order, b.order))
+            .then(a.created.cmp(&b.created))
+            .then(a.id.cmp(&b.id))
     }
 }
 

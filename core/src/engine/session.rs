@@ -62,8 +62,11 @@ pub(crate) async fn run(inner: Arc<Inner>, conn: Connection) {
     loop {
         let expires = s.expires;
         let flow = tokio::select! {
+            // Boxed: handling a message (a write, a subscribe) is a large
+            // future, and held inline it would make every idle connection's
+            // task that large too.
             msg = incoming.recv() => match msg {
-                Some(m) => s.on_incoming(m).await,
+                Some(m) => Box::pin(s.on_incoming(m)).await,
                 None => Flow::Close,
             },
             _ = sleep_until(expires) => s.token_expired(),

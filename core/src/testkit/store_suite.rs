@@ -77,6 +77,7 @@ macro_rules! store_conformance_tests {
             restrict_refuses_the_delete_and_deletes_nothing,
             set_null_reference_becomes_an_update,
             children_of_several_parents_in_creation_order,
+            children_of_interleaved_and_sparse_ids,
             scan_pages_through_a_type_in_id_order,
             applied_record_is_stored_and_duplicates_refused,
             purge_applied_marks_purged_write_ids,
@@ -570,6 +571,59 @@ pub async fn children_of_several_parents_in_creation_order(f: Arc<dyn StoreFacto
     assert_eq!(got, want);
     assert!(get(&s, "Task", moved).await.is_some());
     assert_eq!(ids(s.children("Task", "job", &[j1, j2, j3]).await.expect("children")), vec![b, 50, e, moved]);
+}
+
+/// `children` over many rows whose ids interleave between parents (dense id
+/// ranges a store may read in one scan) and far-apart ids: exactly the rows
+/// referencing one of the parents now, whole, in (created, id) order — rows of
+/// other parents, moved and deleted rows in between left out.
+pub async fn children_of_interleaved_and_sparse_ids(f: Arc<dyn StoreFactory>) {
+    let s = open(&f).await;
+    let c = commit(
+        &s,
+        vec![
+            ins("Job", NewId::Auto, job("j1")),
+            ins("Job", NewId::Auto, job("j2")),
+            ins("Job", NewId::Auto, job("j3")),
+        ],
+    )
+    .await;
+    let jobs = [c.created[0].id, c.created[1].id, c.created[2].id];
+    // Three commits, highest ids first, so creation order is not id order.
+    let mut all = Vec::new();
+    for block in [140, 120, 100] {
+        let ops = (block..block + 20)
+            .map(|id: Id| {
+                all.push(id);
+                ins("Task", NewId::Given(id), task(jobs[(id % 3) as usize], &format!("t{id}")))
+            })
+            .collect();
+        commit(&s, ops).await;
+    }
+    // Far apart from the rest and from each other.
+    for id in [MINTED_ID_MIN + 7, MINTED_ID_MIN + 100_000] {
+        all.push(id);
+        commit(&s, vec![ins("Task", NewId::Given(id), task(jobs[0], "far"))]).await;
+    }
+    commit(&s, vec![upd("Task", 103, json!({ "job": jobs[2] })), del("Task", 104), del("Task", 150)]).await;
+
+    for parents in [vec![jobs[0]], vec![jobs[1]], vec![jobs[0], jobs[2]], vec![jobs[2], jobs[1], jobs[0], jobs[1]]] {
+        let mut want = Vec::new();
+        for id in &all {
+            if let Some(row) = get(&s, "Task", *id).await
+                && row.get_i64("job").is_some_and(|j| parents.contains(&j))
+            {
+                want.push(row);
+            }
+        }
+        want.sort_by_key(|r| (r.created, r.id));
+        let got = s.children("Task", "job", &parents).await.expect("children");
+        assert!(!got.is_empty());
+        assert_eq!(got, want, "children of {parents:?}");
+    }
+    let got = s.children("Task", "job", &[jobs[2]]).await.expect("children");
+    assert!(got.iter().any(|r| r.id == 103), "a moved row is under its new parent");
+    assert!(got.iter().all(|r| r.id != 104 && r.id != 150));
 }
 
 /// `scan` pages through the rows of one type in id order, following deletes.

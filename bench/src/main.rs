@@ -248,7 +248,9 @@ async fn main() -> Result<(), client::BoxError> {
         return baseline::run(addr).await;
     }
     let plan = Plan::new(&args);
+    // Absolute, because each server runs in its own temporary directory.
     let bin = args.server_bin.clone().unwrap_or_else(server::default_binary);
+    let bin = std::path::absolute(&bin).unwrap_or(bin);
     let started = Instant::now();
     let mut report = String::new();
     let _ = writeln!(report, "\n## Run of {} ({} mode)\n", humanish_now(), plan.mode);

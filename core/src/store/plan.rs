@@ -71,7 +71,12 @@ pub async fn plan<R: PlanReader>(
     {
         return Err(CommitError::Duplicate(rec));
     }
-    for (ty, id, version) in &tx.expect {
+    // Read (and, on PostgreSQL, lock) the expected rows in one canonical
+    // order: two processes locking the same rows in different orders
+    // deadlock, and PostgreSQL only notices after `deadlock_timeout` (1 s).
+    let mut expect: Vec<_> = tx.expect.iter().collect();
+    expect.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    for (ty, id, version) in expect {
         match reader.get(ty, *id).await? {
             Some(row) if row.version == *version => {}
             _ => {

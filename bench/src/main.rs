@@ -99,7 +99,7 @@ struct Args {
     /// Server processes on one database in the `cluster` scenario (measured beside one process).
     #[arg(long, default_value_t = 3)]
     cluster_processes: usize,
-    /// Override: subscribers per process in the `cluster` scenario.
+    /// Override: subscribers in all (spread over the processes) in the `cluster` scenario.
     #[arg(long)]
     cluster_subscribers: Option<usize>,
     /// Override: writes/s of the `cluster` scenario's latency run.
@@ -164,8 +164,8 @@ impl Plan {
                 storm_clients: vec![1000, 5000],
                 storm_rate: 100,
                 idle_connections: vec![1000, 10_000],
-                cluster_subscribers: 100,
-                cluster_rate: 500,
+                cluster_subscribers: 150,
+                cluster_rate: 200,
                 cluster_concurrency: 48,
             }
         } else {
@@ -186,7 +186,7 @@ impl Plan {
                 storm_clients: vec![300],
                 storm_rate: 100,
                 idle_connections: vec![1000],
-                cluster_subscribers: 20,
+                cluster_subscribers: 30,
                 cluster_rate: 200,
                 cluster_concurrency: 12,
             }
@@ -319,14 +319,16 @@ async fn cluster_report(report: &mut String, bin: &Path, args: &Args, plan: &Pla
         report,
         "\n### Scale-out: processes on one PostgreSQL ({} s per run)\n\n\
          Latency: one writer saves a task through process 0 at {rate}/s (open loop); {subs} subscribers of the \
-         context on each process measure each delta from its intended send time — on process 0 the writer's own \
+         context, spread evenly over the processes, measure each delta from its intended send time — on process 0 the writer's own \
          process, on the others delivery through their change-log tailer. Throughput: {writers} closed-loop writers \
-         creating tasks, spread round-robin over the processes. Server CPU: all processes together, % of one core.\n",
+         spread round-robin over the processes, creating tasks (each commit takes the next task id) or each saving \
+         a task of its own (commits touch different rows of the context). Server CPU: all processes together, % of one core; \
+         generator CPU: the load generator's own (the subscribers' decoding), which shares the 2 cores.\n",
         plan.seconds
     );
     let _ = writeln!(
         report,
-        "| processes | deliveries | writer's process p50 / p99 ms | other processes p50 / p99 ms | max ms | chain violations | views differing | refused | unanswered | server CPU | confirmed writes/s | write p50 / p99 ms | server CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| processes | deliveries | writer's process p50 / p99 ms | other processes p50 / p99 ms | max ms | chain violations | views differing | refused | unanswered | server CPU | generator CPU | creates/s | create p50 / p99 ms | server CPU | saves/s | save p50 / p99 ms | server CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut counts = vec![1];
     if args.cluster_processes > 1 {
@@ -340,14 +342,19 @@ async fn cluster_report(report: &mut String, bin: &Path, args: &Args, plan: &Pla
         eprintln!("cluster {n} latency: {lat:?}");
         let thr = {
             let cluster = server::Cluster::start(bin, url, n)?;
-            cluster::throughput(&cluster, writers, length).await?
+            cluster::throughput(&cluster, writers, length, scenarios::Workload::Creates).await?
         };
+        let saves = {
+            let cluster = server::Cluster::start(bin, url, n)?;
+            cluster::throughput(&cluster, writers, length, scenarios::Workload::Saves).await?
+        };
+        eprintln!("cluster {n} saves: {saves:?}");
         eprintln!("cluster {n} throughput: {thr:?}");
         let remote = lat.remote.map_or("—".to_owned(), |(p50, p99)| format!("{p50:.2} / {p99:.2}"));
         let refused = if lat.refusal_codes.is_empty() { "0".to_owned() } else { lat.refusal_codes.clone() };
         let _ = writeln!(
             report,
-            "| {n} | {}/{} | {:.2} / {:.2} | {remote} | {:.1} | {} | {} | {refused} + {} | {} | {:.0}% | {:.0} | {:.2} / {:.2} | {:.0}% |",
+            "| {n} | {}/{} | {:.2} / {:.2} | {remote} | {:.1} | {} | {} | {refused} + {} | {} | {:.0}% | {:.0}% | {:.0} | {:.2} / {:.2} | {:.0}% | {:.0} | {:.2} / {:.2} | {:.0}% |",
             lat.received,
             lat.expected,
             lat.local.0,
@@ -355,13 +362,18 @@ async fn cluster_report(report: &mut String, bin: &Path, args: &Args, plan: &Pla
             lat.max_ms,
             lat.chain_violations,
             lat.views_differing,
-            thr.refused,
-            lat.unanswered + thr.unanswered,
+            thr.refused + saves.refused,
+            lat.unanswered + thr.unanswered + saves.unanswered,
             lat.server_cpu,
+            lat.generator_cpu,
             thr.per_sec,
             thr.p50_ms,
             thr.p99_ms,
             thr.server_cpu,
+            saves.per_sec,
+            saves.p50_ms,
+            saves.p99_ms,
+            saves.server_cpu,
         );
     }
     Ok(())
@@ -432,7 +444,7 @@ fn fanout_row(report: &mut String, label: &str, n: usize, rate: u64, r: &FanoutR
 /// (on 2 shared cores they only measure a backlog).
 const MAX_OFFERED: u64 = 1_000_000;
 
-const FANOUT_HEADER: &str = "| server | subscribers | writes/s | deliveries/s | received/expected | writes refused / unanswered (codes) | disconnected | chain violations | views differing | p50 ms | p99 ms | max ms | server CPU µs/delivery | server CPU | bench CPU | send lag p99/max ms | delta bytes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+const FANOUT_HEADER: &str = "| server | subscribers | writes/s | deliveries/s | received/expected | writes refused / unanswered (codes) | disconnected | chain violations | views differing | p50 ms | p99 ms | max ms | server CPU µs/delivery | server CPU | bench CPU | send lag p99/max ms | delta bytes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 async fn fanout_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
     let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
@@ -561,7 +573,7 @@ async fn contexts_report(report: &mut String, bin: &Path, plan: &Plan) -> Result
     );
     let _ = writeln!(
         report,
-        "| clients | writes sent | ok | denied (expected) | other errors | unanswered | answer p50 ms | p99 ms | max ms | deltas received | chain violations | disconnected | views differing | server CPU | bench CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| clients | writes sent | ok | denied (expected) | other errors | unanswered | answer p50 ms | p99 ms | max ms | deltas received | chain violations | disconnected | views differing | server CPU | bench CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let length = plan.seconds as f64;
     let _ = writeln!(
@@ -598,7 +610,7 @@ async fn storm_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<()
     );
     let _ = writeln!(
         report,
-        "| clients | reconnected | failed | live after | reconnect p50 ms | p99 ms | max ms | connect / hello / subscribe p50 ms | … max ms | writes | write p99 ms | write max ms | writes failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| clients | reconnected | failed | live after | reconnect p50 ms | p99 ms | max ms | connect / hello / subscribe p50 ms | … max ms | writes | write p99 ms | write max ms | writes failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for &n in &plan.storm_clients {
         let r = scenarios::storm(bin, &store, n, plan.storm_rate).await?;

@@ -23,57 +23,89 @@ pub(crate) fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 
 // ---------------------------------------------------------------- writes
 
-/// Writer `i` (alice or bob, in turn) creates tasks in `job/1` through
-/// `target` back to back, one in flight, for `length`: the answer latency of
-/// each, and how many were refused or went unanswered.
-pub(crate) async fn closed_loop_creates(
+/// What a closed-loop writer does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    /// Creates tasks in `job/1` (alice or bob, in turn): every commit takes
+    /// the next id of `Task`.
+    Creates,
+    /// Alice or bob creates one task in `job/1` assigned to themselves, then
+    /// saves its notes again and again: commits touch different rows of one
+    /// context.
+    Saves,
+}
+
+/// Writer `i` writes into `job/1` through `target` back to back, one write in
+/// flight, for `length`: the answer latency of each, and how many were
+/// refused or went unanswered.
+pub(crate) async fn closed_loop_writes(
     kind: Kind,
     target: Target,
     i: usize,
     length: Duration,
+    workload: Workload,
 ) -> (Histogram<u64>, u64, u64) {
     let mut h = hist();
     let (mut refused, mut unanswered) = (0u64, 0u64);
     let Ok(mut w) = Client::connect(kind, &target).await else {
         return (h, refused, 1);
     };
-    if w.hello(if i.is_multiple_of(2) { "alice" } else { "bob" }).await.is_err() || w.subscribe("job", 1).await.is_err()
-    {
+    let (user, user_id) = if i.is_multiple_of(2) { ("alice", 1) } else { ("bob", 2) };
+    if w.hello(user).await.is_err() || w.subscribe("job", 1).await.is_err() {
         return (h, refused, 1);
     }
-    let end = Instant::now() + length;
-    let mut write_id = 0u64;
-    'outer: while Instant::now() < end {
-        write_id += 1;
-        let t0 = Instant::now();
-        let sent = w
-            .send(json!({"type": "write", "writeId": write_id, "operation": "create", "instanceType": "Task",
-                "parentType": "Job", "parentId": 1, "relationName": "tasks", "context": "job/1",
-                "data": {"name": format!("bench {i}-{write_id}")}}))
-            .await;
-        if sent.is_err() {
-            break;
+    let create = |write_id: u64| {
+        json!({"type": "write", "writeId": write_id, "operation": "create", "instanceType": "Task",
+            "parentType": "Job", "parentId": 1, "relationName": "tasks", "context": "job/1",
+            "data": {"name": format!("bench {i}-{write_id}"), "assignee": user_id}})
+    };
+    let mut own_task = None;
+    if workload == Workload::Saves {
+        match write_and_wait(&mut w, &create(1)).await {
+            Some(answer) if answer.success == Some(true) => own_task = answer.instance_id,
+            Some(_) => return (h, 1, 0),
+            None => return (h, 0, 1),
         }
-        loop {
-            match w.recv_frame(Duration::from_secs(10)).await {
-                Ok(Some(f)) => match f.decode() {
-                    Ok(m) if m.ty == "writeResponse" => {
-                        if m.success != Some(true) {
-                            refused += 1;
-                        }
-                        break;
-                    }
-                    _ => continue,
-                },
-                _ => {
-                    unanswered += 1;
-                    break 'outer;
+    }
+    let end = Instant::now() + length;
+    let mut write_id = 1u64;
+    while Instant::now() < end {
+        write_id += 1;
+        let message = match own_task {
+            Some(id) => json!({"type": "write", "writeId": write_id, "operation": "save", "instanceType": "Task",
+                "instanceId": id, "context": "job/1", "data": {"notes": format!("bench {i}-{write_id}")}}),
+            None => create(write_id),
+        };
+        let t0 = Instant::now();
+        match write_and_wait(&mut w, &message).await {
+            Some(answer) => {
+                if answer.success != Some(true) {
+                    refused += 1;
                 }
+            }
+            None => {
+                unanswered += 1;
+                break;
             }
         }
         let _ = h.record(t0.elapsed().as_micros() as u64);
     }
     (h, refused, unanswered)
+}
+
+/// Sends one write and reads frames until its `writeResponse` (`None`: the
+/// connection failed or went quiet for 10 s).
+async fn write_and_wait(w: &mut Client, message: &serde_json::Value) -> Option<crate::client::Msg> {
+    w.send(message.clone()).await.ok()?;
+    loop {
+        match w.recv_frame(Duration::from_secs(10)).await {
+            Ok(Some(f)) => match f.decode() {
+                Ok(m) if m.ty == "writeResponse" => return Some(m),
+                _ => continue,
+            },
+            _ => return None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -123,7 +155,7 @@ pub async fn writes(
     }
     let mut tasks = Vec::new();
     for i in 0..c {
-        tasks.push(tokio::spawn(closed_loop_creates(kind, srv.target.clone(), i, length)));
+        tasks.push(tokio::spawn(closed_loop_writes(kind, srv.target.clone(), i, length, Workload::Creates)));
     }
     let start = Instant::now();
     let mut h = hist();

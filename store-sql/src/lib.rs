@@ -14,8 +14,11 @@
 //!   (group commit). Nothing is confirmed before the watermark passes it.
 //!   Seq numbers are reserved in durable blocks, as in the sled store.
 //! - **PostgreSQL**: `READ COMMITTED` with `SELECT … FOR UPDATE` on every row
-//!   the planner reads (the expected versions, the rows a cascade touches) and
-//!   on the type's id counter, so the checks hold until commit and two
+//!   the planner may write (the rows the operations and cascades touch) and
+//!   on the type's id counter, and `FOR SHARE` on rows it only checks (the
+//!   expected versions of the context's anchor and the actor, say: writes into
+//!   one context run side by side), in one canonical order, so the checks
+//!   hold until commit, commits don't deadlock, and two
 //!   processes never assign the same id. The seq is drawn from a sequence in
 //!   the last statement before `COMMIT` (after every row lock), which also
 //!   stamps the rows' versions and writes the change log entry and the applied
@@ -41,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tables::{APPLIED, IDS, LOG, META, PURGED, SEQ, Tables};
+use tables::{APPLIED, IDS, LOG, META, PURGED, RowLock, SEQ, Tables};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -560,17 +563,27 @@ impl Reader<'_, '_> {
         self.retry |= is_retryable(&e);
         backend(e)
     }
+
+    async fn read_row(&mut self, ty: &str, id: Id, lock: RowLock) -> Result<Option<Row>, StoreError> {
+        let Some(t) = self.tables.get(ty) else { return Ok(None) };
+        let sql = self.tables.get_sql(t, lock);
+        match self.conn.fetch(&sql, vec![Bind::Int(Some(id))], &t.cols).await {
+            Ok(rows) => rows.into_iter().next().map(|r| t.row(r).map_err(StoreError::Corrupt)).transpose(),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
 }
 
 #[async_trait]
 impl PlanReader for Reader<'_, '_> {
     async fn get(&mut self, ty: &str, id: Id) -> Result<Option<Row>, StoreError> {
-        let Some(t) = self.tables.get(ty) else { return Ok(None) };
-        let sql = self.tables.get_sql(t, self.lock);
-        match self.conn.fetch(&sql, vec![Bind::Int(Some(id))], &t.cols).await {
-            Ok(rows) => rows.into_iter().next().map(|r| t.row(r).map_err(StoreError::Corrupt)).transpose(),
-            Err(e) => Err(self.fail(e)),
-        }
+        let lock = if self.lock { RowLock::Update } else { RowLock::None };
+        self.read_row(ty, id, lock).await
+    }
+
+    async fn get_unchanged(&mut self, ty: &str, id: Id) -> Result<Option<Row>, StoreError> {
+        let lock = if self.lock { RowLock::Share } else { RowLock::None };
+        self.read_row(ty, id, lock).await
     }
 
     async fn referencing(&mut self, ty: &str, field: &str, id: Id) -> Result<Vec<Id>, StoreError> {
@@ -1091,7 +1104,7 @@ impl Store for SqlStore {
         let mut pooled = self.shared.reader().await?;
         let rows = pooled
             .conn()
-            .fetch(&t.get_sql(table, false), vec![Bind::Int(Some(id))], &table.cols)
+            .fetch(&t.get_sql(table, RowLock::None), vec![Bind::Int(Some(id))], &table.cols)
             .await
             .map_err(backend)?;
         rows.into_iter().next().map(|r| table.row(r).map_err(StoreError::Corrupt)).transpose()

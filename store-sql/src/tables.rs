@@ -268,10 +268,25 @@ impl Tables {
     }
 
     /// The `SELECT` of one row (locked until commit when `lock`).
-    pub(crate) fn get_sql(&self, t: &Table, lock: bool) -> String {
-        let lock = if lock && self.dialect == Dialect::Postgres { " FOR UPDATE" } else { "" };
+    pub(crate) fn get_sql(&self, t: &Table, lock: RowLock) -> String {
+        let lock = match (lock, self.dialect) {
+            (RowLock::Update, Dialect::Postgres) => " FOR UPDATE",
+            (RowLock::Share, Dialect::Postgres) => " FOR SHARE",
+            _ => "",
+        };
         format!("{} WHERE id = {}{lock}", t.select, self.dialect.ph(1))
     }
+}
+
+/// How a commit's read locks a row until `COMMIT` (PostgreSQL only: SQLite
+/// has one writer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowLock {
+    None,
+    /// Only checked: other commits may check it too, a writer of it waits.
+    Share,
+    /// May be written: one commit at a time.
+    Update,
 }
 
 /// The store's own tables.

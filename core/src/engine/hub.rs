@@ -5,6 +5,7 @@
 //! a context is loaded once, kept in memory while subscribed, and its state
 //! is served from that cache.
 
+use super::commit_lock::CommitLock;
 use super::load::load_context;
 use super::metrics::Metrics;
 use super::streams::{EventTail, PendingSub, StreamRegistry, StreamSub, SubId};
@@ -183,7 +184,7 @@ const TAIL_BACK: Seq = 1000;
 #[derive(Clone)]
 pub(crate) struct Settle {
     store: Arc<dyn Store>,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    lock: CommitLock,
     delivered: watch::Receiver<Seq>,
 }
 
@@ -191,7 +192,7 @@ impl Settle {
     /// After reads of the store: waits until what they may have seen is delivered.
     pub async fn reads(&self) {
         if !self.store.shared_log() {
-            drop(self.lock.lock().await);
+            drop(self.lock.exclusive().await);
             return;
         }
         match self.store.log_head().await {
@@ -203,7 +204,7 @@ impl Settle {
     /// Waits until the commit at `seq` is delivered (never under the commit lock).
     pub async fn seq(&self, seq: Seq) {
         if !self.store.shared_log() {
-            drop(self.lock.lock().await);
+            drop(self.lock.exclusive().await);
             return;
         }
         let mut rx = self.delivered.clone();
@@ -234,7 +235,7 @@ pub(crate) fn spawn(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     frame_limit: usize,
-    commit_lock: Arc<tokio::sync::Mutex<()>>,
+    commit_lock: CommitLock,
     stream_settings: StreamSettings,
 ) -> HubHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -276,12 +277,7 @@ pub(crate) fn spawn(
 /// Shared log: reads the log in seq order (woken by notifications, else every
 /// [`TAIL_POLL`]) and hands the entries to the hub. Store failures (a database
 /// restart) are retried with a backoff; it resumes after the last seq handed over.
-async fn run_tailer(
-    store: Arc<dyn Store>,
-    hub: mpsc::WeakUnboundedSender<HubMsg>,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    head: Seq,
-) {
+async fn run_tailer(store: Arc<dyn Store>, hub: mpsc::WeakUnboundedSender<HubMsg>, lock: CommitLock, head: Seq) {
     let mut after = head.saturating_sub(TAIL_BACK);
     let mut backoff = TAIL_POLL;
     let mut failing = false;
@@ -308,8 +304,9 @@ async fn run_tailer(
                 if tail.through > after || !tail.entries.is_empty() {
                     after = tail.through;
                     // Local writers hand their commit to the hub under this lock
-                    // before it becomes visible here; taking it puts this behind them.
-                    let _guard = lock.lock().await;
+                    // before it becomes visible here; taking it exclusively puts
+                    // this behind every one of them that this read could hold.
+                    let _guard = lock.exclusive().await;
                     let Some(tx) = hub.upgrade() else { return };
                     if tx.send(HubMsg::Tailed { entries: tail.entries, through: tail.through }).is_err() {
                         return;

@@ -2,6 +2,7 @@
 //! context → load → validate → `can_*` → commit) and the broadcast hub that
 //! delivers canonical changes once they are durable.
 
+mod commit_lock;
 mod hub;
 mod load;
 mod metrics;
@@ -135,7 +136,7 @@ impl EngineBuilder {
         }
         let schema_info = schema_info(&self.schema, &channels, &streams);
         let metrics = Arc::new(Metrics::default());
-        let commit_lock = Arc::new(tokio::sync::Mutex::new(()));
+        let commit_lock = commit_lock::CommitLock::new(self.store.shared_log());
         let hub = hub::spawn(
             self.schema.clone(),
             self.store.clone(),
@@ -175,8 +176,9 @@ pub(crate) struct Inner {
     pub schema_info: serde_json::Value,
     pub hub: HubHandle,
     /// Held across `Store::commit` and handing the commit to the hub, so the hub
-    /// receives commits in seq order. Never held across hooks or durability waits.
-    pub commit_lock: Arc<tokio::sync::Mutex<()>>,
+    /// receives commits in order (see [`commit_lock`]). Never held across hooks
+    /// or durability waits.
+    pub commit_lock: commit_lock::CommitLock,
     pub metrics: Arc<Metrics>,
     pub next_conn: AtomicU64,
     /// Stream subscription ids (`s1`, `s2`, …), unique per engine.
@@ -340,7 +342,7 @@ impl Engine {
         self.inner.accepting.store(false, Ordering::SeqCst);
         self.inner.hub.send(HubMsg::Goaway);
         // Writes that hold the commit lock finish handing their commit to the hub.
-        drop(self.inner.commit_lock.lock().await);
+        drop(self.inner.commit_lock.exclusive().await);
         self.flush_deliveries().await;
         if let Err(e) = self.inner.store.close().await {
             tracing::error!(error = %e, "closing the store failed");

@@ -115,7 +115,7 @@ async fn run_checked(
         tx.applied = key.clone();
         tx.now_ms = now_ms();
         let started = std::time::Instant::now();
-        let guard = inner.commit_lock.lock().await;
+        let guard = inner.commit_lock.commit().await;
         match inner.store.commit(tx).await {
             Ok(committed) => {
                 let in_flight = client.map(|c| c.in_flight.clone());

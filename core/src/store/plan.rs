@@ -23,6 +23,13 @@ use std::sync::Arc;
 #[async_trait]
 pub trait PlanReader: Send {
     async fn get(&mut self, ty: &str, id: Id) -> Result<Option<Row>, StoreError>;
+    /// A row the transaction only checks (an expected version it will not
+    /// write): a SQL store may lock it shared (`FOR SHARE`), so commits that
+    /// check the same row — every write into one context checks its anchor —
+    /// run side by side, while a commit changing it waits.
+    async fn get_unchanged(&mut self, ty: &str, id: Id) -> Result<Option<Row>, StoreError> {
+        self.get(ty, id).await
+    }
     /// Ids of rows of `ty` whose reference `field` equals `id`.
     async fn referencing(&mut self, ty: &str, field: &str, id: Id) -> Result<Vec<Id>, StoreError>;
     /// The highest id assigned so far for `ty` (0 if none).
@@ -76,8 +83,14 @@ pub async fn plan<R: PlanReader>(
     // deadlock, and PostgreSQL only notices after `deadlock_timeout` (1 s).
     let mut expect: Vec<_> = tx.expect.iter().collect();
     expect.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let written = written_rows(tx);
     for (ty, id, version) in expect {
-        match reader.get(ty, *id).await? {
+        let row = if written.contains(&(&**ty, *id)) {
+            reader.get(ty, *id).await?
+        } else {
+            reader.get_unchanged(ty, *id).await?
+        };
+        match row {
             Some(row) if row.version == *version => {}
             _ => {
                 return Err(CommitError::Conflict { ty: ty.to_string(), id: *id });
@@ -117,6 +130,17 @@ pub async fn plan<R: PlanReader>(
         .collect();
     let applied = tx.applied.clone().map(|k| (k, AppliedRecord { seq, created: p.created.clone(), at_ms: tx.now_ms }));
     Ok(Plan { seq, changes, created: p.created, last_ids: p.last_ids, applied })
+}
+
+/// Existing rows the operations update or delete (temp ids are new rows).
+fn written_rows(tx: &Transaction) -> BTreeSet<(&str, Id)> {
+    tx.ops
+        .iter()
+        .filter_map(|op| match op {
+            TxOp::Update { ty, id, .. } | TxOp::Delete { ty, id } if *id > 0 => Some((&**ty, *id)),
+            _ => None,
+        })
+        .collect()
 }
 
 impl<R: PlanReader> Planner<'_, R> {

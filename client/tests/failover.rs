@@ -74,7 +74,7 @@ async fn a_client_fails_over_after_sigkill_and_ends_equal_to_the_database() {
         eprintln!("STATECAST_PG_URL is not set: skipped");
         return;
     };
-    let pg = PgSchema::create(&url);
+    let pg = PgSchema::create(&url, "client");
     let mut a = Server::start_on(&pg.store_url());
     let b = Server::start_on(&pg.store_url());
     let c = Server::start_on(&pg.store_url());

@@ -72,11 +72,9 @@ fn outage_cluster() -> Option<(String, String)> {
 async fn writes_fail_cleanly_during_an_outage_and_work_again_after_it() {
     let Some(cluster) = outage_cluster() else { return };
     let _serial = ONE_AT_A_TIME.lock().await;
-    let pg = PgSchema::create();
+    let pg = pg_schema();
     let server = TestServer::start_on(&pg.store_url(), &[]);
-    let mut alice = server.json().await;
-    alice.hello("alice").await;
-    alice.subscribe("job", 1).await;
+    let (mut alice, _) = server.subscribed("alice", 1).await;
     alice.write(create_task(1, Some(-1), json!({"name": "Before the outage"}))).await.ok();
 
     let guard = Restart(cluster.clone());
@@ -97,15 +95,7 @@ async fn writes_fail_cleanly_during_an_outage_and_work_again_after_it() {
     drop(guard);
 
     // The pool reconnects by itself: retry until the database accepts connections.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let w = alice.write(create_task(1, Some(-3), json!({"name": "After the outage"}))).await;
-        if w.response["success"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "writes must work again after the restart: {}", w.response);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    write_until_accepted(&mut alice, create_task(1, Some(-3), json!({"name": "After the outage"}))).await;
     let names =
         psql(&pg.url, &format!("SELECT string_agg(name, ',' ORDER BY id) FROM {}.\"Task\" WHERE id > 3", pg.name));
     assert_eq!(names, "Before the outage,After the outage", "nothing of the refused write was committed");
@@ -119,13 +109,11 @@ async fn writes_fail_cleanly_during_an_outage_and_work_again_after_it() {
 async fn tailing_resumes_after_a_database_restart() {
     let Some(cluster) = outage_cluster() else { return };
     let _serial = ONE_AT_A_TIME.lock().await;
-    let pg = PgSchema::create();
+    let pg = pg_schema();
     let a = TestServer::start_on(&pg.store_url(), &[]);
     let b = TestServer::start_on(&pg.store_url(), &[]);
     let (mut watch_b, _) = b.subscribed("bob", 1).await;
-    let mut to_a = a.json().await;
-    to_a.hello("alice").await;
-    to_a.subscribe("job", 1).await;
+    let (mut to_a, _) = a.subscribed("alice", 1).await;
     to_a.write(create_task(1, Some(-1), json!({"name": "r-before"}))).await.ok();
     assert_eq!(next_task_name(&mut watch_b).await, "r-before");
 
@@ -134,15 +122,7 @@ async fn tailing_resumes_after_a_database_restart() {
     drop(guard);
 
     // Writes are refused (500/503) until the pool reconnects, then succeed.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let w = to_a.write(create_task(1, Some(-1), json!({"name": "r-after"}))).await;
-        if w.response["success"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "A must write again after the restart: {}", w.response);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    write_until_accepted(&mut to_a, create_task(1, Some(-1), json!({"name": "r-after"}))).await;
     assert_eq!(next_task_name(&mut watch_b).await, "r-after", "B's tailer resumed where it was");
 }
 
@@ -150,11 +130,9 @@ async fn tailing_resumes_after_a_database_restart() {
 async fn a_connection_killed_in_the_middle_of_a_write_answers_500_and_commits_nothing() {
     let Some(_) = outage_cluster() else { return };
     let _serial = ONE_AT_A_TIME.lock().await;
-    let pg = PgSchema::create();
+    let pg = pg_schema();
     let server = TestServer::start_on(&pg.store_url(), &[]);
-    let mut alice = server.json().await;
-    alice.hello("alice").await;
-    alice.subscribe("job", 1).await;
+    let (mut alice, _) = server.subscribed("alice", 1).await;
     let created = alice.write(create_task(1, None, json!({"name": "Original"}))).await;
     let id = created.ok()["instanceId"].as_i64().expect("created id");
     // Carol is an admin: she may rename any task.
@@ -220,6 +198,20 @@ async fn wait_for(url: &str, sql: &str, what: &str) -> String {
 }
 
 /// The name of the next Task created in a delta.
+/// Sends `write` (a fresh writeId each time) until it is accepted: writes are
+/// refused with 500/503 until the pool has reconnected after a restart.
+async fn write_until_accepted(client: &mut Client, write: serde_json::Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = client.write(write.clone()).await;
+        if w.response["success"] == true {
+            return;
+        }
+        assert!(Instant::now() < deadline, "writes must work again after the restart: {}", w.response);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn next_task_name(watch: &mut Client) -> String {
     loop {
         match watch.next_event(Duration::from_secs(20)).await {

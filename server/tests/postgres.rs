@@ -75,7 +75,7 @@ async fn two_servers_on_one_database_serve_writes_with_distinct_ids_and_exactly_
         eprintln!("STATECAST_PG_URL is not set: skipped");
         return;
     }
-    let pg = PgSchema::create();
+    let pg = pg_schema();
     let a = TestServer::start_on(&pg.store_url(), &[]);
     let b = TestServer::start_on(&pg.store_url(), &[]);
 

@@ -52,7 +52,7 @@ async fn three_processes_deliver_every_write_in_the_same_commit_order() {
     if !enabled() {
         return;
     }
-    let pg = PgSchema::create();
+    let pg = pg_schema();
     let servers: Vec<TestServer> = (0..3)
         .map(|_| {
             TestServer::start_on(&pg.store_url(), &["--log", "info,statecast_core=debug,statecast_store_sql=debug"])
@@ -160,7 +160,7 @@ async fn a_client_resumes_on_another_process_with_since_after_a_sigkill() {
     if !enabled() {
         return;
     }
-    let pg = PgSchema::create();
+    let pg = pg_schema();
     let mut a = TestServer::start_on(&pg.store_url(), &[]);
     let b = TestServer::start_on(&pg.store_url(), &[]);
 

@@ -44,22 +44,15 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Server {
-            child: None,
-            dir,
-            url: String::new(),
-            port: 0,
-            quic_url: String::new(),
-            quic_fingerprint: String::new(),
-            store: None,
-        };
-        s.spawn("127.0.0.1:0");
-        s
+        Self::start_with(None)
     }
 
     /// A server on the given store (`postgres://…`, `sqlite:…`).
     pub fn start_on(store: &str) -> Server {
+        Self::start_with(Some(store.to_owned()))
+    }
+
+    fn start_with(store: Option<String>) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Server {
             child: None,
@@ -68,7 +61,7 @@ impl Server {
             port: 0,
             quic_url: String::new(),
             quic_fingerprint: String::new(),
-            store: Some(store.to_owned()),
+            store,
         };
         s.spawn("127.0.0.1:0");
         s
@@ -148,46 +141,5 @@ impl Drop for Server {
     }
 }
 
-/// The PostgreSQL URL of the tests (`STATECAST_PG_URL`, set by `.ci/run`).
-pub fn pg_url() -> Option<String> {
-    std::env::var("STATECAST_PG_URL").ok().filter(|u| !u.is_empty())
-}
-
-/// Runs SQL on the test database with `psql`.
-pub fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([url, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("run psql (install the PostgreSQL client)");
-    assert!(out.status.success(), "psql {url} {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// A fresh PostgreSQL schema for one test (dropped on drop).
-pub struct PgSchema {
-    pub url: String,
-    pub name: String,
-}
-
-impl PgSchema {
-    pub fn create(url: &str) -> PgSchema {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let name = format!("client_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
-        psql(url, &format!("CREATE SCHEMA {name}"));
-        PgSchema { url: url.to_owned(), name }
-    }
-
-    /// The store URL whose connections use this schema.
-    pub fn store_url(&self) -> String {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{sep}options[search_path]={}", self.url, self.name)
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([&self.url, "-X", "-q", "-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)])
-            .output();
-    }
-}
+#[allow(unused_imports)] // each test binary uses a part of this module
+pub use statecast_core::testkit::pg::{PgSchema, pg_url, psql};

@@ -1,5 +1,7 @@
 //! The test kit: conformance suites that every store and every transport
-//! crate runs (behind the `testkit` feature), and the in-memory parts.
+//! crate runs (behind the `testkit` feature), the in-memory parts, and
+//! PostgreSQL helpers for the crates' end-to-end tests.
 
+pub mod pg;
 pub mod store_suite;
 pub mod transport_suite;

@@ -525,20 +525,18 @@ pub async fn set_null_reference_becomes_an_update(f: Arc<dyn StoreFactory>) {
     assert_eq!(must_get(&s, "Job", c.created[1].id).await.get("lead"), &json!(keep));
 }
 
+/// Commits jobs `j1`, `j2` and `j3` in one transaction; their ids.
+async fn three_jobs(s: &Arc<dyn Store>) -> [Id; 3] {
+    let ops = ["j1", "j2", "j3"].map(|name| ins("Job", NewId::Auto, job(name))).to_vec();
+    let c = commit(s, ops).await;
+    [c.created[0].id, c.created[1].id, c.created[2].id]
+}
+
 /// `children` returns the rows under several parents, ordered by (created, id),
 /// following reference changes and deletes.
 pub async fn children_of_several_parents_in_creation_order(f: Arc<dyn StoreFactory>) {
     let s = open(&f).await;
-    let c = commit(
-        &s,
-        vec![
-            ins("Job", NewId::Auto, job("j1")),
-            ins("Job", NewId::Auto, job("j2")),
-            ins("Job", NewId::Auto, job("j3")),
-        ],
-    )
-    .await;
-    let (j1, j2, j3) = (c.created[0].id, c.created[1].id, c.created[2].id);
+    let [j1, j2, j3] = three_jobs(&s).await;
     let big = MINTED_ID_MIN + 1;
     commit(&s, vec![ins("Task", NewId::Given(big), task(j2, "a"))]).await; // oldest, highest id
     let b = create(&s, "Task", task(j1, "b")).await;
@@ -579,16 +577,7 @@ pub async fn children_of_several_parents_in_creation_order(f: Arc<dyn StoreFacto
 /// other parents, moved and deleted rows in between left out.
 pub async fn children_of_interleaved_and_sparse_ids(f: Arc<dyn StoreFactory>) {
     let s = open(&f).await;
-    let c = commit(
-        &s,
-        vec![
-            ins("Job", NewId::Auto, job("j1")),
-            ins("Job", NewId::Auto, job("j2")),
-            ins("Job", NewId::Auto, job("j3")),
-        ],
-    )
-    .await;
-    let jobs = [c.created[0].id, c.created[1].id, c.created[2].id];
+    let jobs = three_jobs(&s).await;
     // Three commits, highest ids first, so creation order is not id order.
     let mut all = Vec::new();
     for block in [140, 120, 100] {

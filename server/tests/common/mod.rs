@@ -63,49 +63,13 @@ impl StoreKind {
     }
 }
 
-/// The PostgreSQL URL of the tests (`STATECAST_PG_URL`).
-pub fn pg_url() -> Option<String> {
-    std::env::var("STATECAST_PG_URL").ok().filter(|u| !u.is_empty())
-}
+#[allow(unused_imports)] // not every test binary runs SQL
+pub use statecast_core::testkit::pg::{PgSchema, pg_url, psql};
 
-/// Runs SQL on the test database with `psql` (as the URL's role).
-pub fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([url, "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("run psql (install the PostgreSQL client)");
-    assert!(out.status.success(), "psql {url} {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// A fresh PostgreSQL schema for one test (dropped on drop).
-pub struct PgSchema {
-    pub url: String,
-    pub name: String,
-}
-
-impl PgSchema {
-    pub fn create() -> PgSchema {
-        let url = pg_url().expect("STATECAST_PG_URL must be set for PostgreSQL tests");
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let name = format!("e2e_{}_{}", std::process::id(), nanos % 1_000_000_000_000);
-        psql(&url, &format!("CREATE SCHEMA {name}"));
-        PgSchema { url, name }
-    }
-
-    /// The store URL whose connections use this schema.
-    pub fn store_url(&self) -> String {
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{sep}options[search_path]={}", self.url, self.name)
-    }
-}
-
-impl Drop for PgSchema {
-    fn drop(&mut self) {
-        let _ = Command::new("psql")
-            .args([&self.url, "-X", "-q", "-c", &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)])
-            .output();
-    }
+/// A fresh PostgreSQL schema for one test on `STATECAST_PG_URL` (dropped on drop).
+pub fn pg_schema() -> PgSchema {
+    let url = pg_url().expect("STATECAST_PG_URL must be set for PostgreSQL tests");
+    PgSchema::create(&url, "e2e")
 }
 
 /// A running `statecast-server` process; killed when dropped.
@@ -184,7 +148,7 @@ impl TestServer {
             StoreKind::Sled => (format!("sled:{}", dir.path().display()), None),
             StoreKind::Sqlite => (format!("sqlite:{}", dir.path().join("statecast.db").display()), None),
             StoreKind::Postgres => {
-                let pg = PgSchema::create();
+                let pg = pg_schema();
                 (pg.store_url(), Some(Arc::new(pg)))
             }
         };

@@ -21,6 +21,7 @@ pub(crate) const ROWS: &[u8] = b"r/";
 pub(crate) const APPLIED_BY_TIME: &[u8] = b"t/";
 pub(crate) const LOG: &[u8] = b"l/";
 pub(crate) const META_EPOCH: &[u8] = b"m/epoch";
+/// Written by stores before 2026-12 on every commit; now only read at open.
 pub(crate) const META_LAST_SEQ: &[u8] = b"m/last_seq";
 pub(crate) const META_RESERVED: &[u8] = b"m/reserved";
 pub(crate) const META_LOG_TRIMMED: &[u8] = b"m/log_trimmed";

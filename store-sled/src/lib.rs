@@ -95,7 +95,7 @@ fn backend(e: sled::Error) -> StoreError {
 }
 
 fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
-    let config = sled::Config::new().path(path).flush_every_ms(None);
+    let config = sled::Config::new().path(path).flush_every_ms(None).mode(sled::Mode::HighThroughput);
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match config.open() {
@@ -120,6 +120,20 @@ fn meta_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
         Some(v) => keys::u64_value(key, &v),
         None => Ok(0),
     }
+}
+
+/// The seq of the last commit: its change log entry, which trimming never
+/// removes (the log keeps at least one entry). Stores written before the log
+/// carried it alone also kept it under `m/last_seq`.
+fn last_committed_seq(tree: &sled::Tree) -> Result<u64, StoreError> {
+    let in_log = match tree.range(keys::log(0)..=keys::log(u64::MAX)).next_back() {
+        Some(item) => {
+            let (k, _) = item.map_err(backend)?;
+            keys::u64_value(&k, &k[keys::LOG.len()..])?
+        }
+        None => 0,
+    };
+    Ok(in_log.max(meta_u64(tree, keys::META_LAST_SEQ)?))
 }
 
 impl SledStore {
@@ -150,7 +164,7 @@ impl SledStore {
                 epoch
             }
         };
-        let last = meta_u64(&tree, keys::META_LAST_SEQ)?;
+        let last = last_committed_seq(&tree)?;
         // Numbers up to the reservation may have been used by commits lost in a
         // crash: start above it.
         let reserved = meta_u64(&tree, keys::META_RESERVED)?.max(last);
@@ -336,7 +350,6 @@ impl Shared {
             batch.insert(keys::applied(key), codec::encode(record)?);
             batch.insert(keys::applied_by_time(record.at_ms, key), &[]);
         }
-        batch.insert(keys::META_LAST_SEQ, &plan.seq.to_be_bytes());
         batch.insert(keys::log(plan.seq), codec::encode_changes(&plan.changes)?);
         if let Some(floor) = plan.seq.checked_sub(self.options.log_capacity)
             && floor > 0

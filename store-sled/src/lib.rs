@@ -95,6 +95,9 @@ fn backend(e: sled::Error) -> StoreError {
 }
 
 fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    // The store flushes itself (group commit); `HighThroughput` consolidates
+    // pages less eagerly than the default `LowSpace`: ~10% more durable
+    // writes for some disk space (docs/BENCHMARKS.md).
     let config = sled::Config::new().path(path).flush_every_ms(None).mode(sled::Mode::HighThroughput);
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {

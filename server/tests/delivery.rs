@@ -227,3 +227,60 @@ async fn json_and_messagepack_clients_see_the_same_changes() {
     let mp_after = mp.subscribe("job", 1).await;
     assert_eq!(rows(&mp_after), rows(&after));
 }
+
+/// Each part of a split message: numbered from 0, `last` only on the final
+/// one, every frame within `limit` (compact JSON, as the server sends it).
+fn assert_parts(parts: &[&Value], limit: usize) {
+    assert!(parts.len() > 1, "expected several parts, got {}", parts.len());
+    for (i, part) in parts.iter().enumerate() {
+        assert_eq!(part["part"], json!(i), "{part}");
+        assert_eq!(part["last"], json!(i + 1 == parts.len()), "{part}");
+        let size = part.to_string().len();
+        assert!(size <= limit, "part {i} is {size} bytes, over the {limit}-byte frame limit");
+    }
+}
+
+/// The frame limit applies to what a client sends too, so the tasks go in
+/// small batches; a delta over the limit is split the same way (unit-tested
+/// in `statecast-core`'s `engine::split`).
+#[tokio::test]
+async fn a_state_over_the_frame_limit_arrives_in_parts_within_it() {
+    const LIMIT: usize = 4096;
+    let server = TestServer::start_args(&["--frame-limit", &LIMIT.to_string()]);
+    let (mut alice, _) = server.subscribed("alice", 1).await;
+    // 40 tasks with long names, about 8 KB of rows.
+    let names: Vec<String> = (0..40).map(|i| format!("{i:03} {}", "n".repeat(150))).collect();
+    for chunk in names.chunks(10) {
+        let ops =
+            chunk.iter().enumerate().map(|(i, name)| create_task(1, Some(-(i as i64) - 1), json!({"name": name})));
+        alice.write(batch("job/1", ops.collect())).await.ok();
+    }
+
+    let mut bob = server.json().await;
+    bob.hello("bob").await;
+    bob.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1})).await;
+    let mut states = Vec::new();
+    loop {
+        let state = bob.recv_type("state").await;
+        let last = state["last"] != false;
+        states.push(state);
+        if last {
+            break;
+        }
+    }
+    let states: Vec<&Value> = states.iter().collect();
+    assert_parts(&states, LIMIT);
+    let in_state: Vec<&str> = states
+        .iter()
+        .flat_map(|s| s["instances"].as_array().expect("instances"))
+        .filter_map(|r| r["name"].as_str())
+        .filter(|n| n.len() > 150)
+        .collect();
+    assert_eq!(in_state.len(), names.len(), "every task is in exactly one part");
+    assert!(names.iter().all(|n| in_state.contains(&n.as_str())));
+    // The parts make one state: the subscription is live afterwards.
+    let w = alice.write(save("job/1", "Task", 1, json!({"status": "doing"}))).await;
+    w.ok();
+    let delta = bob.recv_type("delta").await;
+    assert_eq!(delta["changes"][0]["status"], "doing", "{delta}");
+}

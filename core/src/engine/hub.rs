@@ -8,6 +8,7 @@
 use super::commit_lock::CommitLock;
 use super::load::load_context;
 use super::metrics::Metrics;
+use super::split::{split_delta, split_state, split_subscribed};
 use super::streams::{EventTail, PendingSub, StreamRegistry, StreamSub, SubId};
 use crate::channel::Channel;
 use crate::error::{ErrorReason, WireError};
@@ -1312,36 +1313,6 @@ pub(crate) async fn load_snapshot(
     Ok(out)
 }
 
-/// Encodes a `subscribed`, its snapshot split into parts over the frame limit.
-fn split_subscribed(codec: Codec, msg: Subscribed, limit: usize) -> Vec<Frame> {
-    let Some(rows) = msg.snapshot.clone() else {
-        return codec.encode(&ServerMessage::Subscribed(msg)).map(|f| vec![f]).unwrap_or_default();
-    };
-    let mut parts = 1usize;
-    loop {
-        let chunk = rows.len().div_ceil(parts).max(1);
-        let chunks: Vec<&[Arc<Row>]> = if rows.is_empty() { vec![&[][..]] } else { rows.chunks(chunk).collect() };
-        let n = chunks.len();
-        let frames: Vec<Frame> = chunks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, rows)| {
-                let part = Subscribed {
-                    snapshot: Some(rows.to_vec()),
-                    part: (n > 1).then_some(i as u32),
-                    last: (n > 1).then_some(i + 1 == n),
-                    ..msg.clone()
-                };
-                codec.encode(&ServerMessage::Subscribed(part)).ok()
-            })
-            .collect();
-        if frames.iter().all(|f| f.len() <= limit) || chunk == 1 {
-            return frames;
-        }
-        parts = n * 2;
-    }
-}
-
 /// Queues frames in an outbox, stopping at the first refusal.
 fn offer(outbox: &Outbox, frames: &[Frame]) -> Result<(), SendError> {
     frames.iter().try_for_each(|frame| outbox.try_send(frame.clone()))
@@ -1685,61 +1656,5 @@ fn compare_values(a: Option<&serde_json::Value>, b: Option<&serde_json::Value>) 
         (Some(Value::Null) | None, _) => std::cmp::Ordering::Less,
         (_, Some(Value::Null) | None) => std::cmp::Ordering::Greater,
         _ => std::cmp::Ordering::Equal,
-    }
-}
-
-/// Encodes a state, split into parts when it exceeds the frame limit.
-fn split_state(codec: Codec, state: State, limit: usize) -> Vec<Frame> {
-    let mut parts = 1usize;
-    loop {
-        let chunk = state.instances.len().div_ceil(parts).max(1);
-        let chunks: Vec<&[Arc<Row>]> =
-            if state.instances.is_empty() { vec![&[][..]] } else { state.instances.chunks(chunk).collect() };
-        let n = chunks.len();
-        let frames: Vec<Frame> = chunks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, rows)| {
-                let part = State {
-                    instances: rows.to_vec(),
-                    removed: if i + 1 == n { state.removed.clone() } else { Vec::new() },
-                    part: (n > 1).then_some(i as u32),
-                    last: (n > 1).then_some(i + 1 == n),
-                    ..state.clone()
-                };
-                codec.encode(&ServerMessage::State(part)).ok()
-            })
-            .collect();
-        if frames.iter().all(|f| f.len() <= limit) || chunk == 1 {
-            return frames;
-        }
-        parts = n * 2;
-    }
-}
-
-/// Encodes a delta, split into parts when it exceeds the frame limit.
-fn split_delta(codec: Codec, delta: Delta, limit: usize) -> Vec<Frame> {
-    let mut parts = 1usize;
-    loop {
-        let chunk = delta.changes.len().div_ceil(parts).max(1);
-        let chunks: Vec<&[DeltaChange]> = delta.changes.chunks(chunk).collect();
-        let n = chunks.len();
-        let frames: Vec<Frame> = chunks
-            .iter()
-            .enumerate()
-            .filter_map(|(i, changes)| {
-                let part = Delta {
-                    changes: Arc::new(changes.to_vec()),
-                    part: (n > 1).then_some(i as u32),
-                    last: (n > 1).then_some(i + 1 == n),
-                    ..delta.clone()
-                };
-                codec.encode(&ServerMessage::Delta(part)).ok()
-            })
-            .collect();
-        if frames.iter().all(|f| f.len() <= limit) || chunk == 1 {
-            return frames;
-        }
-        parts = n * 2;
     }
 }

@@ -7,6 +7,7 @@ mod hub;
 mod load;
 mod metrics;
 mod session;
+mod split;
 mod streams;
 mod write;
 

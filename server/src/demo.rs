@@ -9,7 +9,7 @@ use statecast_core::protocol::v1::{Operation, Write, WriteOp};
 use statecast_core::row::{Fields, Row};
 use statecast_core::schema::{EntityType, OnDelete, Schema, SchemaError, ServerValue};
 use statecast_core::store::StoreError;
-use statecast_core::stream::{AllowAuthenticated, Filters, Payload, Stream, StreamPolicy, StreamRequest};
+use statecast_core::stream::{Filters, Payload, Stream, StreamPolicy, StreamRequest};
 use statecast_core::{DevTokens, Id, Policy, PolicyContext, PolicyError, User, WireError};
 use std::sync::Arc;
 
@@ -69,12 +69,13 @@ pub fn channels(schema: &Schema) -> Vec<Channel> {
     vec![job]
 }
 
-/// The demo streams: `tasks` (every task, full rows, routed by `job`) and
-/// `my-tasks` (ids of the tasks assigned to the user, routed by `assignee`).
+/// The demo streams: `tasks` (every task, full rows, routed by `job`; for
+/// project members and admins) and `my-tasks` (ids of the tasks assigned to
+/// the user, routed by `assignee`; anyone signed in).
 pub fn streams(schema: &Schema) -> Vec<Stream> {
     let tasks = Stream::builder("tasks", "Task")
         .payload(Payload::Full)
-        .policy(AllowAuthenticated)
+        .policy(TeamTasks)
         .index_fields(["job"])
         .build(schema)
         .unwrap_or_else(|e| unreachable!("the demo stream `tasks` is valid: {e}"));
@@ -85,6 +86,22 @@ pub fn streams(schema: &Schema) -> Vec<Stream> {
         .build(schema)
         .unwrap_or_else(|e| unreachable!("the demo stream `my-tasks` is valid: {e}"));
     vec![tasks, my_tasks]
+}
+
+/// The policy of `tasks`: the whole team's feed, for members of a project
+/// and admins; anyone else is refused (403 `DENIED`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TeamTasks;
+
+#[async_trait]
+impl StreamPolicy for TeamTasks {
+    async fn has_permission(&self, cx: &PolicyContext<'_>, _: &StreamRequest<'_>) -> Result<bool, PolicyError> {
+        let me = cx.user().id;
+        if !cx.referencing("ProjectMember", "user", me).await?.is_empty() {
+            return Ok(true);
+        }
+        DemoPolicy::is_admin(cx).await
+    }
 }
 
 /// The policy of `my-tasks`: anyone signed in, scoped to `assignee = the user`.

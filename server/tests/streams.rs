@@ -1,5 +1,5 @@
-//! End to end: the demo's streams (`tasks`, full rows routed by job;
-//! `my-tasks`, ids scoped to the user) against the real binary, over a raw
+//! End to end: the demo's streams (`tasks`, full rows routed by job, for
+//! project members and admins; `my-tasks`, ids scoped to the user) against the real binary, over a raw
 //! WebSocket client in both codecs.
 
 mod common;
@@ -257,6 +257,35 @@ async fn bad_stream_subscribes_are_refused_and_subscribe_nothing() {
     }
 }
 
+/// `tasks` is the team's feed: dave, in no project and no admin, is refused
+/// it (subscribe and `get` alike) and gets nothing of it, while `my-tasks`,
+/// open to anyone signed in, still works on the same connection.
+#[tokio::test]
+async fn a_stream_the_policy_refuses_answers_403_and_delivers_nothing() {
+    let server = TestServer::start();
+    for mut dave in [server.json().await, server.msgpack().await] {
+        dave.hello("dave").await;
+        for sub in [json!({"stream": "tasks"}), json!({"stream": "tasks", "filters": {"job": 1}, "snapshot": true})] {
+            assert_eq!(refused(&mut dave, sub.clone()).await, (403, "DENIED".to_owned(), None), "{sub}");
+        }
+        dave.send(json!({"type": "get", "stream": "tasks", "ids": [1, 2], "rid": "g"})).await;
+        let answer = dave.recv().await;
+        assert_eq!(error_of(&answer), (403, "DENIED".to_owned()), "{answer}");
+        let mine = subscribe(&mut dave, json!({"stream": "my-tasks", "snapshot": true})).await;
+        assert_eq!(mine["snapshot"], json!([]), "dave has no tasks: {mine}");
+        // A write the refused subscription would have matched reaches him through nothing.
+        let (mut bob, _) = server.subscribed("bob", 1).await;
+        bob.write(save("job/1", "Task", 2, json!({"notes": "not for dave"}))).await.ok();
+        dave.expect_silence(300).await;
+    }
+    // Members and admins are let in.
+    for user in ["alice", "carol"] {
+        let mut c = server.json().await;
+        c.hello(user).await;
+        subscribe(&mut c, json!({"stream": "tasks", "filters": {"job": 1}})).await;
+    }
+}
+
 /// Reads messages until `sub` has had `n` events (failing after `RECV_TIMEOUT`
 /// per message), then everything else until the connection is quiet.
 async fn collect(c: &mut Client, sub: &Value, n: usize) -> Vec<Value> {
@@ -302,7 +331,7 @@ async fn actions_id_lookups_and_payloads_decide_live_events() {
     // Demo rows: 1 "Write docs" (job 1, alice), 2 "Fix bug" (job 1, bob), 3 "Rotate keys" (job 2, alice);
     // all todo, no developer.
     let mut watch = server.json().await;
-    watch.hello("dave").await;
+    watch.hello("carol").await;
     let full = subscribe(&mut watch, json!({"stream": "tasks"})).await;
     let creates = subscribe(&mut watch, json!({"stream": "tasks", "actions": ["create"]})).await;
     let updates = subscribe(&mut watch, json!({"stream": "tasks", "actions": ["update"]})).await;
@@ -428,7 +457,7 @@ async fn routing_run(index: bool) -> (Vec<Value>, Vec<u64>) {
     subscribe(&mut bob_watch, json!({"stream": "my-tasks", "filters": {"status__in": ["todo", "doing"]}})).await;
     // The pacer: unindexed, sees every write; once its event is here the write is routed.
     let mut pacer = server.json().await;
-    pacer.hello("dave").await;
+    pacer.hello("carol").await;
     let every = subscribe(&mut pacer, json!({"stream": "tasks", "fields": []})).await;
     assert_eq!(metric(&server, "statecast_stream_subscriptions").await, 11);
 

@@ -74,6 +74,10 @@ pub struct SqlOptions {
     /// PostgreSQL: the schema (namespace) to keep the tables in, created if
     /// missing; the connection's default (`public`) when `None`.
     pub pg_schema: Option<String>,
+    /// SQLite: how long the flusher waits after a commit before its fsync,
+    /// so more commits share it (as PostgreSQL's `commit_delay`); every
+    /// confirmation waits that much longer. Zero (the default) flushes at once.
+    pub flush_delay: Duration,
 }
 
 impl Default for SqlOptions {
@@ -85,6 +89,7 @@ impl Default for SqlOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(3),
             pg_schema: None,
+            flush_delay: Duration::ZERO,
         }
     }
 }
@@ -536,6 +541,9 @@ async fn run_flusher(shared: Arc<Shared>) {
         if shared.last_seq.load(Ordering::SeqCst) > shared.durable.seq() {
             // Let commits that are in progress join this flush.
             tokio::task::yield_now().await;
+            if !shared.options.flush_delay.is_zero() {
+                tokio::time::sleep(shared.options.flush_delay).await;
+            }
             if shared.flush().await.is_err() {
                 return;
             }

@@ -4,27 +4,15 @@
 //! deadlock would surface as a conflict after PostgreSQL's `deadlock_timeout`).
 //! Runs when `STATECAST_PG_URL` is set, in a schema of its own.
 
+mod common;
+
+use common::{PgTestSchema, note, notes_schema as schema};
 use sqlx::Connection as _;
-use statecast_core::Schema;
-use statecast_core::store::{NewId, Store, Transaction, TxOp};
-use statecast_store_sql::{SqlOptions, SqlStore};
+use statecast_core::store::{Store, Transaction};
+use statecast_store_sql::SqlStore;
 use std::sync::Arc;
 
 const COMMITS_EACH: usize = 40;
-
-fn schema() -> Arc<Schema> {
-    Schema::builder()
-        .entity("Note", |t| {
-            t.string("text");
-        })
-        .build()
-        .expect("schema")
-}
-
-fn note(text: &str) -> Transaction {
-    let fields = serde_json::json!({ "text": text }).as_object().cloned().expect("object");
-    Transaction { ops: vec![TxOp::Insert { ty: "Note".into(), id: NewId::Auto, fields }], ..Default::default() }
-}
 
 /// Inserts notes, each commit expecting `expect` (rows it reads but leaves alone).
 async fn insert_expecting(store: Arc<SqlStore>, name: &'static str, expect: Vec<(Arc<str>, i64, u64)>) -> Vec<String> {
@@ -40,17 +28,9 @@ async fn insert_expecting(store: Arc<SqlStore>, name: &'static str, expect: Vec<
 
 #[tokio::test]
 async fn commits_naming_rows_in_opposite_orders_never_deadlock() {
-    let Some(url) = std::env::var("STATECAST_PG_URL").ok().filter(|u| !u.is_empty()) else {
-        eprintln!("STATECAST_PG_URL is not set: skipped");
-        return;
-    };
-    let pg_schema = format!("lock_order_{}", std::process::id());
-    let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
-    let drop = format!("DROP SCHEMA IF EXISTS \"{pg_schema}\" CASCADE");
-    sqlx::query(sqlx::AssertSqlSafe(drop.clone())).execute(&mut c).await.expect("drop a stale schema");
-    let options = SqlOptions { pg_schema: Some(pg_schema.clone()), ..SqlOptions::default() };
-    let first = Arc::new(SqlStore::open_postgres(&url, schema(), options.clone()).await.expect("open"));
-    let second = Arc::new(SqlStore::open_postgres(&url, schema(), options).await.expect("open"));
+    let Some(pg) = PgTestSchema::create("lock_order").await else { return };
+    let first = Arc::new(SqlStore::open_postgres(&pg.url, schema(), pg.options()).await.expect("open"));
+    let second = Arc::new(SqlStore::open_postgres(&pg.url, schema(), pg.options()).await.expect("open"));
 
     let a = first.commit(note("a")).await.expect("commit a");
     let b = first.commit(note("b")).await.expect("commit b");
@@ -73,7 +53,7 @@ async fn commits_naming_rows_in_opposite_orders_never_deadlock() {
     for store in [first, second] {
         Arc::into_inner(store).expect("sole owner").close().await.expect("close");
     }
-    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut c).await.expect("drop schema");
+    pg.drop_schema().await;
 }
 
 /// A row a commit only checks is locked shared: another transaction holding
@@ -81,16 +61,9 @@ async fn commits_naming_rows_in_opposite_orders_never_deadlock() {
 /// commit up, while one holding it `FOR UPDATE` (a writer of it) does.
 #[tokio::test]
 async fn a_row_only_checked_is_locked_shared() {
-    let Some(url) = std::env::var("STATECAST_PG_URL").ok().filter(|u| !u.is_empty()) else {
-        eprintln!("STATECAST_PG_URL is not set: skipped");
-        return;
-    };
-    let pg_schema = format!("lock_share_{}", std::process::id());
-    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
-    let drop = format!("DROP SCHEMA IF EXISTS \"{pg_schema}\" CASCADE");
-    sqlx::query(sqlx::AssertSqlSafe(drop.clone())).execute(&mut admin).await.expect("drop a stale schema");
-    let options = SqlOptions { pg_schema: Some(pg_schema.clone()), ..SqlOptions::default() };
-    let store = SqlStore::open_postgres(&url, schema(), options).await.expect("open");
+    let Some(mut pg) = PgTestSchema::create("lock_share").await else { return };
+    let (url, pg_schema) = (pg.url.clone(), pg.name.clone());
+    let store = SqlStore::open_postgres(&url, schema(), pg.options()).await.expect("open");
     let anchor = store.commit(note("anchor")).await.expect("commit");
     let (id, version) = (anchor.created[0].id, anchor.seq);
     let checking = move |text: &str| Transaction { expect: vec![("Note".into(), id, version)], ..note(text) };
@@ -118,7 +91,7 @@ async fn a_row_only_checked_is_locked_shared() {
                  AND query LIKE '%\"Note\" WHERE id = %FOR SHARE%' AND datname = current_database()";
     let mut seen = 0i64;
     for _ in 0..300 {
-        seen = sqlx::query_scalar(waits).fetch_one(&mut admin).await.expect("activity");
+        seen = sqlx::query_scalar(waits).fetch_one(&mut pg.admin).await.expect("activity");
         if seen > 0 || waiting.is_finished() {
             break;
         }
@@ -129,5 +102,5 @@ async fn a_row_only_checked_is_locked_shared() {
     waiting.await.expect("join").expect("the commit goes through once the writer is gone");
 
     Arc::into_inner(store).expect("sole owner").close().await.expect("close");
-    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await.expect("drop schema");
+    pg.drop_schema().await;
 }

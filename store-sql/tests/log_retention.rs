@@ -2,10 +2,11 @@
 //! PostgreSQL when `STATECAST_PG_URL` is set (in a schema of its own, dropped
 //! afterwards). Commit times are set on the transactions, so no test sleeps.
 
-use statecast_core::Schema;
-use statecast_core::store::{LogRead, NewId, Store, Transaction, TxOp};
+mod common;
+
+use common::{PgTestSchema, notes_schema as schema};
+use statecast_core::store::{LogRead, Store, Transaction};
 use statecast_store_sql::{SqlOptions, SqlStore};
-use std::sync::Arc;
 use std::time::Duration;
 
 const AGE: Duration = Duration::from_secs(60);
@@ -14,18 +15,9 @@ fn at(minutes: u64) -> u64 {
     1_800_000_000_000 + minutes * 60_000
 }
 
-fn schema() -> Arc<Schema> {
-    Schema::builder()
-        .entity("Note", |t| {
-            t.string("text");
-        })
-        .build()
-        .expect("schema")
-}
-
+/// A note committed at `now_ms`.
 fn note(text: &str, now_ms: u64) -> Transaction {
-    let fields = serde_json::json!({ "text": text }).as_object().cloned().expect("object");
-    Transaction { ops: vec![TxOp::Insert { ty: "Note".into(), id: NewId::Auto, fields }], now_ms, ..Default::default() }
+    Transaction { now_ms, ..common::note(text) }
 }
 
 fn seqs(read: LogRead) -> Vec<u64> {
@@ -87,18 +79,10 @@ async fn sqlite_trims_by_count_when_no_age_is_set() {
 
 #[tokio::test]
 async fn postgres_trims_the_log_by_age() {
-    let Some(url) = std::env::var("STATECAST_PG_URL").ok().filter(|u| !u.is_empty()) else {
-        eprintln!("STATECAST_PG_URL is not set: skipped");
-        return;
-    };
-    let pg_schema = format!("log_retention_{}", std::process::id());
-    let options = SqlOptions { log_max_age: Some(AGE), pg_schema: Some(pg_schema.clone()), ..SqlOptions::default() };
-    use sqlx::Connection as _;
-    let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
-    let drop = format!("DROP SCHEMA IF EXISTS \"{pg_schema}\" CASCADE");
-    sqlx::query(sqlx::AssertSqlSafe(drop.clone())).execute(&mut c).await.expect("drop a stale schema");
-    let store = SqlStore::open_postgres(&url, schema(), options).await.expect("open");
+    let Some(pg) = PgTestSchema::create("log_retention").await else { return };
+    let options = SqlOptions { log_max_age: Some(AGE), ..pg.options() };
+    let store = SqlStore::open_postgres(&pg.url, schema(), options).await.expect("open");
     trims_by_age(&store).await;
     store.close().await.expect("close");
-    sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut c).await.expect("drop schema");
+    pg.drop_schema().await;
 }

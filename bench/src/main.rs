@@ -78,7 +78,7 @@ struct Args {
     /// Append the report to this markdown file.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Override: stores, each `sled`, `sqlite` or a `postgres://` URL (a fresh schema per server).
+    /// Override: stores, each `sled`, `fjall`, `sqlite` or a `postgres://` URL (a fresh schema per server).
     #[arg(long, value_delimiter = ',')]
     stores: Option<Vec<server::StoreArg>>,
     /// Override: scenarios: fanout, writes, load, contexts, storm, memory, streams, cluster.

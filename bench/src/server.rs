@@ -12,6 +12,7 @@ use crate::client::Target;
 #[derive(Clone, Debug)]
 pub enum StoreArg {
     Sled,
+    Fjall,
     Sqlite,
     /// A PostgreSQL URL; each server gets a fresh schema in that database.
     Postgres(String),
@@ -22,11 +23,12 @@ impl std::str::FromStr for StoreArg {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "sled" => Ok(StoreArg::Sled),
+            "fjall" => Ok(StoreArg::Fjall),
             "sqlite" => Ok(StoreArg::Sqlite),
             url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(StoreArg::Postgres(url.to_owned()))
             }
-            other => Err(format!("`{other}`: expected sled, sqlite or a postgres:// URL")),
+            other => Err(format!("`{other}`: expected sled, fjall, sqlite or a postgres:// URL")),
         }
     }
 }
@@ -35,6 +37,7 @@ impl std::fmt::Display for StoreArg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             StoreArg::Sled => "sled",
+            StoreArg::Fjall => "fjall",
             StoreArg::Sqlite => "SQLite",
             StoreArg::Postgres(_) => "PostgreSQL",
         })
@@ -73,6 +76,7 @@ impl Server {
         let mut pg = None;
         let spec = match store {
             StoreArg::Sled => format!("sled:{}", dir.path().join("data").display()),
+            StoreArg::Fjall => format!("fjall:{}", dir.path().join("data").display()),
             StoreArg::Sqlite => format!("sqlite:{}", dir.path().join("statecast.db").display()),
             StoreArg::Postgres(url) => {
                 let (schema, spec) = fresh_pg_schema(url)?;
@@ -83,7 +87,7 @@ impl Server {
         // Where the server keeps its self-signed QUIC certificate: beside the data
         // (sled directory, SQLite file), else ./statecast-data in its working directory.
         let cert_dir = match store {
-            StoreArg::Sled => dir.path().join("data"),
+            StoreArg::Sled | StoreArg::Fjall => dir.path().join("data"),
             StoreArg::Sqlite => dir.path().to_owned(),
             StoreArg::Postgres(_) => dir.path().join("statecast-data"),
         };

@@ -1,4 +1,4 @@
-//! Your own server in one file: a schema, a channel, a policy, the sled
+//! Your own server in one file: a schema, a channel, a policy, the fjall
 //! store and WebSocket, composed with `ServerBuilder`.
 //!
 //! `STATECAST_JWT_SECRET=$(openssl rand -hex 32) cargo run -p statecast-server --example board`
@@ -10,7 +10,7 @@ use statecast_core::row::{Fields, Row};
 use statecast_core::schema::{EntityType, OnDelete, ServerValue};
 use statecast_core::{Channel, JwtHs256, Op, Policy, PolicyContext, PolicyError, Schema};
 use statecast_server::ServerBuilder;
-use statecast_store_sled::SledStore;
+use statecast_store_fjall::FjallStore;
 use statecast_transport_ws::WsConfig;
 use std::sync::Arc;
 
@@ -65,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let server = ServerBuilder::new(schema.clone())
         .channel(board)
-        .store(Arc::new(SledStore::open("./board-data", schema)?))
+        .store(Arc::new(FjallStore::open("./board-data", schema)?))
         .authenticator(JwtHs256::new(secret.as_bytes()))
         .websocket("127.0.0.1:7200".parse()?, WsConfig::default())
         .start()

@@ -16,7 +16,7 @@ pub const DEFAULT_QUIC_ADDR: &str = "127.0.0.1:7101";
 pub const QUIC_OFF: &str = "off";
 /// Where the self-signed QUIC certificate is kept when the store has no directory of its own.
 pub const DEFAULT_DATA_DIR: &str = "./statecast-data";
-pub const DEFAULT_STORE: &str = "sled:./statecast-data";
+pub const DEFAULT_STORE: &str = "fjall:./statecast-data";
 pub const DEFAULT_JWT_SECRET_ENV: &str = "STATECAST_JWT_SECRET";
 pub const DEFAULT_FRAME_LIMIT: usize = 1 << 20;
 pub const DEFAULT_LOG: &str = "info";
@@ -72,6 +72,8 @@ impl fmt::Display for Mode {
 pub enum StoreSpec {
     /// `sled:PATH`: the embedded sled store in the directory `PATH`.
     Sled(PathBuf),
+    /// `fjall:PATH`: the embedded fjall (LSM-tree) store in the directory `PATH`.
+    Fjall(PathBuf),
     /// `sqlite:PATH`: a SQLite database file (created if missing).
     Sqlite(PathBuf),
     /// `postgres://user:password@host:port/db` (or `postgresql://`): a
@@ -80,8 +82,14 @@ pub enum StoreSpec {
 }
 
 impl StoreSpec {
-    /// Parses `sled:PATH`, `sqlite:PATH` or `postgres://…`.
+    /// Parses `sled:PATH`, `fjall:PATH`, `sqlite:PATH` or `postgres://…`.
     pub fn parse(spec: &str) -> Result<Self, String> {
+        if let Some(path) = spec.strip_prefix("fjall:") {
+            if path.is_empty() {
+                return Err("`fjall:` needs a directory, e.g. `fjall:./statecast-data`".into());
+            }
+            return Ok(StoreSpec::Fjall(PathBuf::from(path)));
+        }
         if let Some(path) = spec.strip_prefix("sled:") {
             if path.is_empty() {
                 return Err("`sled:` needs a directory, e.g. `sled:./statecast-data`".into());
@@ -100,7 +108,7 @@ impl StoreSpec {
             }
             return Ok(StoreSpec::Postgres(spec.to_owned()));
         }
-        Err(format!("unknown store `{spec}`: expected `sled:PATH`, `sqlite:PATH` or `postgres://…`"))
+        Err(format!("unknown store `{spec}`: expected `sled:PATH`, `fjall:PATH`, `sqlite:PATH` or `postgres://…`"))
     }
 }
 
@@ -120,11 +128,11 @@ pub fn redact_url(url: &str) -> String {
 
 impl StoreSpec {
     /// The directory that holds the server's own files (the self-signed
-    /// QUIC certificate): the sled directory. Stores without a directory of
-    /// their own (none yet) use [`DEFAULT_DATA_DIR`].
+    /// QUIC certificate): the sled or fjall directory, the SQLite file's
+    /// directory, or `./statecast-data` for PostgreSQL.
     pub fn data_dir(&self) -> PathBuf {
         match self {
-            StoreSpec::Sled(path) => path.clone(),
+            StoreSpec::Sled(path) | StoreSpec::Fjall(path) => path.clone(),
             StoreSpec::Sqlite(file) => match file.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
                 _ => PathBuf::from("."),
@@ -138,6 +146,7 @@ impl fmt::Display for StoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreSpec::Sled(path) => write!(f, "sled:{}", path.display()),
+            StoreSpec::Fjall(path) => write!(f, "fjall:{}", path.display()),
             StoreSpec::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
             StoreSpec::Postgres(url) => f.write_str(&redact_url(url)),
         }
@@ -195,8 +204,8 @@ pub struct Args {
     /// The QUIC private key (PEM); with --quic-cert.
     #[arg(long, value_name = "FILE", requires = "quic_cert")]
     pub quic_key: Option<PathBuf>,
-    /// Where rows are stored: `sled:PATH`, `sqlite:PATH` or `postgres://user:password@host/db`
-    /// [default: sled:./statecast-data].
+    /// Where rows are stored: `sled:PATH`, `fjall:PATH`, `sqlite:PATH` or `postgres://user:password@host/db`
+    /// [default: fjall:./statecast-data].
     #[arg(long, value_name = "SPEC")]
     pub store: Option<String>,
     /// demo (demo app + dev tokens), dev, or prod (JWT only) [default: demo].
@@ -444,10 +453,10 @@ impl Config {
                         ),
                     ));
                 }
-                if matches!(store, StoreSpec::Sled(_)) {
+                if matches!(store, StoreSpec::Sled(_) | StoreSpec::Fjall(_)) {
                     return Err(origin.invalid(
                         from_flag,
-                        "the sled store trims its change log by count only: use --log-keep (`log_keep`)",
+                        "the embedded stores (sled, fjall) trim their change log by count only: use --log-keep (`log_keep`)",
                     ));
                 }
                 Some(Duration::from_secs(secs))
@@ -562,9 +571,9 @@ mod tests {
         assert_eq!(
             c.quic_tls(),
             statecast_transport_quic::ServerTls::SelfSigned { dir: "./statecast-data".into() },
-            "the self-signed certificate lives in the sled directory"
+            "the self-signed certificate lives in the store directory"
         );
-        assert_eq!(c.store, StoreSpec::Sled("./statecast-data".into()));
+        assert_eq!(c.store, StoreSpec::Fjall("./statecast-data".into()));
         assert_eq!(c.mode, Mode::Demo);
         assert_eq!(c.jwt_secret_env, "STATECAST_JWT_SECRET");
         assert_eq!(c.jwt_secret, None);
@@ -751,6 +760,8 @@ mod tests {
     fn store_specs() {
         assert_eq!(StoreSpec::parse("sled:data"), Ok(StoreSpec::Sled("data".into())));
         assert_eq!(StoreSpec::Sled("data".into()).to_string(), "sled:data");
+        assert_eq!(StoreSpec::parse("fjall:data"), Ok(StoreSpec::Fjall("data".into())));
+        assert_eq!(StoreSpec::Fjall("data".into()).to_string(), "fjall:data");
         assert_eq!(StoreSpec::parse("sqlite:db.sqlite"), Ok(StoreSpec::Sqlite("db.sqlite".into())));
         assert_eq!(StoreSpec::Sqlite("db.sqlite".into()).to_string(), "sqlite:db.sqlite");
         let url = "postgres://app:s3cret@db.example:5432/statecast?sslmode=require";
@@ -765,6 +776,7 @@ mod tests {
         assert_eq!(redact_url("postgres://localhost/db"), "postgres://localhost/db");
         for (spec, needle) in [
             ("sled:", "needs a directory"),
+            ("fjall:", "needs a directory"),
             ("sqlite:", "needs a file path"),
             ("postgres://", "needs a host"),
             ("redis://x", "unknown store"),

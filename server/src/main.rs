@@ -13,7 +13,9 @@ use statecast_server::config::{Args, Command};
 use statecast_server::{
     Config, Mode, QUIC_FINGERPRINT_PREFIX, ServerAuth, StoreSpec, demo, quic_listening_line, schema_export,
 };
-use statecast_store_sled::{SledOptions, SledStore};
+use statecast_store_fjall::FjallStore;
+use statecast_store_kv::KvOptions;
+use statecast_store_sled::SledStore;
 use statecast_store_sql::{SqlOptions, SqlStore};
 use statecast_transport_quic::QuicConfig;
 use statecast_transport_ws::WsConfig;
@@ -60,11 +62,15 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let schema = demo::schema();
     let sql_options =
         SqlOptions { log_capacity: config.log_keep, log_max_age: config.log_max_age, ..SqlOptions::default() };
-    let sled_options = SledOptions { log_capacity: config.log_keep, ..SledOptions::default() };
+    let kv_options = KvOptions { log_capacity: config.log_keep, ..KvOptions::default() };
     let store: Arc<dyn Store> = match &config.store {
         StoreSpec::Sled(path) => Arc::new(
-            SledStore::open_with(path, schema.clone(), sled_options)
+            SledStore::open_with(path, schema.clone(), kv_options)
                 .map_err(|e| format!("can't open the sled store in {}: {e}", path.display()))?,
+        ),
+        StoreSpec::Fjall(path) => Arc::new(
+            FjallStore::open_with(path, schema.clone(), kv_options)
+                .map_err(|e| format!("can't open the fjall store in {}: {e}", path.display()))?,
         ),
         StoreSpec::Sqlite(path) => Arc::new(
             SqlStore::open_sqlite(path, schema.clone(), sql_options)

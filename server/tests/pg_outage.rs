@@ -57,7 +57,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// The cluster to stop, when this run can (PostgreSQL tests, default pass).
 fn outage_cluster() -> Option<(String, String)> {
-    if StoreKind::from_env() != StoreKind::Sled {
+    if !StoreKind::is_default_run() {
         eprintln!("runs once, in the default (sled) pass: it picks its own store");
         return None;
     }

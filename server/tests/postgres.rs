@@ -45,7 +45,7 @@ fn change_log_retention_flags_are_checked_before_anything_starts() {
     for (flags, expected) in [
         (vec!["--store", pg, "--log-max-age", "3"], "--log-max-age: 3 s is too short"),
         (vec!["--store", pg, "--log-keep", "0"], "--log-keep: must be at least 1 commit"),
-        (vec!["--log-max-age", "60"], "the sled store trims its change log by count only"),
+        (vec!["--log-max-age", "60"], "the embedded stores (sled, fjall) trim their change log by count only"),
     ] {
         let out = run(&flags);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -67,7 +67,7 @@ fn task_ids(state: &Value) -> BTreeSet<i64> {
 
 #[tokio::test]
 async fn two_servers_on_one_database_serve_writes_with_distinct_ids_and_exactly_once() {
-    if StoreKind::from_env() != StoreKind::Sled {
+    if !StoreKind::is_default_run() {
         eprintln!("runs once, in the default (sled) pass: it picks its own store");
         return;
     }

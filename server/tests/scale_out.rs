@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 fn enabled() -> bool {
-    if StoreKind::from_env() != StoreKind::Sled {
+    if !StoreKind::is_default_run() {
         eprintln!("runs once, in the default (sled) pass: it picks its own store");
         return false;
     }

@@ -1,9 +1,10 @@
 //! End-to-end test support: the real `statecast-server` binary on a fresh
 //! store, and a WebSocket client that speaks JSON or MessagePack.
 //!
-//! The store is sled in a temp dir unless `STATECAST_TEST_STORE` says
-//! `sqlite` (a file in the temp dir) or `postgres` (a fresh schema in the
-//! database `STATECAST_PG_URL` names, dropped at the end).
+//! The store is fjall (the default) in a temp dir unless `STATECAST_TEST_STORE`
+//! says `sled` (also in the temp dir), `sqlite` (a file in the temp dir) or
+//! `postgres` (a fresh schema in the database `STATECAST_PG_URL` names,
+//! dropped at the end).
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use futures_util::{SinkExt, StreamExt};
@@ -47,6 +48,7 @@ impl DataDir {
 /// Which store the servers of this test run use (`STATECAST_TEST_STORE`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {
+    Fjall,
     Sled,
     Sqlite,
     Postgres,
@@ -55,11 +57,18 @@ pub enum StoreKind {
 impl StoreKind {
     pub fn from_env() -> StoreKind {
         match std::env::var("STATECAST_TEST_STORE").unwrap_or_default().as_str() {
-            "" | "sled" => StoreKind::Sled,
+            "" | "fjall" => StoreKind::Fjall,
+            "sled" => StoreKind::Sled,
             "sqlite" => StoreKind::Sqlite,
             "postgres" => StoreKind::Postgres,
-            other => panic!("STATECAST_TEST_STORE={other}: expected sled, sqlite or postgres"),
+            other => panic!("STATECAST_TEST_STORE={other}: expected fjall, sled, sqlite or postgres"),
         }
+    }
+
+    /// True in the run on the default store: tests that bring their own
+    /// store (PostgreSQL) run once, there.
+    pub fn is_default_run() -> bool {
+        StoreKind::from_env() == StoreKind::Fjall
     }
 }
 
@@ -110,12 +119,12 @@ impl TestServer {
         self.dir.path()
     }
 
-    /// Where the server keeps its self-signed QUIC certificate: the sled
-    /// directory, the SQLite file's directory, or `./statecast-data` in its
+    /// Where the server keeps its self-signed QUIC certificate: the fjall or
+    /// sled directory, the SQLite file's directory, or `./statecast-data` in its
     /// working directory (this data dir) for PostgreSQL.
     pub fn cert_dir(&self) -> PathBuf {
         match StoreKind::from_env() {
-            StoreKind::Sled | StoreKind::Sqlite => self.dir.path().to_owned(),
+            StoreKind::Fjall | StoreKind::Sled | StoreKind::Sqlite => self.dir.path().to_owned(),
             StoreKind::Postgres => self.dir.path().join("statecast-data"),
         }
     }
@@ -145,6 +154,7 @@ impl TestServer {
 
     fn spawn(dir: DataDir, extra_args: Vec<String>) -> Self {
         let (store, pg) = match StoreKind::from_env() {
+            StoreKind::Fjall => (format!("fjall:{}", dir.path().display()), None),
             StoreKind::Sled => (format!("sled:{}", dir.path().display()), None),
             StoreKind::Sqlite => (format!("sqlite:{}", dir.path().join("statecast.db").display()), None),
             StoreKind::Postgres => {

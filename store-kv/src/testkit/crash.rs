@@ -1,11 +1,12 @@
-//! kill -9 tests: this test binary runs itself as a writer child process,
-//! kills it with SIGKILL while it is committing, then reopens the store and
-//! checks that every commit the child reported durable is there, that the seq
-//! continues above every seq the child handed out, and that nothing is corrupt.
+//! kill -9 tests: the test binary runs itself as a writer child process
+//! (its `crash_child` test, see [`crate::kv_store_tests`]), kills it with
+//! SIGKILL while it is committing, then reopens the store and checks that
+//! every commit the child reported durable is there, that the seq continues
+//! above every seq the child handed out, and that nothing is corrupt.
 
+use crate::{KvBackend, KvOptions, KvStore};
 use statecast_core::store::{AppliedKey, LogRead, NewId, Store, Transaction, TxOp};
 use statecast_core::{Fields, OnDelete, Schema};
-use statecast_store_sled::{SledOptions, SledStore};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -14,9 +15,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Set (to the store path) when this binary runs as the writer child.
-const CHILD_PATH: &str = "STATECAST_SLED_CRASH_CHILD";
+const CHILD_PATH: &str = "STATECAST_KV_CRASH_CHILD";
 /// The round number the child writes (also its job id and applied-key user).
-const CHILD_ROUND: &str = "STATECAST_SLED_CRASH_ROUND";
+const CHILD_ROUND: &str = "STATECAST_KV_CRASH_ROUND";
 const ROUNDS: i64 = 3;
 /// Durable commits the parent waits for before it kills the child.
 const DURABLE_BEFORE_KILL: usize = 200;
@@ -47,8 +48,7 @@ fn applied_key(round: i64, n: i64) -> AppliedKey {
 }
 
 /// The writer child: a no-op unless started by the parent test.
-#[test]
-fn crash_child() {
+pub fn crash_child<B: KvBackend>() {
     let Ok(path) = std::env::var(CHILD_PATH) else {
         return;
     };
@@ -56,8 +56,8 @@ fn crash_child() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async move {
         // Small seq blocks, so that the run crosses many reservations.
-        let options = SledOptions { seq_block: 16, ..SledOptions::default() };
-        let store = SledStore::open_with(&path, schema(), options).expect("child opens the store");
+        let options = KvOptions { seq_block: 16, ..KvOptions::default() };
+        let store = KvStore::<B>::open_with(&path, schema(), options).expect("child opens the store");
         let mut out = std::io::stdout();
         let job =
             TxOp::Insert { ty: "Job".into(), id: NewId::Given(round), fields: obj(serde_json::json!({"name": "j"})) };
@@ -156,8 +156,8 @@ fn run_child(path: &std::path::Path, round: i64) -> (Vec<Reported>, u64) {
     (reported, max_seen)
 }
 
-async fn verify(path: &std::path::Path, reported: &[Reported], max_seen: u64) {
-    let store = SledStore::open(path, schema()).expect("reopen after kill -9");
+async fn verify<B: KvBackend>(path: &std::path::Path, reported: &[Reported], max_seen: u64) {
+    let store = KvStore::<B>::open(path, schema()).expect("reopen after kill -9");
     let max_durable = reported.iter().map(|r| r.seq).max().unwrap_or(0);
     assert!(store.last_seq() >= max_durable, "last_seq {} < reported durable {max_durable}", store.last_seq());
     assert!(store.durable_seq() >= max_durable);
@@ -203,8 +203,7 @@ async fn verify(path: &std::path::Path, reported: &[Reported], max_seen: u64) {
     store.close().await.expect("close");
 }
 
-#[test]
-fn commits_reported_durable_survive_kill_9() {
+pub fn commits_reported_durable_survive_kill_9<B: KvBackend>() {
     if std::env::var(CHILD_PATH).is_ok() {
         return;
     }
@@ -219,7 +218,7 @@ fn commits_reported_durable_survive_kill_9() {
         assert!(r.iter().all(|x| x.seq > max_seen), "round {round} reused a seq of an earlier round");
         reported.append(&mut r);
         max_seen = max_seen.max(seen);
-        rt.block_on(verify(&path, &reported, max_seen));
+        rt.block_on(verify::<B>(&path, &reported, max_seen));
         // The parent's own commit took a seq too.
         max_seen += 1;
     }

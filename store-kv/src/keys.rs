@@ -1,4 +1,4 @@
-//! The key layout of the one sled tree. Every key starts with a one-letter
+//! The key layout of the one ordered key space. Every key starts with a one-letter
 //! prefix; ids and seqs are big-endian (ids with the sign bit flipped) so that
 //! byte order is numeric order.
 //!

@@ -1,0 +1,138 @@
+//! Group commit, the fatal flush, seq reservation, log trimming and close,
+//! for any backend. Each case runs on its own runtime.
+
+use crate::{KvBackend, KvOptions, KvStore};
+use statecast_core::store::{CommitError, LogRead, NewId, Store, StoreError, Transaction, TxOp};
+use statecast_core::testkit::store_suite::test_schema;
+use std::future::Future;
+use std::sync::Arc;
+
+fn block_on(case: impl Future<Output = ()>) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(case);
+}
+
+fn new_user(name: &str) -> Transaction {
+    let fields = serde_json::json!({ "name": name }).as_object().cloned().expect("object");
+    Transaction { ops: vec![TxOp::Insert { ty: "User".into(), id: NewId::Auto, fields }], ..Transaction::default() }
+}
+
+fn open<B: KvBackend>(dir: &tempfile::TempDir, options: KvOptions) -> KvStore<B> {
+    KvStore::open_with(dir.path().join("db"), test_schema(), options).expect("open")
+}
+
+pub fn concurrent_commits_share_flushes<B: KvBackend>() {
+    block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(open::<B>(&dir, KvOptions::default()));
+        let first = store.commit(new_user("warm-up")).await.expect("commit");
+        store.wait_durable(first.seq).await.expect("durable");
+        let before = store.flush_count();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = store.commit(new_user(&format!("u{i}"))).await.expect("commit");
+                store.wait_durable(c.seq).await.expect("durable");
+                c.seq
+            }));
+        }
+        let mut max = 0;
+        for t in tasks {
+            max = max.max(t.await.expect("task"));
+        }
+        let flushes = store.flush_count() - before;
+        assert!(flushes >= 1);
+        assert!(flushes < 64, "64 concurrent commits took {flushes} flushes: no group commit");
+        assert!(store.durable_seq() >= max);
+        store.close().await.expect("close");
+    });
+}
+
+pub fn a_failed_flush_is_fatal<B: KvBackend>() {
+    block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open::<B>(&dir, KvOptions::default());
+        let c = store.commit(new_user("a")).await.expect("commit");
+        store.wait_durable(c.seq).await.expect("durable");
+        store.inject_flush_failure();
+        let c2 = store.commit(new_user("b")).await.expect("applied in memory");
+        assert!(matches!(store.wait_durable(c2.seq).await, Err(StoreError::FlushFailed(_))));
+        assert!(store.durable_seq() < c2.seq);
+        // From then on: waits fail, even for seqs that were durable, and commits are refused.
+        assert!(matches!(store.wait_durable(c.seq).await, Err(StoreError::FlushFailed(_))));
+        let r = store.commit(new_user("c")).await;
+        assert!(matches!(r, Err(CommitError::Store(StoreError::FlushFailed(_)))), "{r:?}");
+        assert_eq!(store.last_seq(), c2.seq);
+        assert!(matches!(store.purge_applied(u64::MAX).await, Err(StoreError::FlushFailed(_))));
+        assert!(matches!(store.close().await, Err(StoreError::FlushFailed(_))));
+    });
+}
+
+pub fn seq_continues_above_the_reservation_after_reopen<B: KvBackend>() {
+    block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = KvOptions { seq_block: 4, ..KvOptions::default() };
+        let store = open::<B>(&dir, options.clone());
+        let mut last = 0;
+        // Blocks of 4 reserved at seq 1 (through 5) and 6 (through 10): stop inside the second.
+        for i in 0..9 {
+            let c = store.commit(new_user(&format!("u{i}"))).await.expect("commit");
+            assert!(c.seq > last);
+            last = c.seq;
+        }
+        store.close().await.expect("close");
+        drop(store);
+        let store = open::<B>(&dir, options);
+        assert_eq!(store.last_seq(), last, "last_seq reports the last commit");
+        let c = store.commit(new_user("after")).await.expect("commit");
+        // Numbers up to the reservation may have been handed out before a crash.
+        assert!(c.seq > last + 1, "seq {} must skip the rest of the reserved block after {last}", c.seq);
+        assert_eq!(store.get("User", 10).await.expect("get").map(|r| r.version), Some(c.seq));
+        store.close().await.expect("close");
+    });
+}
+
+pub fn the_change_log_is_trimmed_to_its_capacity<B: KvBackend>() {
+    block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = KvOptions { log_capacity: 5, ..KvOptions::default() };
+        let store = open::<B>(&dir, options.clone());
+        let start = store.last_seq();
+        let mut seqs = Vec::new();
+        for i in 0..12 {
+            seqs.push(store.commit(new_user(&format!("u{i}"))).await.expect("commit").seq);
+        }
+        let last = *seqs.last().expect("seqs");
+        assert_eq!(store.changes_since(start, 100).await.expect("log"), LogRead::Trimmed);
+        assert_eq!(store.changes_since(last - 6, 100).await.expect("log"), LogRead::Trimmed);
+        let LogRead::Entries(entries) = store.changes_since(last - 5, 100).await.expect("log") else {
+            panic!("the last 5 commits are kept")
+        };
+        assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs[7..].to_vec());
+        store.close().await.expect("close");
+        drop(store);
+        let store = open::<B>(&dir, options);
+        assert_eq!(store.changes_since(last - 6, 100).await.expect("log"), LogRead::Trimmed);
+        assert_eq!(store.changes_since(last - 5, 100).await.expect("log"), LogRead::Entries(entries));
+        store.close().await.expect("close");
+    });
+}
+
+pub fn a_closed_store_refuses_commits<B: KvBackend>() {
+    block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = open::<B>(&dir, KvOptions::default());
+        let c = store.commit(new_user("a")).await.expect("commit");
+        store.close().await.expect("close");
+        assert!(store.durable_seq() >= c.seq, "close flushes");
+        let r = store.commit(new_user("b")).await;
+        assert!(matches!(r, Err(CommitError::Store(StoreError::Unavailable(_)))), "{r:?}");
+    });
+}
+
+pub fn open_needs_a_tokio_runtime<B: KvBackend>() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let r = KvStore::<B>::open(dir.path().join("db"), test_schema());
+    assert!(matches!(r, Err(StoreError::Unavailable(_))));
+}

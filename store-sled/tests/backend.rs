@@ -1,0 +1,4 @@
+//! The embedded store engine's backend suite (group commit, fatal flush, seq
+//! reservation, log trimming, close, kill -9), on sled.
+
+statecast_store_kv::kv_store_tests!(statecast_store_sled::SledBackend);

@@ -40,6 +40,7 @@ fn items(iter: fjall::Iter) -> KvIter<'static, Slice> {
 
 impl KvBackend for FjallBackend {
     const NAME: &'static str = "fjall";
+    const SYNC_EXCLUDES_WRITES: bool = true;
     type Bytes = Slice;
 
     fn open(path: &Path) -> Result<Self, OpenError> {

@@ -216,6 +216,12 @@ async fn run_flusher<B: KvBackend>(shared: Arc<Shared<B>>) {
         if shared.last_seq.load(Ordering::SeqCst) > shared.durable.seq() {
             // Let commits that are in progress join this flush.
             tokio::task::yield_now().await;
+            // An engine whose sync holds its writers off would block a runtime
+            // thread in each commit meanwhile: let commits wait on the lock instead.
+            let _writers_held = match B::SYNC_EXCLUDES_WRITES {
+                true => Some(shared.commit.lock().await),
+                false => None,
+            };
             if shared.flush().await.is_err() {
                 return;
             }

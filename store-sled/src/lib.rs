@@ -33,6 +33,7 @@ fn items(iter: sled::Iter) -> KvIter<'static, sled::IVec> {
 
 impl KvBackend for SledBackend {
     const NAME: &'static str = "sled";
+    const SYNC_EXCLUDES_WRITES: bool = false;
     type Bytes = sled::IVec;
 
     fn open(path: &Path) -> Result<Self, OpenError> {

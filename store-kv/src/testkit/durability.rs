@@ -119,6 +119,47 @@ pub fn the_change_log_is_trimmed_to_its_capacity<B: KvBackend>() {
     });
 }
 
+pub fn a_smaller_log_capacity_trims_the_backlog_at_the_next_commit<B: KvBackend>() {
+    block_on(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Small seq blocks: the seq after the reopen stays close to the last one.
+        let options = KvOptions { seq_block: 2, ..KvOptions::default() };
+        let store = open::<B>(&dir, options.clone());
+        let mut seqs = Vec::new();
+        for i in 0..100 {
+            seqs.push(store.commit(new_user(&format!("u{i}"))).await.expect("commit").seq);
+        }
+        store.close().await.expect("close");
+        drop(store);
+        // 100 entries kept, 5 wanted now: more than a commit deletes by key.
+        let options = KvOptions { log_capacity: 5, ..options };
+        let store = open::<B>(&dir, options.clone());
+        let LogRead::Entries(all) = store.changes_since(0, 1_000).await.expect("log") else {
+            panic!("nothing trimmed before the next commit")
+        };
+        assert_eq!(all.len(), 100);
+        let last = store.commit(new_user("trims")).await.expect("commit").seq;
+        assert_eq!(store.changes_since(last - 6, 100).await.expect("log"), LogRead::Trimmed);
+        let LogRead::Entries(kept) = store.changes_since(last - 5, 1_000).await.expect("log") else {
+            panic!("the last 5 commits are kept")
+        };
+        // The log keeps the commits whose seq is within 5 of the last.
+        let mut expected: Vec<u64> = seqs.iter().copied().filter(|s| *s > last - 5).collect();
+        assert!(!expected.is_empty(), "the test should keep some of the old entries (last {last})");
+        expected.push(last);
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), expected);
+        // Nothing older is left behind the trim point, even after a reopen.
+        store.close().await.expect("close");
+        drop(store);
+        let store = open::<B>(&dir, options);
+        let LogRead::Entries(after) = store.changes_since(last - 5, 1_000).await.expect("log") else {
+            panic!("kept across reopen")
+        };
+        assert_eq!(after, kept);
+        store.close().await.expect("close");
+    });
+}
+
 pub fn a_closed_store_refuses_commits<B: KvBackend>() {
     block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -17,6 +17,7 @@ macro_rules! kv_store_tests {
             durability::a_failed_flush_is_fatal,
             durability::seq_continues_above_the_reservation_after_reopen,
             durability::the_change_log_is_trimmed_to_its_capacity,
+            durability::a_smaller_log_capacity_trims_the_backlog_at_the_next_commit,
             durability::a_closed_store_refuses_commits,
             durability::open_needs_a_tokio_runtime,
             crash::crash_child,

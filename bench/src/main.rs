@@ -151,7 +151,7 @@ impl Plan {
                 mode: "full",
                 scenarios: s(&["fanout", "writes", "load", "contexts", "storm", "memory", "streams", "cluster"]),
                 transports: vec![Kind::Ws, Kind::Quic],
-                stores: vec![server::StoreArg::Sled, server::StoreArg::Sqlite],
+                stores: vec![server::StoreArg::Fjall, server::StoreArg::Sled, server::StoreArg::Sqlite],
                 seconds: 4,
                 subscribers: vec![1, 100, 1000, 5000],
                 rates: vec![100, 1000],
@@ -173,7 +173,7 @@ impl Plan {
                 mode: "quick",
                 scenarios: s(&["fanout", "writes", "load", "contexts", "storm", "memory", "cluster"]),
                 transports: vec![Kind::Ws],
-                stores: vec![server::StoreArg::Sled],
+                stores: vec![server::StoreArg::Fjall],
                 seconds: 2,
                 subscribers: vec![1000],
                 rates: vec![200],
@@ -447,7 +447,7 @@ const MAX_OFFERED: u64 = 1_000_000;
 const FANOUT_HEADER: &str = "| server | subscribers | writes/s | deliveries/s | received/expected | writes refused / unanswered (codes) | disconnected | chain violations | views differing | p50 ms | p99 ms | max ms | server CPU µs/delivery | server CPU | bench CPU | send lag p99/max ms | delta bytes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 async fn fanout_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
-    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Fjall);
     let _ = writeln!(
         report,
         "### Hot-context fan-out on {store}: Statecast (A) vs the bare tokio-tungstenite broadcast baseline (B)\n\n\
@@ -559,7 +559,7 @@ async fn writes_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(
 }
 
 async fn contexts_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
-    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Fjall);
     let k = plan.contexts_clients;
     let r = scenarios::contexts(bin, &store, 2, k, plan.contexts_rate, Duration::from_secs(plan.seconds)).await?;
     eprintln!("contexts: {r:?}");
@@ -600,7 +600,7 @@ async fn contexts_report(report: &mut String, bin: &Path, plan: &Plan) -> Result
 }
 
 async fn storm_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
-    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Fjall);
     let _ = writeln!(
         report,
         "\n### Reconnect storm on {store}: every subscriber of `job/1` drops and reconnects at once while a writer \
@@ -641,7 +641,7 @@ async fn storm_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<()
 }
 
 async fn memory_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
-    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Fjall);
     let _ = writeln!(
         report,
         "\n### Memory per idle WebSocket connection (hello + subscribe `job/1`, then idle)\n\n\
@@ -673,7 +673,7 @@ async fn memory_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(
 }
 
 async fn streams_report(report: &mut String, bin: &Path, args: &Args, plan: &Plan) -> Result<(), client::BoxError> {
-    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Sled);
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Fjall);
     let (n, values, conns) = (args.stream_subscribers, args.stream_values, args.stream_connections);
     let _ = writeln!(
         report,

@@ -59,7 +59,7 @@ pub struct ClientConfig {
     /// Reconnect backoff: the first delay and the cap (with jitter).
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// Persist the pending queue (and the clientId) in a sled database here.
+    /// Persist the pending queue (and the clientId) in a fjall database in this directory.
     pub queue_path: Option<PathBuf>,
     /// The client's identity for exactly-once writes (default: persisted or random).
     pub client_id: Option<String>,

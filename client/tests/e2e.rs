@@ -232,6 +232,34 @@ async fn the_persisted_queue_survives_a_client_restart() {
 }
 
 #[tokio::test]
+async fn a_queue_path_that_cannot_hold_the_queue_is_refused_before_connecting() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a database").expect("write file");
+    // Nothing listens on port 1: the queue is refused before any connection.
+    let mut cfg = ClientConfig::new("ws://127.0.0.1:1/ws", "alice");
+    cfg.queue_path = Some(file.clone());
+    match Client::connect(cfg).await {
+        Err(ClientError::Queue(msg)) => assert!(msg.contains("a-file"), "names the path: {msg}"),
+        Err(other) => panic!("expected a queue error, got {other:?}"),
+        Ok(_) => panic!("a file is not a queue directory"),
+    }
+    assert_eq!(std::fs::read(&file).expect("read file"), b"not a database", "the file is untouched");
+
+    // One queue serves one client at a time.
+    let server = Server::start();
+    let mut cfg = ClientConfig::new(server.url.clone(), "alice");
+    cfg.queue_path = Some(dir.path().join("queue"));
+    let first = Client::connect(cfg.clone()).await.expect("first client");
+    match Client::connect(cfg).await {
+        Err(ClientError::Queue(msg)) => assert!(msg.contains("queue"), "{msg}"),
+        Err(other) => panic!("expected a queue error, got {other:?}"),
+        Ok(_) => panic!("two clients on one queue"),
+    }
+    first.close().await;
+}
+
+#[tokio::test]
 async fn the_cli_writes_and_watches() {
     let server = Server::start();
     let cli = support::cli_binary();

@@ -1,4 +1,4 @@
-//! End-to-end support: the real `statecast-server` binary on a temp sled dir.
+//! End-to-end support: the real `statecast-server` binary on a temp fjall dir.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -38,7 +38,7 @@ pub struct Server {
     /// `quic://127.0.0.1:PORT` and the certificate's SHA-256 fingerprint.
     pub quic_url: String,
     pub quic_fingerprint: String,
-    /// `--store`: `sled:` in the temp dir unless started with [`Server::start_on`].
+    /// `--store`: `fjall:` (the default store) in the temp dir unless started with [`Server::start_on`].
     store: Option<String>,
 }
 
@@ -69,7 +69,7 @@ impl Server {
 
     fn spawn(&mut self, addr: &str) {
         let data = self.dir.path().join("data");
-        let store = self.store.clone().unwrap_or_else(|| format!("sled:{}", data.display()));
+        let store = self.store.clone().unwrap_or_else(|| format!("fjall:{}", data.display()));
         let mut child = Command::new(server_binary())
             .current_dir(self.dir.path())
             .args(["--ws-addr", addr, "--quic-addr", "127.0.0.1:0", "--store", &store])

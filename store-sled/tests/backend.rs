@@ -1,4 +1,5 @@
-//! The embedded store engine's backend suite (group commit, fatal flush, seq
-//! reservation, log trimming, close, kill -9), on sled.
+//! The store conformance suite and the embedded engine's backend suite
+//! (group commit, fatal flush, seq reservation, log trimming, close,
+//! kill -9), on sled.
 
 statecast_store_kv::kv_store_tests!(statecast_store_sled::SledBackend);

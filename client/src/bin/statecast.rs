@@ -65,8 +65,13 @@ enum Command {
         conn: Conn,
         /// The stream's name, e.g. tasks
         name: String,
-        /// A filter FIELD[__LOOKUP]=VALUE (VALUE is JSON if it parses, else a string); repeatable.
-        #[arg(long = "filter", value_name = "FIELD[__LOOKUP]=VALUE")]
+        // The help is an attribute, not a doc comment, because rustdoc would
+        // read `[__LOOKUP]` as a link.
+        #[arg(
+            long = "filter",
+            value_name = "FIELD[__LOOKUP]=VALUE",
+            help = "A filter FIELD[__LOOKUP]=VALUE (VALUE is JSON if it parses, else a string); repeatable."
+        )]
         filters: Vec<String>,
         /// Project full-payload events to these fields.
         #[arg(long, value_delimiter = ',')]

@@ -97,6 +97,8 @@ pub struct Msg {
 pub struct WireErr {
     #[serde(default)]
     pub code: u16,
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// One received frame, still encoded.

@@ -115,7 +115,7 @@ pub async fn throughput(
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
             let target = cluster.servers[i % cluster.servers.len()].target.clone();
-            tokio::spawn(closed_loop_writes(Kind::Ws, target, i, length, workload))
+            tokio::spawn(closed_loop_writes(Kind::Ws, target, (i, 1), length, workload))
         })
         .collect();
     let mut h: Histogram<u64> = hist();

@@ -65,13 +65,25 @@ pub(crate) struct SubOutcome {
 
 /// Subscribes `n` clients to `job/1`, `SETUP_CONCURRENCY` at a time.
 pub async fn subscribers(kind: Kind, target: &Target, n: usize) -> Vec<Result<(Client, u64, View), BoxError>> {
+    subscribers_over(kind, target, n, 1).await
+}
+
+/// Subscribes `n` clients spread over `job/1` … `job/{jobs}` (client `i` to
+/// `job/{i % jobs + 1}`), `SETUP_CONCURRENCY` at a time.
+pub async fn subscribers_over(
+    kind: Kind,
+    target: &Target,
+    n: usize,
+    jobs: usize,
+) -> Vec<Result<(Client, u64, View), BoxError>> {
+    let jobs = jobs.max(1);
     futures_util::stream::iter(0..n)
         .map(|i| {
             let target = target.clone();
             async move {
                 let mut c = Client::connect(kind, &target).await?;
                 c.hello(if i % 2 == 0 { "bob" } else { "carol" }).await?;
-                let (seq, view) = c.subscribe_view("job", 1).await?;
+                let (seq, view) = c.subscribe_view("job", (i % jobs) as i64 + 1).await?;
                 Ok((c, seq, view))
             }
         })

@@ -60,6 +60,20 @@ struct Args {
     /// Override: writer concurrency levels for the durable write scenario.
     #[arg(long, value_delimiter = ',')]
     concurrency: Option<Vec<usize>>,
+    /// Override: context counts M of the many-contexts scenario (at most 500).
+    #[arg(long, value_delimiter = ',')]
+    contexts: Option<Vec<usize>>,
+    /// Override: clients per context K in the many-contexts scenario.
+    #[arg(long)]
+    contexts_clients: Option<usize>,
+    /// Override: writes/s in all (shared by the M × K clients) in the many-contexts scenario.
+    #[arg(long)]
+    contexts_rate: Option<u64>,
+    /// Override: where the durable-write scenario's writers write: `shared`
+    /// (all in job/1, each commit delivered to every writer) and/or `own`
+    /// (a context per writer).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    spread: Option<Vec<SpreadArg>>,
     /// Stream subscriptions in the streams scenario.
     #[arg(long, default_value_t = 10_000)]
     stream_subscribers: usize,
@@ -110,6 +124,22 @@ struct Args {
     cluster_concurrency: Option<usize>,
 }
 
+/// `--spread` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SpreadArg {
+    Shared,
+    Own,
+}
+
+impl From<SpreadArg> for scenarios::Spread {
+    fn from(a: SpreadArg) -> Self {
+        match a {
+            SpreadArg::Shared => scenarios::Spread::Shared,
+            SpreadArg::Own => scenarios::Spread::Own,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the bare tokio-tungstenite broadcast baseline server (no engine).
@@ -131,8 +161,10 @@ struct Plan {
     rates: Vec<u64>,
     pairs: usize,
     concurrency: Vec<usize>,
+    spreads: Vec<scenarios::Spread>,
     write_subscribers: Vec<usize>,
     load_rows: Vec<usize>,
+    contexts: Vec<usize>,
     contexts_clients: usize,
     contexts_rate: u64,
     storm_clients: Vec<usize>,
@@ -157,10 +189,12 @@ impl Plan {
                 rates: vec![100, 1000],
                 pairs: 3,
                 concurrency: vec![1, 8, 64],
+                spreads: vec![scenarios::Spread::Shared, scenarios::Spread::Own],
                 write_subscribers: vec![0, 100],
                 load_rows: vec![100, 1000, 10_000, 100_000],
-                contexts_clients: 50,
-                contexts_rate: 20,
+                contexts: vec![2, 100],
+                contexts_clients: 10,
+                contexts_rate: 2000,
                 storm_clients: vec![1000, 5000],
                 storm_rate: 100,
                 idle_connections: vec![1000, 10_000],
@@ -179,10 +213,12 @@ impl Plan {
                 rates: vec![200],
                 pairs: 3,
                 concurrency: vec![1, 16],
+                spreads: vec![scenarios::Spread::Shared, scenarios::Spread::Own],
                 write_subscribers: vec![0, 100],
                 load_rows: vec![100, 1000, 10_000],
-                contexts_clients: 10,
-                contexts_rate: 20,
+                contexts: vec![2, 20],
+                contexts_clients: 5,
+                contexts_rate: 400,
                 storm_clients: vec![300],
                 storm_rate: 100,
                 idle_connections: vec![1000],
@@ -214,6 +250,18 @@ impl Plan {
         }
         if let Some(v) = &a.concurrency {
             p.concurrency = v.clone();
+        }
+        if let Some(v) = &a.contexts {
+            p.contexts = v.iter().map(|&m| m.clamp(1, scenarios::MAX_DEMO_JOBS)).collect();
+        }
+        if let Some(v) = a.contexts_clients {
+            p.contexts_clients = v.max(1);
+        }
+        if let Some(v) = a.contexts_rate {
+            p.contexts_rate = v.max(1);
+        }
+        if let Some(v) = &a.spread {
+            p.spreads = v.iter().map(|&s| s.into()).collect();
         }
         if let Some(v) = &a.load_rows {
             p.load_rows = v.clone();
@@ -532,70 +580,96 @@ async fn writes_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(
         );
         let _ = writeln!(
             report,
-            "| transport | writer connections | subscribers | confirmed writes/s | p50 ms | p99 ms | refused | unanswered | frames to subscribers | subscribers dropped |\n|---|---|---|---|---|---|---|---|---|---|"
+            "| transport | writer connections | contexts | subscribers | confirmed writes/s | p50 ms | p99 ms | refused | unanswered | frames to subscribers | subscribers dropped | server CPU µs/write | bench CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for &subs in &plan.write_subscribers {
             for &c in &plan.concurrency {
-                for &kind in &plan.transports {
-                    let r = scenarios::writes(bin, store, kind, c, subs, Duration::from_secs(plan.seconds)).await?;
-                    eprintln!("writes {store} {} c={c} subs={subs}: {r:?}", kind.label());
-                    let _ = writeln!(
-                        report,
-                        "| {} | {c} | {subs} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
-                        kind.label(),
-                        r.per_sec,
-                        r.p50_ms,
-                        r.p99_ms,
-                        r.refused,
-                        r.unanswered,
-                        r.sub_frames,
-                        r.sub_disconnected
-                    );
+                for &spread in &plan.spreads {
+                    if c == 1 && spread == scenarios::Spread::Own && plan.spreads.len() > 1 {
+                        continue; // one writer: the same run as `shared`
+                    }
+                    for &kind in &plan.transports {
+                        let length = Duration::from_secs(plan.seconds);
+                        let r = scenarios::writes(bin, store, kind, (c, spread), subs, length).await?;
+                        eprintln!("writes {store} {} c={c} {spread:?} subs={subs}: {r:?}", kind.label());
+                        let _ = writeln!(
+                            report,
+                            "| {} | {c} | {} | {subs} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {:.0} | {:.0}% |",
+                            kind.label(),
+                            spread.label(),
+                            r.per_sec,
+                            r.p50_ms,
+                            r.p99_ms,
+                            r.refused,
+                            r.unanswered,
+                            r.sub_frames,
+                            r.sub_disconnected,
+                            r.server_us_per_write,
+                            r.bench_cpu * 100.0
+                        );
+                    }
                 }
             }
         }
     }
+    let _ = writeln!(
+        report,
+        "\nA write must come from a connection subscribed to its context, so with one shared context each \
+         commit is also delivered to every writer (a fan-out of the writer count); with one context per writer \
+         (`--demo-jobs`) it reaches its own writer only, and the subscribers are spread over the writers' contexts."
+    );
     Ok(())
+}
+
+/// The other errors of a many-contexts run: the count, then each reason's.
+fn other_errors(r: &scenarios::ContextsResult) -> String {
+    let reasons: Vec<String> = r.other_reasons.iter().map(|(reason, n)| format!("{n}× {reason}")).collect();
+    if reasons.is_empty() { r.other_errors.to_string() } else { format!("{} ({})", r.other_errors, reasons.join(", ")) }
 }
 
 async fn contexts_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
     let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Fjall);
     let k = plan.contexts_clients;
-    let r = scenarios::contexts(bin, &store, 2, k, plan.contexts_rate, Duration::from_secs(plan.seconds)).await?;
-    eprintln!("contexts: {r:?}");
     let _ = writeln!(
         report,
-        "\n### Many contexts on {store}: {} contexts × {k} clients, each writing {} times/s (open loop, {} s)\n\n\
-         The demo app has two jobs and clients can't create jobs, so M = 2 (`job/1`, `job/2`). Three in four \
-         clients are alice (create a task, save notes, delete a task she created, in turn); one in four is dave, \
-         whose saves and creates are all denied (403). Latency: intended send time → `writeResponse`.\n",
-        r.contexts, plan.contexts_rate, plan.seconds
+        "\n### Many contexts on {store}: M contexts × {k} clients, {} writes/s in all (open loop, {} s)\n\n\
+         The server seeds M jobs (`--demo-jobs`); before the run alice creates in each a task assigned to \
+         herself. Three in four clients are alice (create a task, save that task's notes, delete a task she \
+         created, in turn); one in four is dave, whose saves and creates are all denied (403). Latency: \
+         intended send time → `writeResponse`.\n",
+        plan.contexts_rate, plan.seconds
     );
     let _ = writeln!(
         report,
-        "| clients | writes sent | ok | denied (expected) | other errors | unanswered | answer p50 ms | p99 ms | max ms | deltas received | chain violations | disconnected | views differing | server CPU | bench CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| contexts | clients | writes sent | ok | denied (expected) | other errors | unanswered | answer p50 ms | p99 ms | max ms | deltas received | chain violations | disconnected | views differing | server CPU | bench CPU |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
-    let length = plan.seconds as f64;
-    let _ = writeln!(
-        report,
-        "| {} | {} | {} | {} ({}) | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
-        r.clients,
-        r.sent,
-        r.ok,
-        r.denied,
-        r.denied_expected,
-        r.other_errors,
-        r.unanswered,
-        r.p50_ms,
-        r.p99_ms,
-        r.max_ms,
-        r.deltas,
-        r.chain_violations,
-        r.disconnected,
-        r.views_differing,
-        r.server_cpu * 100.0 / length,
-        r.bench_cpu * 100.0 / length
-    );
+    for &m in &plan.contexts {
+        let length = Duration::from_secs(plan.seconds);
+        let r = scenarios::contexts(bin, &store, (m, k), plan.contexts_rate, length).await?;
+        eprintln!("contexts: {r:?}");
+        let length = plan.seconds as f64;
+        let _ = writeln!(
+            report,
+            "| {} | {} | {} | {} | {} ({}) | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+            r.contexts,
+            r.clients,
+            r.sent,
+            r.ok,
+            r.denied,
+            r.denied_expected,
+            other_errors(&r),
+            r.unanswered,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.deltas,
+            r.chain_violations,
+            r.disconnected,
+            r.views_differing,
+            r.server_cpu * 100.0 / length,
+            r.bench_cpu * 100.0 / length
+        );
+    }
     Ok(())
 }
 

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The most jobs `statecast-server --demo-jobs` seeds.
+pub const MAX_DEMO_JOBS: usize = 500;
+
 pub(crate) fn hist() -> Histogram<u64> {
     Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable!("3 significant digits are valid"))
 }
@@ -35,13 +38,13 @@ pub(crate) enum Workload {
     Saves,
 }
 
-/// Writer `i` writes into `job/1` through `target` back to back, one write in
-/// flight, for `length`: the answer latency of each, and how many were
-/// refused or went unanswered.
+/// Writer `i` writes into `job/{job}` through `target` back to back, one
+/// write in flight, for `length`: the answer latency of each, and how many
+/// were refused or went unanswered.
 pub(crate) async fn closed_loop_writes(
     kind: Kind,
     target: Target,
-    i: usize,
+    (i, job): (usize, i64),
     length: Duration,
     workload: Workload,
 ) -> (Histogram<u64>, u64, u64) {
@@ -51,12 +54,13 @@ pub(crate) async fn closed_loop_writes(
         return (h, refused, 1);
     };
     let (user, user_id) = if i.is_multiple_of(2) { ("alice", 1) } else { ("bob", 2) };
-    if w.hello(user).await.is_err() || w.subscribe("job", 1).await.is_err() {
+    if w.hello(user).await.is_err() || w.subscribe("job", job).await.is_err() {
         return (h, refused, 1);
     }
+    let context = format!("job/{job}");
     let create = |write_id: u64| {
         json!({"type": "write", "writeId": write_id, "operation": "create", "instanceType": "Task",
-            "parentType": "Job", "parentId": 1, "relationName": "tasks", "context": "job/1",
+            "parentType": "Job", "parentId": job, "relationName": "tasks", "context": context,
             "data": {"name": format!("bench {i}-{write_id}"), "assignee": user_id}})
     };
     let mut own_task = None;
@@ -73,7 +77,7 @@ pub(crate) async fn closed_loop_writes(
         write_id += 1;
         let message = match own_task {
             Some(id) => json!({"type": "write", "writeId": write_id, "operation": "save", "instanceType": "Task",
-                "instanceId": id, "context": "job/1", "data": {"notes": format!("bench {i}-{write_id}")}}),
+                "instanceId": id, "context": context, "data": {"notes": format!("bench {i}-{write_id}")}}),
             None => create(write_id),
         };
         let t0 = Instant::now();
@@ -117,24 +121,54 @@ pub struct WritesResult {
     pub unanswered: u64,
     pub sub_frames: u64,
     pub sub_disconnected: u64,
+    /// Server CPU time per confirmed write (µs).
+    pub server_us_per_write: f64,
+    /// The generator's CPU, in cores (1.0 = one core busy).
+    pub bench_cpu: f64,
 }
 
-/// `c` connections each create tasks back to back (one in flight each),
-/// while `subs` other connections subscribe to the same context and read.
+/// Which contexts the closed-loop writers write into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spread {
+    /// All in `job/1`: every commit is delivered to every writer (a write
+    /// must come from a connection subscribed to its context), so `c`
+    /// writers also make a fan-out of `c`.
+    Shared,
+    /// Writer `i` in `job/{i+1}` (the server seeds `c` jobs): each commit
+    /// reaches its writer only, plus the subscribers of that context.
+    Own,
+}
+
+impl Spread {
+    pub fn label(self) -> &'static str {
+        match self {
+            Spread::Shared => "one shared",
+            Spread::Own => "one per writer",
+        }
+    }
+}
+
+/// `c` connections each create tasks back to back (one in flight each) into
+/// the contexts `spread` gives them, while `subs` other connections
+/// subscribe (spread over the same contexts) and read.
 pub async fn writes(
     bin: &Path,
     store: &StoreArg,
     kind: Kind,
-    c: usize,
+    (c, spread): (usize, Spread),
     subs: usize,
     length: Duration,
 ) -> Result<WritesResult, BoxError> {
-    let srv = Server::start(bin, store)?;
+    let jobs = match spread {
+        Spread::Shared => 1,
+        Spread::Own => c.clamp(1, MAX_DEMO_JOBS),
+    };
+    let srv = Server::start_with(bin, store, &["--demo-jobs", &jobs.max(2).to_string()])?;
     let stop = Arc::new(AtomicBool::new(false));
     let sub_frames = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
     let mut sub_disconnected = 0;
-    for sub in crate::fanout::subscribers(kind, &srv.target, subs).await {
+    for sub in crate::fanout::subscribers_over(kind, &srv.target, subs, jobs).await {
         let Ok((mut client, _, _)) = sub else {
             sub_disconnected += 1;
             continue;
@@ -155,8 +189,10 @@ pub async fn writes(
     }
     let mut tasks = Vec::new();
     for i in 0..c {
-        tasks.push(tokio::spawn(closed_loop_writes(kind, srv.target.clone(), i, length, Workload::Creates)));
+        let job = (i % jobs) as i64 + 1;
+        tasks.push(tokio::spawn(closed_loop_writes(kind, srv.target.clone(), (i, job), length, Workload::Creates)));
     }
+    let cpu_before = (proc_stats::cpu_seconds(srv.pid()), proc_stats::cpu_seconds(std::process::id()));
     let start = Instant::now();
     let mut h = hist();
     let (mut refused, mut unanswered) = (0, 0);
@@ -167,6 +203,7 @@ pub async fn writes(
         unanswered += u;
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_after = (proc_stats::cpu_seconds(srv.pid()), proc_stats::cpu_seconds(std::process::id()));
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         sub_disconnected += u64::from(r.await?);
@@ -179,6 +216,8 @@ pub async fn writes(
         unanswered,
         sub_frames: sub_frames.load(Ordering::Relaxed),
         sub_disconnected,
+        server_us_per_write: (cpu_after.0 - cpu_before.0) * 1e6 / h.len().max(1) as f64,
+        bench_cpu: (cpu_after.1 - cpu_before.1) / elapsed,
     })
 }
 
@@ -265,6 +304,8 @@ pub struct ContextsResult {
     pub denied: u64,
     pub denied_expected: u64,
     pub other_errors: u64,
+    /// The other errors by code and reason.
+    pub other_reasons: std::collections::BTreeMap<String, u64>,
     pub unanswered: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -277,25 +318,27 @@ pub struct ContextsResult {
     pub bench_cpu: f64,
 }
 
-/// The demo has two jobs (contexts `job/1`, `job/2`) and clients cannot
-/// create jobs, so M ≤ 2. `k` clients per context, each writing `rate`
-/// times a second (open loop, answer latency from the intended time) and
-/// reading its context's deltas. Three in four clients are alice (a project
-/// member and the assignee of tasks 1 and 3): create a task, save its
-/// context's task's notes, delete a task it created, in turn. One in four is
+/// `m` contexts (`job/1` … `job/{m}`, the server seeds them with
+/// `--demo-jobs`), `k` clients in each, writing `total_rate` times a second
+/// between them (open loop, answer latency from the intended time) and each
+/// reading its context's deltas. Before the run alice creates in every
+/// context one task assigned to herself, the one her saves go to. Three in
+/// four clients are alice (a project member): create a task, save the
+/// context's task's notes, delete a task she created, in turn. One in four is
 /// dave (not a member, not an assignee): saves and creates, all denied (403).
 pub async fn contexts(
     bin: &Path,
     store: &StoreArg,
-    m: usize,
-    k: usize,
-    rate: u64,
+    (m, k): (usize, usize),
+    total_rate: u64,
     length: Duration,
 ) -> Result<ContextsResult, BoxError> {
-    let srv = Server::start(bin, store)?;
-    let m = m.clamp(1, 2);
-    let total = (rate * length.as_secs()) as usize;
-    let interval = Duration::from_micros(1_000_000 / rate.max(1));
+    let (m, k) = (m.clamp(1, MAX_DEMO_JOBS), k.max(1));
+    let srv = Server::start_with(bin, store, &["--demo-jobs", &m.max(2).to_string()])?;
+    let targets = save_targets(&srv.target, m).await?;
+    let rate = total_rate.max(1) as f64 / (m * k) as f64;
+    let total = (rate * length.as_secs_f64()).round().max(1.0) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
     let done = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for ctx in 0..m {
@@ -311,7 +354,10 @@ pub async fn contexts(
     let cpu_before = (proc_stats::cpu_seconds(srv.pid()), proc_stats::cpu_seconds(std::process::id()));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (job, denied, c, seq0, view0) in clients {
+    let n_clients = clients.len() as u32;
+    for (n, (job, denied, c, seq0, view0)) in clients.into_iter().enumerate() {
+        // Clients are staggered over one interval, so the load is even rather than M × K writes at once.
+        let phase = interval * n as u32 / n_clients.max(1);
         let done = done.clone();
         let (mut tx, mut rx) = c.split();
         let created: Arc<Mutex<Vec<i64>>> = Arc::default();
@@ -319,7 +365,8 @@ pub async fn contexts(
         // The reader: answers (latency from intended time), deltas (chain, view).
         let reader = tokio::spawn(async move {
             let mut h = hist();
-            let (mut ok, mut denied_n, mut other, mut answered, mut deltas, mut violations) = (0, 0, 0, 0, 0, 0);
+            let (mut ok, mut denied_n, mut answered, mut deltas, mut violations) = (0, 0, 0, 0, 0);
+            let mut other: Vec<String> = Vec::new();
             let mut disconnected = false;
             let (mut last, mut view) = (seq0, view0);
             let deadline = start + length + Duration::from_secs(15);
@@ -338,10 +385,10 @@ pub async fn contexts(
                     "writeResponse" => {
                         answered += 1;
                         if let Some(id) = msg.write_id {
-                            let intended = interval * (id.saturating_sub(1)) as u32;
+                            let intended = phase + interval * (id.saturating_sub(1)) as u32;
                             let _ = h.record(start.elapsed().saturating_sub(intended).as_micros() as u64);
                         }
-                        match (msg.success, msg.error.map(|e| e.code)) {
+                        match (msg.success, msg.error) {
                             (Some(true), _) => {
                                 ok += 1;
                                 if let Some(id) = msg.instance_id
@@ -350,8 +397,9 @@ pub async fn contexts(
                                     v.push(id);
                                 }
                             }
-                            (_, Some(403)) => denied_n += 1,
-                            _ => other += 1,
+                            (_, Some(e)) if e.code == 403 => denied_n += 1,
+                            (_, e) => other
+                                .push(e.map_or_else(|| "no error".to_owned(), |e| format!("{} {}", e.code, e.reason))),
                         }
                     }
                     "delta" => {
@@ -369,16 +417,16 @@ pub async fn contexts(
             }
             (h, ok, denied_n, other, answered, deltas, violations, disconnected, view)
         });
-        let task_id = if job == 1 { 1 } else { 3 };
+        let task_id = targets[(job - 1) as usize];
         let ctx = format!("job/{job}");
         let writer = tokio::spawn(async move {
             let mut sent = 0u64;
             for i in 0..total {
-                let offset = interval * i as u32;
+                let offset = phase + interval * i as u32;
                 tokio::time::sleep_until((start + offset).into()).await;
                 let write_id = i + 1;
                 let save = json!({"type": "write", "writeId": write_id, "operation": "save", "instanceType": "Task",
-                    "instanceId": task_id, "context": ctx, "data": {"notes": format!("w{write_id}")}});
+                    "instanceId": task_id, "context": ctx, "data": {"notes": format!("c{n}w{write_id}")}});
                 let create = json!({"type": "write", "writeId": write_id, "operation": "create",
                     "instanceType": "Task", "parentType": "Job", "parentId": job, "relationName": "tasks",
                     "context": ctx, "data": {"name": format!("c{write_id}"), "notes": "new"}});
@@ -419,7 +467,10 @@ pub async fn contexts(
         h.add(th)?;
         res.ok += ok;
         res.denied += den;
-        res.other_errors += other;
+        res.other_errors += other.len() as u64;
+        for reason in other {
+            *res.other_reasons.entry(reason).or_default() += 1;
+        }
         res.unanswered += total.saturating_sub(answered) as u64;
         res.deltas += deltas;
         res.chain_violations += viol;
@@ -439,6 +490,27 @@ pub async fn contexts(
     res.p99_ms = ms(&h, 0.99);
     res.max_ms = h.max() as f64 / 1000.0;
     Ok(res)
+}
+
+/// Alice creates one task assigned to herself in each of `job/1` … `job/{m}`:
+/// the task her saves in that context go to. Their ids, by job.
+async fn save_targets(target: &Target, m: usize) -> Result<Vec<i64>, BoxError> {
+    let mut alice = Client::connect(Kind::Ws, target).await?;
+    alice.hello("alice").await?;
+    let mut ids = Vec::with_capacity(m);
+    for job in 1..=m as i64 {
+        alice.subscribe("job", job).await?;
+        let r = alice
+            .write(json!({"type": "write", "writeId": job, "operation": "create", "instanceType": "Task",
+                "parentType": "Job", "parentId": job, "relationName": "tasks", "context": format!("job/{job}"),
+                "data": {"name": "save target", "assignee": 1}}))
+            .await?;
+        match r["instanceId"].as_i64() {
+            Some(id) if r["success"] == true => ids.push(id),
+            _ => return Err(format!("creating the save target of job/{job} failed: {r}").into()),
+        }
+    }
+    Ok(ids)
 }
 
 // ---------------------------------------------------------------- reconnect storm

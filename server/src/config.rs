@@ -211,6 +211,10 @@ pub struct Args {
     /// demo (demo app + dev tokens), dev, or prod (JWT only) [default: demo].
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
+    /// How many jobs (contexts `job/1` … `job/N`) the demo rows hold, 2 to 500; only
+    /// in demo mode, when the rows are inserted into an empty store [default: 2].
+    #[arg(long, value_name = "N")]
+    pub demo_jobs: Option<u32>,
     /// The environment variable holding the JWT HS256 secret [default: STATECAST_JWT_SECRET].
     #[arg(long, value_name = "NAME")]
     pub jwt_secret_env: Option<String>,
@@ -259,6 +263,7 @@ pub struct FileConfig {
     pub quic_key: Option<PathBuf>,
     pub store: Option<String>,
     pub mode: Option<Mode>,
+    pub demo_jobs: Option<u32>,
     pub jwt_secret_env: Option<String>,
     pub jwt_secret: Option<String>,
     pub frame_limit: Option<usize>,
@@ -296,6 +301,8 @@ pub struct Config {
     pub quic_cert: Option<(PathBuf, PathBuf)>,
     pub store: StoreSpec,
     pub mode: Mode,
+    /// How many jobs the demo rows hold (demo mode).
+    pub demo_jobs: u32,
     /// The environment variable the secret was looked up in.
     pub jwt_secret_env: String,
     /// The JWT HS256 secret, from that variable or else the file's `jwt_secret`.
@@ -405,6 +412,30 @@ impl Config {
 
         let mode = pick(args.mode, file.mode).map_or(Mode::default(), |(m, _)| m);
 
+        let demo_jobs = match pick(args.demo_jobs, file.demo_jobs) {
+            None => *crate::demo::DEMO_JOBS_RANGE.start(),
+            Some((jobs, from_flag)) => {
+                let origin = origin("--demo-jobs", "demo_jobs");
+                if !mode.seeds_demo_rows() {
+                    return Err(
+                        origin.invalid(from_flag, format!("mode `{mode}` inserts no demo rows: use --mode demo"))
+                    );
+                }
+                let range = crate::demo::DEMO_JOBS_RANGE;
+                if !range.contains(&jobs) {
+                    return Err(origin.invalid(
+                        from_flag,
+                        format!(
+                            "{jobs} jobs is outside {}..={} (the demo rows are one batch)",
+                            range.start(),
+                            range.end()
+                        ),
+                    ));
+                }
+                jobs
+            }
+        };
+
         let (jwt_secret_env, from_flag) =
             pick(args.jwt_secret_env, file.jwt_secret_env).unwrap_or((DEFAULT_JWT_SECRET_ENV.into(), false));
         if jwt_secret_env.is_empty() || jwt_secret_env.contains(['=', '\0']) {
@@ -494,6 +525,7 @@ impl Config {
             quic_cert,
             store,
             mode,
+            demo_jobs,
             jwt_secret_env,
             jwt_secret,
             frame_limit,
@@ -690,6 +722,25 @@ mod tests {
         let e = error(load(&["--config", &path]));
         assert!(e.contains("`log_max_age`") && e.contains("at least 10 s"), "{e}");
         assert!(Args::try_parse_from(["statecast-server", "--log-keep", "-5"]).is_err(), "not a count");
+    }
+
+    #[test]
+    fn demo_jobs_only_in_demo_mode_and_in_range() {
+        assert_eq!(load(&[]).expect("valid").demo_jobs, 2);
+        assert_eq!(load(&["--demo-jobs", "64"]).expect("valid").demo_jobs, 64);
+        let (_dir, path) = config_file("demo_jobs = 500");
+        assert_eq!(load(&["--config", &path]).expect("valid file").demo_jobs, 500);
+
+        let e = error(load(&["--demo-jobs", "1"]));
+        assert!(e.starts_with("--demo-jobs: ") && e.contains("outside 2..=500"), "{e}");
+        let e = error(load(&["--demo-jobs", "501"]));
+        assert!(e.starts_with("--demo-jobs: ") && e.contains("outside 2..=500"), "{e}");
+        let e = error(load(&["--mode", "dev", "--demo-jobs", "8"]));
+        assert!(e.starts_with("--demo-jobs: ") && e.contains("mode `dev`"), "{e}");
+        let (_dir, path) = config_file("mode = \"dev\"\ndemo_jobs = 8");
+        let e = error(load(&["--config", &path]));
+        assert!(e.contains("`demo_jobs`") && e.contains("mode `dev`"), "{e}");
+        assert!(Args::try_parse_from(["statecast-server", "--demo-jobs", "-3"]).is_err(), "not a count");
     }
 
     #[test]

@@ -17,6 +17,10 @@ use std::sync::Arc;
 pub const USERS: [(Id, &str, bool); 4] =
     [(1, "alice", false), (2, "bob", false), (3, "carol", true), (4, "dave", false)];
 
+/// How many jobs the demo rows may hold (`--demo-jobs`): at least the two
+/// the demo's tasks live in, at most what fits the one seed batch.
+pub const DEMO_JOBS_RANGE: std::ops::RangeInclusive<u32> = 2..=500;
+
 /// The fields of a task its assignee may change.
 const ASSIGNEE_FIELDS: [&str; 2] = ["status", "notes"];
 
@@ -197,13 +201,13 @@ pub enum SeedError {
     Refused(#[from] WireError),
 }
 
-/// Inserts the demo rows in one system write, only into an empty store.
-/// Returns whether it did.
-pub async fn seed_if_empty(engine: &Engine) -> Result<bool, SeedError> {
+/// Inserts the demo rows (with `jobs` jobs, see [`seed_write`]) in one
+/// system write, only into an empty store. Returns whether it did.
+pub async fn seed_if_empty(engine: &Engine, jobs: u32) -> Result<bool, SeedError> {
     if !engine.store().is_empty().await? {
         return Ok(false);
     }
-    let response = engine.write(Actor::System, seed_write()).await?;
+    let response = engine.write(Actor::System, seed_write(jobs)).await?;
     if response.success {
         return Ok(true);
     }
@@ -212,8 +216,10 @@ pub async fn seed_if_empty(engine: &Engine) -> Result<bool, SeedError> {
 }
 
 /// The one batch write of the demo rows (system writes may give positive ids
-/// and set read-only fields).
-pub fn seed_write() -> Write {
+/// and set read-only fields). Jobs 3 to `jobs` (more contexts to try or to
+/// benchmark) are "Job N" in project Apollo, owned by alice and bob in turn,
+/// with no tasks; `jobs` is clamped to [`DEMO_JOBS_RANGE`].
+pub fn seed_write(jobs: u32) -> Write {
     let mut ops: Vec<WriteOp> = Vec::new();
     for (id, name, is_admin) in USERS {
         ops.push(create("User", id, json!({"name": name, "is_admin": is_admin})));
@@ -223,6 +229,11 @@ pub fn seed_write() -> Write {
     ops.push(create("ProjectMember", 2, json!({"project": 1, "user": 2})));
     ops.push(create("Job", 1, json!({"name": "Launch", "project": 1, "owner": 1})));
     ops.push(create("Job", 2, json!({"name": "Ops", "project": 1, "owner": 2})));
+    let jobs = jobs.clamp(*DEMO_JOBS_RANGE.start(), *DEMO_JOBS_RANGE.end());
+    for job in 3..=Id::from(jobs) {
+        let owner = if job % 2 == 1 { 1 } else { 2 };
+        ops.push(create("Job", job, json!({"name": format!("Job {job}"), "project": 1, "owner": owner})));
+    }
     ops.push(create_task(1, 1, json!({"name": "Write docs", "assignee": 1, "created_by": 1})));
     ops.push(create_task(2, 1, json!({"name": "Fix bug", "assignee": 2, "created_by": 2})));
     ops.push(create_task(3, 2, json!({"name": "Rotate keys", "assignee": 1, "created_by": 2})));
@@ -277,7 +288,7 @@ mod tests {
         let schema = schema();
         let store = MemoryStore::new(schema.clone());
         let mut ops = Vec::new();
-        for op in seed_write().ops {
+        for op in seed_write(2).ops {
             let mut data = op.data.unwrap_or_default();
             if let Some(job) = op.parent_id {
                 data.insert("job".into(), json!(job));
@@ -376,13 +387,28 @@ mod tests {
 
     #[test]
     fn the_seed_is_one_batch_with_given_ids() {
-        let w = seed_write();
+        let w = seed_write(2);
         assert_eq!(w.operation, Operation::Batch);
         assert_eq!(w.ops.len(), 4 + 1 + 2 + 2 + 3);
         assert!(w.ops.iter().all(|o| o.operation == Operation::Create && o.instance_id.is_some_and(|id| id > 0)));
         let task3 = w.ops.last().expect("ops");
         assert_eq!((task3.parent_type.as_deref(), task3.parent_id), (Some("Job"), Some(2)));
         assert_eq!(task3.data.as_ref().and_then(|d| d.get("created_by")), Some(&json!(2)));
+    }
+
+    #[test]
+    fn more_demo_jobs_fit_the_one_seed_batch() {
+        let jobs = |w: &Write| w.ops.iter().filter(|o| o.instance_type == "Job").count();
+        assert_eq!(jobs(&seed_write(5)), 5);
+        let most = seed_write(*DEMO_JOBS_RANGE.end());
+        assert_eq!(jobs(&most), 500);
+        assert!(most.ops.len() <= statecast_core::protocol::v1::MAX_BATCH_OPS);
+        assert_eq!(jobs(&seed_write(0)), 2, "clamped to the two jobs the demo tasks need");
+        let job4 = most.ops.iter().find(|o| o.instance_type == "Job" && o.instance_id == Some(4)).expect("job 4");
+        assert_eq!(
+            job4.data.as_ref().map(|d| (d["name"].clone(), d["owner"].clone())),
+            Some((json!("Job 4"), json!(2)))
+        );
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! The `statecast-server` binary: the demo app (by default) on the embedded
-//! sled store (or SQLite, or PostgreSQL), served over WebSocket and QUIC,
+//! fjall store (or sled, SQLite, PostgreSQL), served over WebSocket and QUIC,
 //! until SIGINT/SIGTERM; `statecast-server schema [--ts]` prints the demo
 //! schema as JSON or TypeScript.
 
@@ -106,8 +106,15 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.quic(addr, quic);
     }
     let engine = builder.build_engine()?;
-    if config.mode.seeds_demo_rows() && demo::seed_if_empty(&engine).await? {
-        eprintln!("statecast-server: the store was empty; inserted the demo rows");
+    if config.mode.seeds_demo_rows() {
+        if demo::seed_if_empty(&engine, config.demo_jobs).await? {
+            eprintln!("statecast-server: the store was empty; inserted the demo rows (jobs 1–{})", config.demo_jobs);
+        } else if config.demo_jobs != *demo::DEMO_JOBS_RANGE.start() {
+            tracing::warn!(
+                demo_jobs = config.demo_jobs,
+                "--demo-jobs has no effect: the store already holds rows (start on an empty store)"
+            );
+        }
     }
     let server = builder.serve(engine).await?;
     eprintln!("statecast-server {} — mode {}, store {}", env!("CARGO_PKG_VERSION"), config.mode, config.store);

@@ -76,6 +76,47 @@ async fn unknown_channels_and_anchors_are_404() {
 }
 
 #[tokio::test]
+async fn demo_jobs_gives_more_contexts_to_write_into() {
+    let server = TestServer::start_args(&["--demo-jobs", "5"]);
+    let (mut alice, state) = server.subscribed("alice", 5).await;
+    assert_eq!(rows(&state).len(), 1, "job 5 and no tasks: {state}");
+    assert_eq!(
+        fields_of(&row(&state, "Job", 5).expect("job 5")),
+        json!({"_type": "Job", "id": 5, "name": "Job 5", "project": 1, "owner": 1})
+    );
+    let w = alice.write(create_task(5, None, json!({"name": "In job 5"}))).await;
+    assert!(w.ok()["instanceId"].as_i64().is_some_and(|id| id > 3), "{}", w.response);
+
+    // The demo's own rows are there as before, and there is no job 6.
+    let (_bob, job1) = server.subscribed("bob", 1).await;
+    assert_eq!(rows(&job1).len(), 3, "{job1}");
+    alice.send(json!({"type": "subscribe", "channel": "job", "anchorId": 6})).await;
+    assert_eq!(error_of(&alice.recv_type("error").await), (404, "ANCHOR_NOT_FOUND".to_owned()));
+}
+
+#[test]
+fn a_demo_jobs_count_out_of_range_stops_the_server_before_it_listens() {
+    for (flags, expect) in [
+        (["--demo-jobs", "1"], "outside 2..=500"),
+        (["--demo-jobs", "501"], "outside 2..=500"),
+        (["--mode", "dev"], "mode `dev` inserts no demo rows"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_statecast-server"))
+            .args(["--ws-addr", "127.0.0.1:0", "--quic-addr", "off", "--store", "fjall:/nonexistent/never-created"])
+            .args(flags)
+            .args(if flags[0] == "--mode" { &["--demo-jobs", "8"][..] } else { &[][..] })
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run statecast-server");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} must fail: {stderr}");
+        assert!(stderr.contains("--demo-jobs") && stderr.contains(expect), "{flags:?}: {stderr}");
+        assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "no listening line: {flags:?}");
+        assert!(!std::path::Path::new("/nonexistent/never-created").exists(), "no store was opened");
+    }
+}
+
+#[tokio::test]
 async fn the_writer_gets_its_delta_before_the_response_and_others_get_the_change() {
     let server = TestServer::start();
     let (mut alice, state) = server.subscribed("alice", 1).await;

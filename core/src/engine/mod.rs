@@ -6,6 +6,7 @@ mod commit_lock;
 mod hub;
 mod load;
 mod metrics;
+mod row_turns;
 mod session;
 mod split;
 mod streams;
@@ -156,6 +157,7 @@ impl EngineBuilder {
             schema_info,
             hub,
             commit_lock,
+            row_turns: row_turns::RowTurns::default(),
             metrics,
             next_conn: AtomicU64::new(1),
             next_sub: AtomicU64::new(1),
@@ -180,6 +182,8 @@ pub(crate) struct Inner {
     /// receives commits in order (see [`commit_lock`]). Never held across hooks
     /// or durability waits.
     pub commit_lock: commit_lock::CommitLock,
+    /// Writes changing the same row check and commit in turn (see [`row_turns`]).
+    pub row_turns: row_turns::RowTurns,
     pub metrics: Arc<Metrics>,
     pub next_conn: AtomicU64,
     /// Stream subscription ids (`s1`, `s2`, …), unique per engine.

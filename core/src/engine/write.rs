@@ -9,7 +9,7 @@ use crate::channel::{Channel, Op};
 use crate::error::{ErrorReason, WireError};
 use crate::ids::{Id, IdKind, Seq, classify_create_id, is_safe_int};
 use crate::policy::{PolicyContext, PolicyError};
-use crate::protocol::v1::{Write, WriteOp};
+use crate::protocol::v1::{Operation, Write, WriteOp};
 use crate::row::{Fields, Row, RowKey};
 use crate::schema::{EntityType, Schema, ServerValue};
 use crate::store::{AppliedKey, AppliedRecord, CommitError, NewId, StoreError, Transaction, TxOp, now_ms};
@@ -110,6 +110,8 @@ async fn run_checked(
         check_dependencies(inner, key, &write.after).await?;
     }
     let mut target = Some(target);
+    // Held until the commit is handed on: the next write to these rows checks what this one leaves.
+    let _turns = inner.row_turns.take(changed_rows(&ops)).await;
     for _ in 0..inner.config.max_commit_attempts.max(1) {
         let mut tx = check(inner, actor, context, &ops, batch).await?;
         tx.applied = key.clone();
@@ -150,6 +152,13 @@ async fn run_checked(
         }
     }
     Err(WireError::new(ErrorReason::Contended, "the rows kept changing under this write; try again"))
+}
+
+/// The existing rows a write saves or deletes (creates make new rows).
+fn changed_rows(ops: &[WriteOp]) -> impl Iterator<Item = (String, Id)> + '_ {
+    ops.iter()
+        .filter(|op| op.operation != Operation::Create)
+        .filter_map(|op| Some((op.instance_type.clone(), op.instance_id?)))
 }
 
 fn commit_error(e: CommitError) -> WireError {

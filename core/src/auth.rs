@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The longest a connection's token is trusted without a new `auth`, whatever
+/// its `exp` says (about ten years).
+pub const MAX_TOKEN_LIFE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// An authenticated user.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,10 +30,13 @@ impl User {
         Self { id, name: name.into(), claims: serde_json::Value::Null, expires_at: None }
     }
 
-    /// Time left before the token expires (zero when already expired).
+    /// Time left before the token expires (zero when already expired), at
+    /// most [`MAX_TOKEN_LIFE`]: an `exp` far in the future (up to 2^64−1)
+    /// must not overflow a clock.
     pub fn time_left(&self) -> Option<Duration> {
-        let exp = UNIX_EPOCH + Duration::from_secs(self.expires_at?);
-        Some(exp.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+        let exp = self.expires_at?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Some(Duration::from_secs(exp.saturating_sub(now)).min(MAX_TOKEN_LIFE))
     }
 }
 
@@ -104,15 +111,37 @@ struct Claims {
 }
 
 impl JwtHs256 {
+    /// Tokens signed with `secret`. `exp` is required and `nbf` checked when
+    /// present; `iss` and `aud` are not checked until
+    /// [`issuer`](Self::issuer) and [`audience`](Self::audience) name them.
     pub fn new(secret: &[u8]) -> Self {
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = 0;
+        validation.validate_nbf = true;
+        // With no audience configured, a token's `aud` is not checked (rather
+        // than every token that carries one being refused).
+        validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
         Self {
             key: jsonwebtoken::DecodingKey::from_secret(secret),
             encoding: jsonwebtoken::EncodingKey::from_secret(secret),
             validation,
         }
+    }
+
+    /// Accepts only tokens whose `iss` is `issuer`.
+    pub fn issuer(mut self, issuer: &str) -> Self {
+        self.validation.set_issuer(&[issuer]);
+        self.validation.required_spec_claims.insert("iss".to_owned());
+        self
+    }
+
+    /// Accepts only tokens whose `aud` names one of `audience`.
+    pub fn audience<S: ToString>(mut self, audience: &[S]) -> Self {
+        self.validation.set_audience(audience);
+        self.validation.validate_aud = true;
+        self.validation.required_spec_claims.insert("aud".to_owned());
+        self
     }
 
     /// Signs a token for `user_id` valid for `ttl` (for tools and tests).
@@ -131,6 +160,9 @@ impl Authenticator for JwtHs256 {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::Malformed("the token is not valid yet (`nbf`)".into()),
+            ErrorKind::InvalidIssuer => AuthError::Malformed("the token's issuer (`iss`) is not accepted".into()),
+            ErrorKind::InvalidAudience => AuthError::Malformed("the token's audience (`aud`) is not accepted".into()),
             ErrorKind::InvalidSignature | ErrorKind::InvalidToken | ErrorKind::InvalidAlgorithm => AuthError::Invalid,
             _ => AuthError::Malformed(e.to_string()),
         })?;
@@ -171,6 +203,56 @@ mod tests {
         let claims = Claims { sub: 7.into(), name: None, exp: 1, rest: Default::default() };
         let old = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &expired.encoding).expect("encode");
         assert_eq!(auth.authenticate(&old).await, Err(AuthError::Expired));
+    }
+
+    fn signed(auth: &JwtHs256, claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &auth.encoding).expect("encode")
+    }
+
+    fn in_secs(secs: i64) -> u64 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        now.saturating_add_signed(secs)
+    }
+
+    #[tokio::test]
+    async fn an_exp_at_the_end_of_time_is_capped_not_a_panic() {
+        let auth = JwtHs256::new(b"secret");
+        let token = signed(&auth, serde_json::json!({"sub": 1, "exp": u64::MAX}));
+        let user = auth.authenticate(&token).await.expect("valid");
+        let left = user.time_left().expect("expires");
+        assert_eq!(left, MAX_TOKEN_LIFE);
+        // What the session does with it.
+        assert!(std::time::Instant::now().checked_add(left).is_some());
+    }
+
+    #[tokio::test]
+    async fn nbf_in_the_future_is_refused() {
+        let auth = JwtHs256::new(b"secret");
+        let early = signed(&auth, serde_json::json!({"sub": 1, "exp": in_secs(60), "nbf": in_secs(30)}));
+        assert!(matches!(auth.authenticate(&early).await, Err(AuthError::Malformed(m)) if m.contains("nbf")));
+        let due = signed(&auth, serde_json::json!({"sub": 1, "exp": in_secs(60), "nbf": in_secs(-1)}));
+        assert!(auth.authenticate(&due).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn iss_and_aud_are_checked_only_when_configured() {
+        let claims = serde_json::json!({"sub": 1, "exp": in_secs(60), "iss": "idp", "aud": "statecast"});
+        let open = JwtHs256::new(b"secret");
+        assert!(open.authenticate(&signed(&open, claims.clone())).await.is_ok(), "an `aud` alone is no refusal");
+
+        let strict = JwtHs256::new(b"secret").issuer("idp").audience(&["statecast"]);
+        assert!(strict.authenticate(&signed(&strict, claims.clone())).await.is_ok());
+        let mut other_iss = claims.clone();
+        other_iss["iss"] = "elsewhere".into();
+        let refused = strict.authenticate(&signed(&strict, other_iss)).await;
+        assert!(matches!(refused, Err(AuthError::Malformed(m)) if m.contains("iss")));
+        let mut other_aud = claims.clone();
+        other_aud["aud"] = "another-app".into();
+        let refused = strict.authenticate(&signed(&strict, other_aud)).await;
+        assert!(matches!(refused, Err(AuthError::Malformed(m)) if m.contains("aud")));
+        let mut no_aud = claims;
+        no_aud.as_object_mut().expect("object").remove("aud");
+        assert!(strict.authenticate(&signed(&strict, no_aud)).await.is_err(), "a configured audience is required");
     }
 
     #[tokio::test]

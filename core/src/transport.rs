@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -65,6 +66,27 @@ pub struct CloseReason {
     pub reason: String,
 }
 
+/// How much an outbox may hold before its peer counts as a slow consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Frames that may wait.
+    pub frames: usize,
+    /// Bytes that may wait. A message in several parts (a large `state`) is
+    /// admitted whole when the queue is within this bound as it starts, so a
+    /// connection holds at most this plus one message.
+    pub bytes: usize,
+}
+
+/// The default byte bound of an outbox: 8 MiB.
+pub const DEFAULT_OUTBOX_BYTES: usize = 8 << 20;
+
+impl OutboxLimits {
+    /// `frames` frames and the default byte bound.
+    pub fn frames(frames: usize) -> Self {
+        Self { frames: frames.max(1), bytes: DEFAULT_OUTBOX_BYTES }
+    }
+}
+
 #[derive(Debug, Default)]
 struct CloseSignal {
     /// Set once the connection is closing (mirrors `token`, which takes a
@@ -79,12 +101,47 @@ struct CloseSignal {
 
 impl CloseSignal {
     fn is_closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::Acquire)
+        self.closed.load(Ordering::Acquire)
     }
 
     fn mark_closed(&self) {
-        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.closed.store(true, Ordering::Release);
         self.token.cancel();
+    }
+}
+
+/// What is queued in an outbox, counted by both ends.
+#[derive(Debug)]
+struct Queued {
+    limits: OutboxLimits,
+    frames: AtomicUsize,
+    bytes: AtomicUsize,
+    /// Wakes a sender waiting for room (client side).
+    room: Notify,
+}
+
+impl Queued {
+    /// Counts `frames` in when the bounds allow them (see [`OutboxLimits`]).
+    fn admit(&self, frames: &[Frame]) -> bool {
+        let size: usize = frames.iter().map(Frame::len).sum();
+        let queued_bytes = self.bytes.load(Ordering::Acquire);
+        let queued_frames = self.frames.load(Ordering::Acquire);
+        let fits_bytes = queued_bytes == 0 || queued_bytes.saturating_add(size) <= self.limits.bytes;
+        // A message in parts starts only while the queue is within its bound.
+        let fits_parts = frames.len() > 1 && queued_bytes <= self.limits.bytes;
+        let fits_frames = queued_frames == 0 || queued_frames + frames.len() <= self.limits.frames;
+        if !(fits_bytes || fits_parts) || !fits_frames {
+            return false;
+        }
+        self.frames.fetch_add(frames.len(), Ordering::AcqRel);
+        self.bytes.fetch_add(size, Ordering::AcqRel);
+        true
+    }
+
+    fn taken(&self, frame: &Frame) {
+        self.frames.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+        self.room.notify_waiters();
     }
 }
 
@@ -97,31 +154,61 @@ pub enum SendError {
     Closed,
 }
 
-/// The sending half of a connection: a bounded queue of frames.
+/// The sending half of a connection: a queue of frames bounded in frames and
+/// in bytes ([`OutboxLimits`]).
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::UnboundedSender<Frame>,
+    queued: Arc<Queued>,
     close: Arc<CloseSignal>,
 }
 
 impl Outbox {
     /// Queues a frame without waiting; a full queue is an error (slow consumer).
     pub fn try_send(&self, frame: Frame) -> Result<(), SendError> {
-        if self.close.is_closed() {
+        self.try_send_all(std::slice::from_ref(&frame))
+    }
+
+    /// Queues the parts of one message without waiting, all or none; a full
+    /// queue is an error (slow consumer).
+    pub fn try_send_all(&self, frames: &[Frame]) -> Result<(), SendError> {
+        if self.is_closed() {
             return Err(SendError::Closed);
         }
-        self.tx.try_send(frame).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        if !self.queued.admit(frames) {
+            return Err(SendError::Full);
+        }
+        for frame in frames {
+            if self.tx.send(frame.clone()).is_err() {
+                return Err(SendError::Closed);
+            }
+        }
+        Ok(())
     }
 
     /// Queues a frame, waiting for room (client side, where waiting is right).
     pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
-        if self.close.is_closed() {
-            return Err(SendError::Closed);
+        loop {
+            let room = self.queued.room.notified();
+            match self.try_send_all(std::slice::from_ref(&frame)) {
+                Err(SendError::Full) => {}
+                done => return done,
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = self.closed() => return Err(SendError::Closed),
+            }
         }
-        self.tx.send(frame).await.map_err(|_| SendError::Closed)
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.bytes.load(Ordering::Acquire)
+    }
+
+    /// The bounds this outbox was made with.
+    pub fn limits(&self) -> OutboxLimits {
+        self.queued.limits
     }
 
     /// Closes the connection: frames already queued are sent, then the close.
@@ -137,7 +224,7 @@ impl Outbox {
 
     /// Closes at once, dropping queued frames: for a peer that is not reading.
     pub fn abort(&self, code: u16, reason: &str) {
-        self.close.abort.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.close.abort.store(true, Ordering::SeqCst);
         self.close(code, reason);
     }
 
@@ -165,7 +252,8 @@ pub enum Outgoing {
 /// The transport's end of an outbox.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    queued: Arc<Queued>,
     close: Arc<CloseSignal>,
 }
 
@@ -173,27 +261,43 @@ impl OutboxReceiver {
     /// The next frame to write, or the close (after every queued frame was
     /// taken). `None` when every `Outbox` is gone.
     pub async fn next(&mut self) -> Option<Outgoing> {
-        if self.close.abort.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.is_aborted() {
+            self.discard();
             let reason = self.close.reason.lock().clone();
             return reason.map(Outgoing::Close);
         }
-        if let Ok(frame) = self.rx.try_recv() {
+        if let Some(frame) = self.take_ready() {
             return Some(Outgoing::Frame(frame));
         }
         tokio::select! {
             biased;
             frame = self.rx.recv() => match frame {
-                Some(f) => Some(Outgoing::Frame(f)),
+                Some(f) => {
+                    self.queued.taken(&f);
+                    Some(Outgoing::Frame(f))
+                }
                 None => self.close.reason.lock().clone().map(Outgoing::Close),
             },
             _ = self.close.token.cancelled() => {
-                if let Ok(frame) = self.rx.try_recv() {
+                if !self.is_aborted() && let Some(frame) = self.take_ready() {
                     return Some(Outgoing::Frame(frame));
                 }
+                self.discard();
                 let reason = self.close.reason.lock().clone();
                 Some(Outgoing::Close(reason.unwrap_or(CloseReason { code: close_code::NORMAL, reason: String::new() })))
             }
         }
+    }
+
+    fn take_ready(&mut self) -> Option<Frame> {
+        let frame = self.rx.try_recv().ok()?;
+        self.queued.taken(&frame);
+        Some(frame)
+    }
+
+    /// Drops what an aborted connection still queued, so its memory returns now.
+    fn discard(&mut self) {
+        while self.take_ready().is_some() {}
     }
 
     /// The next queued frame if one is ready now, without waiting: `None`
@@ -204,7 +308,7 @@ impl OutboxReceiver {
         if self.is_aborted() {
             return None;
         }
-        self.rx.try_recv().ok()
+        self.take_ready()
     }
 
     /// Resolves once the owner asked to close or abort (queued frames may
@@ -214,9 +318,22 @@ impl OutboxReceiver {
         self.close.token.cancelled().await;
     }
 
+    /// Resolves once the owner aborted the connection (a slow consumer).
+    pub async fn aborted(&self) {
+        self.close.token.cancelled().await;
+        if !self.is_aborted() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Why the owner closed the connection, once it did.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close.reason.lock().clone()
+    }
+
     /// True once the owner asked to close at once, dropping queued frames.
     pub fn is_aborted(&self) -> bool {
-        self.close.abort.load(std::sync::atomic::Ordering::SeqCst)
+        self.close.abort.load(Ordering::SeqCst)
     }
 
     /// Marks the connection closed from the transport's side (the peer left).
@@ -225,11 +342,26 @@ impl OutboxReceiver {
     }
 }
 
-/// Makes a bounded outbox of `capacity` frames.
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.rx.close();
+        self.discard();
+    }
+}
+
+/// Makes an outbox of `capacity` frames and the default byte bound.
 pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    outbox_with(OutboxLimits::frames(capacity))
+}
+
+/// Makes an outbox with the given bounds.
+pub fn outbox_with(limits: OutboxLimits) -> (Outbox, OutboxReceiver) {
+    let limits = OutboxLimits { frames: limits.frames.max(1), bytes: limits.bytes.max(1) };
+    let (tx, rx) = mpsc::unbounded_channel();
     let close = Arc::new(CloseSignal::default());
-    (Outbox { tx, close: close.clone() }, OutboxReceiver { rx, close })
+    let queued =
+        Arc::new(Queued { limits, frames: AtomicUsize::new(0), bytes: AtomicUsize::new(0), room: Notify::new() });
+    (Outbox { tx, queued: queued.clone(), close: close.clone() }, OutboxReceiver { rx, queued, close })
 }
 
 /// Facts about a connection, for logs.
@@ -340,6 +472,71 @@ mod tests {
         out.abort(close_code::SLOW_CONSUMER, "SLOW_CONSUMER");
         tokio::time::timeout(std::time::Duration::from_secs(1), rx.close_requested()).await.expect("requested");
         assert!(rx.is_aborted());
+    }
+
+    #[tokio::test]
+    async fn the_bound_counts_bytes_and_frees_them_as_frames_leave() {
+        let (out, mut rx) = outbox_with(OutboxLimits { frames: 100, bytes: 10 });
+        out.try_send(Frame::text("123456")).expect("room");
+        assert_eq!(out.try_send(Frame::text("12345")), Err(SendError::Full), "6 + 5 bytes exceed 10");
+        out.try_send(Frame::text("1234")).expect("6 + 4 bytes fit");
+        assert_eq!(out.queued_bytes(), 10);
+        assert_eq!(rx.next().await, Some(Outgoing::Frame(Frame::text("123456"))));
+        assert_eq!(out.queued_bytes(), 4);
+        out.try_send(Frame::text("123456")).expect("room again");
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_bound_goes_alone() {
+        let (out, _rx) = outbox_with(OutboxLimits { frames: 100, bytes: 4 });
+        out.try_send(Frame::text("a long frame")).expect("an empty queue takes one frame of any size");
+        assert_eq!(out.try_send(Frame::text("x")), Err(SendError::Full));
+    }
+
+    #[tokio::test]
+    async fn a_message_in_parts_is_admitted_whole_only_within_the_bound() {
+        let (out, mut rx) = outbox_with(OutboxLimits { frames: 100, bytes: 8 });
+        let parts = [Frame::text("part-one"), Frame::text("part-two"), Frame::text("part-3")];
+        out.try_send_all(&parts).expect("the queue was empty");
+        assert_eq!(out.queued_bytes(), 22);
+        assert_eq!(out.try_send_all(&parts), Err(SendError::Full), "over the bound: no new message starts");
+        assert_eq!(out.try_send(Frame::text("x")), Err(SendError::Full));
+        for _ in 0..3 {
+            assert!(matches!(rx.next().await, Some(Outgoing::Frame(_))));
+        }
+        assert_eq!(out.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_frame_count_still_bounds() {
+        let (out, _rx) = outbox_with(OutboxLimits { frames: 2, bytes: 1 << 20 });
+        out.try_send(Frame::text("a")).expect("room");
+        out.try_send(Frame::text("b")).expect("room");
+        assert_eq!(out.try_send(Frame::text("c")), Err(SendError::Full));
+    }
+
+    #[tokio::test]
+    async fn an_abort_drops_what_was_queued_at_once() {
+        let (out, mut rx) = outbox_with(OutboxLimits { frames: 100, bytes: 1 << 20 });
+        out.try_send(Frame::binary(vec![0u8; 1000])).expect("room");
+        out.abort(close_code::SLOW_CONSUMER, "SLOW_CONSUMER");
+        assert!(matches!(rx.next().await, Some(Outgoing::Close(CloseReason { code: close_code::SLOW_CONSUMER, .. }))));
+        assert_eq!(out.queued_bytes(), 0, "the queued frame's memory is released");
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room_then_goes() {
+        let (out, mut rx) = outbox_with(OutboxLimits { frames: 1, bytes: 1 << 20 });
+        out.try_send(Frame::text("first")).expect("room");
+        let sender = tokio::spawn({
+            let out = out.clone();
+            async move { out.send(Frame::text("second")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!sender.is_finished(), "no room yet");
+        assert_eq!(rx.next().await, Some(Outgoing::Frame(Frame::text("first"))));
+        sender.await.expect("joined").expect("sent once there was room");
+        assert_eq!(rx.next().await, Some(Outgoing::Frame(Frame::text("second"))));
     }
 
     #[tokio::test]

@@ -73,6 +73,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for url in server.ws_urls() {
         println!("listening {url}");
     }
-    server.run_until_signal().await;
+    server.run_until_signal().await?;
     Ok(())
 }

@@ -18,7 +18,16 @@ impl ServerAuth {
     pub fn for_config(config: &Config, dev_tokens: DevTokens) -> Self {
         Self {
             dev: config.mode.allows_dev_tokens().then_some(dev_tokens),
-            jwt: config.jwt_secret.as_ref().map(|s| JwtHs256::new(s.expose())),
+            jwt: config.jwt_secret.as_ref().map(|s| {
+                let mut jwt = JwtHs256::new(s.expose());
+                if let Some(issuer) = &config.jwt_issuer {
+                    jwt = jwt.issuer(issuer);
+                }
+                if !config.jwt_audience.is_empty() {
+                    jwt = jwt.audience(&config.jwt_audience);
+                }
+                jwt
+            }),
         }
     }
 

@@ -22,6 +22,11 @@ pub enum ServerError {
     Engine(#[from] EngineError),
     #[error("can't listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: TransportError },
+    /// The store failed fatally and the server stopped; every durable write is
+    /// kept, and a restart (once the cause, such as a full disk, is gone)
+    /// recovers them.
+    #[error("the store failed and the server stopped ({0}); restart it once the cause is fixed")]
+    StoreFailed(String),
     #[error("{0}")]
     Other(String),
 }
@@ -200,11 +205,26 @@ impl RunningServer {
         &self.quic
     }
 
-    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
-    pub async fn run_until_signal(self) {
-        wait_for_signal().await;
-        tracing::info!("signal received: draining");
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully. Stops by
+    /// itself, with [`ServerError::StoreFailed`], when the store fails fatally
+    /// (a failed flush or write: what it holds in memory may differ from the
+    /// disk, and only a restart recovers a consistent state).
+    pub async fn run_until_signal(self) -> Result<(), ServerError> {
+        let failure = tokio::select! {
+            () = wait_for_signal() => {
+                tracing::info!("signal received: draining");
+                None
+            }
+            failure = self.engine.store_failed() => {
+                tracing::error!(%failure, "the store failed: stopping; restart once the cause is fixed");
+                Some(failure)
+            }
+        };
         self.shutdown().await;
+        match failure {
+            None => Ok(()),
+            Some(failure) => Err(ServerError::StoreFailed(failure)),
+        }
     }
 
     /// Stops accepting, sends `goaway`, drains in-flight writes, flushes the

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use statecast_core::EngineConfig;
+use statecast_core::transport::DEFAULT_OUTBOX_BYTES;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ pub const DEFAULT_FRAME_LIMIT: usize = 1 << 20;
 pub const DEFAULT_LOG: &str = "info";
 /// How many recent commits the change log keeps unless told otherwise.
 pub const DEFAULT_LOG_KEEP: u64 = 10_000;
+/// The longest group-commit delay `--flush-delay-ms` takes.
+pub const MAX_FLUSH_DELAY_MS: u64 = 1000;
 /// The shortest age limit for the change log: the other processes' tailers
 /// (woken at once, polling every 100 ms) and resuming clients must find it.
 pub const MIN_LOG_MAX_AGE_SECS: u64 = 10;
@@ -218,12 +221,23 @@ pub struct Args {
     /// The environment variable holding the JWT HS256 secret [default: STATECAST_JWT_SECRET].
     #[arg(long, value_name = "NAME")]
     pub jwt_secret_env: Option<String>,
+    /// Accept only JWTs whose `iss` claim is this [default: `iss` not checked].
+    #[arg(long, value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Accept only JWTs whose `aud` claim names this (repeat for several)
+    /// [default: `aud` not checked].
+    #[arg(long, value_name = "AUDIENCE")]
+    pub jwt_audience: Vec<String>,
     /// The largest frame accepted or sent, in bytes [default: 1048576].
     #[arg(long, value_name = "BYTES")]
     pub frame_limit: Option<usize>,
     /// Frames queued per connection before it is closed as a slow consumer [default: 1024].
     #[arg(long, value_name = "FRAMES")]
     pub outbox_capacity: Option<usize>,
+    /// Bytes queued per connection before it is closed as a slow consumer
+    /// (4008); at least the frame limit [default: 8388608].
+    #[arg(long, value_name = "BYTES")]
+    pub outbox_bytes: Option<usize>,
     /// Route stream changes by the streams' index fields (`false` decides every
     /// change for every subscription: same events, for benchmarks) [default: true].
     #[arg(long, value_name = "BOOL")]
@@ -236,6 +250,11 @@ pub struct Args {
     /// at least 10) [default: no age limit].
     #[arg(long, value_name = "SECS")]
     pub log_max_age: Option<u64>,
+    /// How long the embedded stores (fjall, sled, SQLite) wait after a commit
+    /// before syncing it to disk, so more commits share one sync; each
+    /// confirmation waits that much longer. At most 1000 [default: 0].
+    #[arg(long, value_name = "MS")]
+    pub flush_delay_ms: Option<u64>,
     /// Log filter (tracing `EnvFilter` syntax) [default: $RUST_LOG, else the file's `log`, else info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -266,11 +285,16 @@ pub struct FileConfig {
     pub demo_jobs: Option<u32>,
     pub jwt_secret_env: Option<String>,
     pub jwt_secret: Option<String>,
+    pub jwt_issuer: Option<String>,
+    #[serde(default)]
+    pub jwt_audience: Vec<String>,
     pub frame_limit: Option<usize>,
     pub outbox_capacity: Option<usize>,
+    pub outbox_bytes: Option<usize>,
     pub stream_index: Option<bool>,
     pub log_keep: Option<u64>,
     pub log_max_age: Option<u64>,
+    pub flush_delay_ms: Option<u64>,
     pub log: Option<String>,
 }
 
@@ -307,13 +331,21 @@ pub struct Config {
     pub jwt_secret_env: String,
     /// The JWT HS256 secret, from that variable or else the file's `jwt_secret`.
     pub jwt_secret: Option<Secret>,
+    /// The `iss` a JWT must carry, if checked.
+    pub jwt_issuer: Option<String>,
+    /// The `aud` values a JWT may carry (one must match), if checked.
+    pub jwt_audience: Vec<String>,
     pub frame_limit: usize,
     pub outbox_capacity: usize,
+    /// Bytes queued per connection before it counts as a slow consumer.
+    pub outbox_bytes: usize,
     pub stream_index: bool,
     /// How many recent commits the change log keeps.
     pub log_keep: u64,
     /// Change-log entries older than this are trimmed too (SQL stores only).
     pub log_max_age: Option<Duration>,
+    /// The embedded stores' group-commit delay before each sync.
+    pub flush_delay: Duration,
     pub log: String,
 }
 
@@ -449,6 +481,13 @@ impl Config {
             origin("", "jwt_secret").name(false)
         };
         let jwt_secret = from_env.or(file.jwt_secret.filter(|s| !s.is_empty())).map(Secret);
+        let jwt_issuer = args.jwt_issuer.or(file.jwt_issuer).filter(|s| !s.is_empty());
+        let file_audience_unused = !args.jwt_audience.is_empty();
+        let jwt_audience = if file_audience_unused { args.jwt_audience } else { file.jwt_audience };
+        if jwt_audience.iter().any(String::is_empty) {
+            let from_flag = file_audience_unused;
+            return Err(origin("--jwt-audience", "jwt_audience").invalid(from_flag, "an audience can't be empty"));
+        }
 
         let (frame_limit, from_flag) = pick(args.frame_limit, file.frame_limit).unwrap_or((DEFAULT_FRAME_LIMIT, false));
         if !FRAME_LIMIT_RANGE.contains(&frame_limit) {
@@ -463,6 +502,15 @@ impl Config {
             pick(args.outbox_capacity, file.outbox_capacity).unwrap_or((default_outbox, false));
         if outbox_capacity == 0 {
             return Err(origin("--outbox-capacity", "outbox_capacity").invalid(from_flag, "must be at least 1"));
+        }
+
+        let (outbox_bytes, from_flag) =
+            pick(args.outbox_bytes, file.outbox_bytes).unwrap_or((DEFAULT_OUTBOX_BYTES.max(frame_limit), false));
+        if outbox_bytes < frame_limit {
+            return Err(origin("--outbox-bytes", "outbox_bytes").invalid(
+                from_flag,
+                format!("{outbox_bytes} bytes is below the frame limit ({frame_limit}): one frame must fit"),
+            ));
         }
 
         let stream_index = args.stream_index.or(file.stream_index).unwrap_or(true);
@@ -493,6 +541,17 @@ impl Config {
                 Some(Duration::from_secs(secs))
             }
         };
+
+        let (flush_delay_ms, from_flag) = pick(args.flush_delay_ms, file.flush_delay_ms).unwrap_or((0, false));
+        if flush_delay_ms > MAX_FLUSH_DELAY_MS {
+            return Err(origin("--flush-delay-ms", "flush_delay_ms")
+                .invalid(from_flag, format!("{flush_delay_ms} ms is above {MAX_FLUSH_DELAY_MS} ms")));
+        }
+        if flush_delay_ms > 0 && matches!(store, StoreSpec::Postgres(_)) {
+            return Err(origin("--flush-delay-ms", "flush_delay_ms")
+                .invalid(from_flag, "PostgreSQL makes each commit durable itself: use its `commit_delay`"));
+        }
+        let flush_delay = Duration::from_millis(flush_delay_ms);
 
         // Precedence for the log filter: flag, then RUST_LOG, then the file, then `info`.
         let (log, log_name) = match (args.log, env("RUST_LOG").filter(|s| !s.is_empty()), file.log) {
@@ -528,11 +587,15 @@ impl Config {
             demo_jobs,
             jwt_secret_env,
             jwt_secret,
+            jwt_issuer,
+            jwt_audience,
             frame_limit,
             outbox_capacity,
+            outbox_bytes,
             stream_index,
             log_keep,
             log_max_age,
+            flush_delay,
             log,
         })
     }

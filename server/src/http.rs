@@ -28,9 +28,12 @@ pub fn routes(engine: Engine, ws_path: &str) -> Router {
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.is_ready();
+                let why = ready.not_ready_reason();
                 async move {
-                    if ready { (StatusCode::OK, "ready\n") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready\n") }
+                    match why {
+                        None => (StatusCode::OK, "ready\n".to_owned()),
+                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                    }
                 }
             }),
         )

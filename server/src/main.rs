@@ -60,9 +60,14 @@ fn main() -> ExitCode {
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let schema = demo::schema();
-    let sql_options =
-        SqlOptions { log_capacity: config.log_keep, log_max_age: config.log_max_age, ..SqlOptions::default() };
-    let kv_options = KvOptions { log_capacity: config.log_keep, ..KvOptions::default() };
+    let sql_options = SqlOptions {
+        log_capacity: config.log_keep,
+        log_max_age: config.log_max_age,
+        flush_delay: config.flush_delay,
+        ..SqlOptions::default()
+    };
+    let kv_options =
+        KvOptions { log_capacity: config.log_keep, flush_delay: config.flush_delay, ..KvOptions::default() };
     let store: Arc<dyn Store> = match &config.store {
         StoreSpec::Sled(path) => Arc::new(
             SledStore::open_with(path, schema.clone(), kv_options)
@@ -87,6 +92,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let ws = WsConfig {
         frame_limit: config.frame_limit,
         outbox_capacity: config.outbox_capacity,
+        outbox_bytes: config.outbox_bytes,
         path: config.ws_path.clone(),
         ..WsConfig::default()
     };
@@ -101,6 +107,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         let quic = QuicConfig {
             frame_limit: config.frame_limit,
             outbox_capacity: config.outbox_capacity,
+            outbox_bytes: config.outbox_bytes,
             ..QuicConfig::with_tls(config.quic_tls())
         };
         builder = builder.quic(addr, quic);
@@ -149,7 +156,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     for quic in server.quic_listeners() {
         println!("{}", quic_listening_line(quic.addr));
     }
-    server.run_until_signal().await;
+    server.run_until_signal().await?;
     eprintln!("statecast-server: stopped cleanly");
     Ok(())
 }

@@ -50,11 +50,16 @@ pub struct KvOptions {
     pub log_capacity: u64,
     /// How many seq numbers one durable reservation covers (at least 1).
     pub seq_block: u64,
+    /// How long the flusher waits after a commit before it syncs, so more
+    /// commits share one sync (like PostgreSQL's `commit_delay`); every
+    /// confirmation waits that much longer. Zero (the default) syncs at once.
+    /// Tests use it to widen the window between a commit and its durability.
+    pub flush_delay: Duration,
 }
 
 impl Default for KvOptions {
     fn default() -> Self {
-        Self { log_capacity: 10_000, seq_block: 1_000 }
+        Self { log_capacity: 10_000, seq_block: 1_000, flush_delay: Duration::ZERO }
     }
 }
 
@@ -150,7 +155,11 @@ impl<B: KvBackend> KvStore<B> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Unavailable(format!("the {} store must be opened within a tokio runtime", B::NAME))
         })?;
-        let options = KvOptions { log_capacity: options.log_capacity.max(1), seq_block: options.seq_block.max(1) };
+        let options = KvOptions {
+            log_capacity: options.log_capacity.max(1),
+            seq_block: options.seq_block.max(1),
+            flush_delay: options.flush_delay,
+        };
         let path = path.as_ref();
         let kv: B = open_backend(path)?;
         let epoch = match kv.get(keys::META_EPOCH)? {
@@ -215,7 +224,10 @@ async fn run_flusher<B: KvBackend>(shared: Arc<Shared<B>>) {
     loop {
         if shared.last_seq.load(Ordering::SeqCst) > shared.durable.seq() {
             // Let commits that are in progress join this flush.
-            tokio::task::yield_now().await;
+            match shared.options.flush_delay {
+                delay if delay.is_zero() => tokio::task::yield_now().await,
+                delay => tokio::time::sleep(delay).await,
+            }
             // An engine whose sync holds its writers off would block a runtime
             // thread in each commit meanwhile: let commits wait on the lock instead.
             let _writers_held = match B::SYNC_EXCLUDES_WRITES {
@@ -266,6 +278,19 @@ impl<B: KvBackend> Shared<B> {
                 Err(self.durable.fail(&msg))
             }
         }
+    }
+
+    /// Applies a commit's batch. An engine that fails a write (a full disk,
+    /// an I/O error) may hold part of it in memory or in its journal: the
+    /// store fails as after a failed flush, and the commit's fate is unknown
+    /// until a restart recovers what reached the disk.
+    fn apply_or_fail(&self, batch: Vec<KvOp>) -> Result<(), StoreError> {
+        self.kv.apply(batch).map_err(|e| {
+            let msg = format!("a write to the {} engine failed: {e}", B::NAME);
+            tracing::error!(engine = B::NAME, error = %e, "a write failed; the store refuses further commits");
+            self.durable.fail(&msg);
+            StoreError::OutcomeUnknown(msg)
+        })
     }
 
     fn check_open(&self, state: &CommitState) -> Result<(), StoreError> {
@@ -418,6 +443,11 @@ impl<B: KvBackend> PlanReader for Reader<'_, B> {
 
 impl<B: KvBackend> Shared<B> {
     fn applied(&self, key: &AppliedKey) -> Result<Option<AppliedRecord>, StoreError> {
+        // After a failed flush the key space may hold records that never
+        // reached the disk: none is reported as applied any more.
+        if let Some(msg) = self.failure() {
+            return Err(StoreError::FlushFailed(msg.to_string()));
+        }
         match self.kv.get(&keys::applied(key))? {
             Some(v) => codec::decode("applied record", v.as_ref()).map(Some),
             None => Ok(None),
@@ -437,6 +467,10 @@ impl<B: KvBackend> Store for KvStore<B> {
 
     fn durable_seq(&self) -> Seq {
         self.shared.durable.seq()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.shared.failure().map(|m| m.to_string())
     }
 
     async fn wait_durable(&self, seq: Seq) -> Result<(), StoreError> {
@@ -525,13 +559,13 @@ impl<B: KvBackend> Store for KvStore<B> {
         let seq = state.next;
         if seq > state.reserved {
             let reserved = seq.saturating_add(shared.options.seq_block);
-            shared.kv.apply(vec![KvOp::Put(keys::META_RESERVED.to_vec(), reserved.to_be_bytes().to_vec())])?;
+            shared.apply_or_fail(vec![KvOp::Put(keys::META_RESERVED.to_vec(), reserved.to_be_bytes().to_vec())])?;
             self.shared.flush().await?;
             state.reserved = reserved;
         }
         let plan = plan::plan(&shared.schema, &mut Reader(shared), &tx, seq).await?;
         let mut log_trimmed = state.log_trimmed;
-        shared.kv.apply(shared.batch(&plan, &mut log_trimmed)?)?;
+        shared.apply_or_fail(shared.batch(&plan, &mut log_trimmed)?)?;
         state.log_trimmed = log_trimmed;
         state.next = seq + 1;
         shared.last_seq.store(seq, Ordering::SeqCst);

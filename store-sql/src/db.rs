@@ -245,6 +245,9 @@ pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
 /// Any other driver failure (the statement failed, or the connection broke
 /// before `COMMIT`): nothing was committed.
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
+    if out_of_resources(&e) {
+        return StoreError::Unavailable(format!("the database is out of space or failing I/O: {e}"));
+    }
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => unavailable(e),
         sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => StoreError::Corrupt(e.to_string()),
@@ -253,4 +256,21 @@ pub(crate) fn backend(e: sqlx::Error) -> StoreError {
         }
         _ => StoreError::Backend(e.to_string()),
     }
+}
+
+/// A database error that goes away with the cause (a full disk, failing I/O,
+/// PostgreSQL's insufficient resources): answered 503, not 500.
+fn out_of_resources(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else { return false };
+    let Some(code) = db.code() else { return false };
+    // PostgreSQL: a five-character SQLSTATE; class 53 is insufficient
+    // resources (disk full, out of memory).
+    if code.len() == 5 {
+        return code.starts_with("53");
+    }
+    // SQLite: a number (at most four digits); the primary result code is the
+    // low byte of the extended code.
+    const SQLITE_IOERR: u32 = 10;
+    const SQLITE_FULL: u32 = 13;
+    code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, SQLITE_IOERR | SQLITE_FULL))
 }

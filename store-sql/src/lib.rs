@@ -109,6 +109,26 @@ pub enum SqlError {
     Store(#[from] StoreError),
 }
 
+/// Replaces the writer connection after a transaction failed on it. A failed
+/// `COMMIT` (a full disk) can leave SQLite's transaction open and the driver's
+/// transaction depth above zero, so the connection would refuse every later
+/// `BEGIN`: a fresh connection starts clean, and closing the old one rolls
+/// back whatever it still held. If the new one can't be opened now, the old
+/// one stays and the next commit tries again.
+#[cfg(feature = "sqlite")]
+async fn reset_writer(db: &SqliteDb, conn: &mut SqliteConnection) {
+    match SqliteConnection::connect_with(&db.connect).await {
+        Ok(fresh) => {
+            let old = std::mem::replace(conn, fresh);
+            if let Err(e) = old.close().await {
+                tracing::debug!(error = %e, "closing the failed SQLite writer connection");
+            }
+            tracing::info!("the SQLite writer connection was reopened after a failed transaction");
+        }
+        Err(e) => tracing::warn!(error = %e, "can't reopen the SQLite writer connection yet"),
+    }
+}
+
 #[cfg(feature = "sqlite")]
 struct SqliteWriter {
     conn: SqliteConnection,
@@ -121,6 +141,8 @@ struct SqliteWriter {
 
 #[cfg(feature = "sqlite")]
 struct SqliteDb {
+    /// How to open the writer connection again after a failed transaction.
+    connect: SqliteConnectOptions,
     writer: tokio::sync::Mutex<SqliteWriter>,
     readers: SqlitePool,
     wal: PathBuf,
@@ -277,12 +299,13 @@ impl SqlStore {
         let readers = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(|e| SqlError::Connect(format!("can't open SQLite database {}: {e}", where_())))?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let db = SqliteDb {
+            connect: connect.clone(),
             writer: tokio::sync::Mutex::new(SqliteWriter { conn, next: reserved + 1, reserved, closed: false }),
             readers,
             wal: PathBuf::from(wal),
@@ -779,7 +802,26 @@ impl Shared {
             self.flush().await?;
             w.reserved = reserved;
         }
-        let mut sql_tx = w.conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let plan = match self.write_sqlite(&mut w.conn, tx, seq).await {
+            Ok(plan) => plan,
+            Err(e) => {
+                if matches!(e, CommitError::Store(_)) {
+                    reset_writer(db, &mut w.conn).await;
+                }
+                return Err(e);
+            }
+        };
+        w.next = seq + 1;
+        self.last_seq.store(seq, Ordering::SeqCst);
+        drop(w);
+        self.wake.notify_one();
+        Ok(plan.committed())
+    }
+
+    /// One SQLite commit's transaction on the writer connection.
+    #[cfg(feature = "sqlite")]
+    async fn write_sqlite(&self, conn: &mut SqliteConnection, tx: &Transaction, seq: Seq) -> Result<Plan, CommitError> {
+        let mut sql_tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
         let mut c = Conn::Sqlite(&mut sql_tx);
         let plan = {
             let mut reader = Reader { tables: &self.tables, conn: &mut c, lock: false, retry: false };
@@ -814,11 +856,7 @@ impl Shared {
             Some(_) => CommitError::Invalid(e.to_string()),
             None => CommitError::Store(backend(e)),
         })?;
-        w.next = seq + 1;
-        self.last_seq.store(seq, Ordering::SeqCst);
-        drop(w);
-        self.wake.notify_one();
-        Ok(plan.committed())
+        Ok(plan)
     }
 
     #[cfg(feature = "postgres")]
@@ -1101,6 +1139,10 @@ impl Store for SqlStore {
         self.shared.durable.seq()
     }
 
+    fn failure(&self) -> Option<String> {
+        self.shared.failure().map(|m| m.to_string())
+    }
+
     async fn wait_durable(&self, seq: Seq) -> Result<(), StoreError> {
         // A seq not committed yet can't become durable by waiting for it alone.
         self.shared.durable.wait(seq.min(self.last_seq())).await
@@ -1205,11 +1247,22 @@ impl Store for SqlStore {
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(db) => {
                 let mut w = db.writer.lock().await;
-                let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
-                let mut c = Conn::Sqlite(&mut tx);
-                c.exec(&mark, vec![before.clone()]).await.map_err(backend)?;
-                let n = c.exec(&delete, vec![before]).await.map_err(backend)?;
-                tx.commit().await.map_err(backend)?;
+                let purged = async {
+                    let mut tx = w.conn.begin_with("BEGIN IMMEDIATE").await?;
+                    let mut c = Conn::Sqlite(&mut tx);
+                    c.exec(&mark, vec![before.clone()]).await?;
+                    let n = c.exec(&delete, vec![before]).await?;
+                    tx.commit().await?;
+                    Ok::<u64, sqlx::Error>(n)
+                }
+                .await;
+                let n = match purged {
+                    Ok(n) => n,
+                    Err(e) => {
+                        reset_writer(db, &mut w.conn).await;
+                        return Err(backend(e));
+                    }
+                };
                 drop(w);
                 // Make the purge durable with the next flush.
                 self.shared.wake.notify_one();

@@ -1,7 +1,7 @@
 //! Settings of the QUIC server and client, and the per-connection settings
 //! both ends share.
 
-use statecast_core::transport::TransportError;
+use statecast_core::transport::{DEFAULT_OUTBOX_BYTES, OutboxLimits, TransportError};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub struct QuicConfig {
     pub frame_limit: usize,
     /// Frames that may wait in a connection's outbox (slow-consumer bound).
     pub outbox_capacity: usize,
+    /// Bytes that may wait in a connection's outbox (slow-consumer bound).
+    /// Default 8 MiB.
+    pub outbox_bytes: usize,
     /// Frames read from the stream that may wait for the engine; when full,
     /// reading stops (QUIC flow control holds the peer back).
     pub incoming_capacity: usize,
@@ -58,6 +61,7 @@ impl Default for QuicConfig {
             tls: ServerTls::SelfSigned { dir: PathBuf::from("statecast-data") },
             frame_limit: DEFAULT_FRAME_LIMIT,
             outbox_capacity: 1024,
+            outbox_bytes: DEFAULT_OUTBOX_BYTES,
             incoming_capacity: 64,
             keep_alive_interval: Some(Duration::from_secs(20)),
             idle_timeout: Duration::from_secs(60),
@@ -81,7 +85,7 @@ impl QuicConfig {
         }
         ConnSettings::new(Common {
             frame_limit: self.frame_limit,
-            outbox_capacity: self.outbox_capacity,
+            outbox: OutboxLimits { frames: self.outbox_capacity, bytes: self.outbox_bytes },
             incoming_capacity: self.incoming_capacity,
             keep_alive_interval: self.keep_alive_interval,
             idle_timeout: self.idle_timeout,
@@ -120,6 +124,8 @@ pub struct QuicClientConfig {
     pub frame_limit: usize,
     /// Frames that may wait in the outbox.
     pub outbox_capacity: usize,
+    /// Bytes that may wait in the outbox.
+    pub outbox_bytes: usize,
     /// Frames read from the stream that may wait for the caller.
     pub incoming_capacity: usize,
     /// How often to send QUIC keep-alive pings; `None` sends none.
@@ -144,6 +150,7 @@ impl QuicClientConfig {
             server_name: None,
             frame_limit: DEFAULT_FRAME_LIMIT,
             outbox_capacity: 256,
+            outbox_bytes: DEFAULT_OUTBOX_BYTES,
             incoming_capacity: 256,
             keep_alive_interval: Some(Duration::from_secs(20)),
             idle_timeout: Duration::from_secs(60),
@@ -160,7 +167,7 @@ impl QuicClientConfig {
         }
         ConnSettings::new(Common {
             frame_limit: self.frame_limit,
-            outbox_capacity: self.outbox_capacity,
+            outbox: OutboxLimits { frames: self.outbox_capacity, bytes: self.outbox_bytes },
             incoming_capacity: self.incoming_capacity,
             keep_alive_interval: self.keep_alive_interval,
             idle_timeout: self.idle_timeout,
@@ -174,7 +181,7 @@ impl QuicClientConfig {
 /// The settings both configs share, before they are checked.
 struct Common {
     frame_limit: usize,
-    outbox_capacity: usize,
+    outbox: OutboxLimits,
     incoming_capacity: usize,
     keep_alive_interval: Option<Duration>,
     idle_timeout: Duration,
@@ -191,7 +198,7 @@ fn invalid(what: &str) -> TransportError {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConnSettings {
     pub frame_limit: usize,
-    pub outbox_capacity: usize,
+    pub outbox: OutboxLimits,
     pub incoming_capacity: usize,
     pub keep_alive_interval: Option<Duration>,
     pub idle_timeout: Duration,
@@ -219,7 +226,7 @@ impl ConnSettings {
         }
         Ok(Self {
             frame_limit: c.frame_limit,
-            outbox_capacity: c.outbox_capacity.max(1),
+            outbox: OutboxLimits { frames: c.outbox.frames.max(1), bytes: c.outbox.bytes.max(1) },
             incoming_capacity: c.incoming_capacity.max(1),
             keep_alive_interval: c.keep_alive_interval,
             idle_timeout: c.idle_timeout,

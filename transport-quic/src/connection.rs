@@ -14,7 +14,8 @@ use bytes::Bytes;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use quinn::{RecvStream, SendStream};
 use statecast_core::transport::{
-    CloseReason, Connection, ConnectionInfo, Frame, FrameKind, Incoming, OutboxReceiver, Outgoing, close_code, outbox,
+    CloseReason, Connection, ConnectionInfo, Frame, FrameKind, Incoming, OutboxReceiver, Outgoing, close_code,
+    outbox_with,
 };
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -105,7 +106,7 @@ pub(crate) fn open(
     settings: ConnSettings,
     stopping: CancellationToken,
 ) -> (Connection, impl Future<Output = ()> + Send + 'static) {
-    let (outbox, outbox_rx) = outbox(settings.outbox_capacity);
+    let (outbox, outbox_rx) = outbox_with(settings.outbox);
     let (incoming_tx, incoming) = mpsc::channel(settings.incoming_capacity);
     let connection = Connection { info: info.clone(), incoming, outbox };
     let io = Io { conn, writer, reader, incoming: incoming_tx, outbox_rx };

@@ -1,7 +1,7 @@
 //! Settings of the WebSocket server and client, and the per-connection
 //! settings both ends share.
 
-use statecast_core::transport::TransportError;
+use statecast_core::transport::{DEFAULT_OUTBOX_BYTES, OutboxLimits, TransportError};
 use std::time::Duration;
 
 /// The default frame limit (protocol v1: 1 MiB in both directions).
@@ -28,6 +28,9 @@ pub struct WsConfig {
     pub frame_limit: usize,
     /// Frames that may wait in a connection's outbox (slow-consumer bound).
     pub outbox_capacity: usize,
+    /// Bytes that may wait in a connection's outbox (slow-consumer bound; see
+    /// `OutboxLimits`). Default 8 MiB.
+    pub outbox_bytes: usize,
     /// Frames read from the socket that may wait for the engine; when full,
     /// reading stops (TCP backpressure on the peer).
     pub incoming_capacity: usize,
@@ -50,6 +53,7 @@ impl Default for WsConfig {
         Self {
             frame_limit: DEFAULT_FRAME_LIMIT,
             outbox_capacity: 1024,
+            outbox_bytes: DEFAULT_OUTBOX_BYTES,
             incoming_capacity: 64,
             path: "/ws".to_owned(),
             ping_interval: Some(Duration::from_secs(20)),
@@ -71,7 +75,7 @@ impl WsConfig {
         }
         ConnSettings::new(
             self.frame_limit,
-            self.outbox_capacity,
+            OutboxLimits { frames: self.outbox_capacity, bytes: self.outbox_bytes },
             self.incoming_capacity,
             self.ping_interval,
             self.idle_timeout,
@@ -89,6 +93,8 @@ pub struct WsClientConfig {
     pub frame_limit: usize,
     /// Frames that may wait in the outbox.
     pub outbox_capacity: usize,
+    /// Bytes that may wait in the outbox.
+    pub outbox_bytes: usize,
     /// Frames read from the socket that may wait for the caller.
     pub incoming_capacity: usize,
     /// How often to ping the server; `None` sends no pings.
@@ -113,6 +119,7 @@ impl Default for WsClientConfig {
         Self {
             frame_limit: DEFAULT_FRAME_LIMIT,
             outbox_capacity: 256,
+            outbox_bytes: DEFAULT_OUTBOX_BYTES,
             incoming_capacity: 256,
             ping_interval: Some(Duration::from_secs(20)),
             idle_timeout: Duration::from_secs(60),
@@ -129,7 +136,7 @@ impl WsClientConfig {
     pub(crate) fn validate(&self) -> Result<ConnSettings, TransportError> {
         ConnSettings::new(
             self.frame_limit,
-            self.outbox_capacity,
+            OutboxLimits { frames: self.outbox_capacity, bytes: self.outbox_bytes },
             self.incoming_capacity,
             self.ping_interval,
             self.idle_timeout,
@@ -144,7 +151,7 @@ impl WsClientConfig {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConnSettings {
     pub frame_limit: usize,
-    pub outbox_capacity: usize,
+    pub outbox: OutboxLimits,
     pub incoming_capacity: usize,
     pub ping_interval: Option<Duration>,
     pub idle_timeout: Duration,
@@ -157,7 +164,7 @@ impl ConnSettings {
     #[allow(clippy::too_many_arguments)]
     fn new(
         frame_limit: usize,
-        outbox_capacity: usize,
+        outbox: OutboxLimits,
         incoming_capacity: usize,
         ping_interval: Option<Duration>,
         idle_timeout: Duration,
@@ -177,7 +184,7 @@ impl ConnSettings {
         }
         Ok(Self {
             frame_limit,
-            outbox_capacity: outbox_capacity.max(1),
+            outbox: OutboxLimits { frames: outbox.frames.max(1), bytes: outbox.bytes.max(1) },
             incoming_capacity: incoming_capacity.max(1),
             ping_interval,
             idle_timeout,

@@ -4,7 +4,7 @@
 
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use statecast_core::transport::{
-    Connection, ConnectionInfo, Frame, Incoming, OutboxReceiver, Outgoing, close_code, outbox,
+    CloseReason, Connection, ConnectionInfo, Frame, Incoming, OutboxReceiver, Outgoing, close_code, outbox_with,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,7 +52,7 @@ where
     M: WireMessage,
     E: WireError,
 {
-    let (outbox, outbox_rx) = outbox(settings.outbox_capacity);
+    let (outbox, outbox_rx) = outbox_with(settings.outbox);
     let (incoming_tx, incoming) = mpsc::channel(settings.incoming_capacity);
     let conn = Connection { info: info.clone(), incoming, outbox };
     (conn, drive(socket, incoming_tx, outbox_rx, info, settings))
@@ -204,10 +204,24 @@ where
                         let Some(more) = outbox_rx.try_next_frame() else { break };
                         batch.extend(to_message::<M>(more, settings.frame_limit));
                     }
-                    if !batch.is_empty() && !send_batch_within(sink, &mut batch, write_timeout).await {
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    // A slow consumer aborted meanwhile: stop writing to it now,
+                    // not when the write times out.
+                    let sent = tokio::select! {
+                        sent = send_batch_within(sink, &mut batch, write_timeout) => sent,
+                        () = outbox_rx.aborted() => false,
+                    };
+                    batch.clear();
+                    if !sent {
+                        if outbox_rx.is_aborted() {
+                            return abort_close(sink, outbox_rx).await;
+                        }
                         return WriteEnd::Failed;
                     }
                 }
+                Some(Outgoing::Close(_)) if outbox_rx.is_aborted() => return abort_close(sink, outbox_rx).await,
                 Some(Outgoing::Close(reason)) => {
                     send_within(sink, M::close(reason.code, reason.reason), settings.close_timeout).await;
                     return WriteEnd::SentClose;
@@ -221,6 +235,23 @@ where
             },
         }
     }
+}
+
+/// How long an aborted connection's close frame may take: the peer is not
+/// reading, so it rarely goes at all, and the socket closes right after.
+const ABORT_CLOSE_WAIT: Duration = Duration::from_millis(200);
+
+/// Ends an aborted connection (a slow consumer): the close frame if the socket
+/// takes it at once, then no close handshake, so the socket closes now.
+async fn abort_close<K, M>(sink: &mut K, outbox_rx: &OutboxReceiver) -> WriteEnd
+where
+    K: Sink<M> + Unpin,
+    M: WireMessage,
+{
+    let reason =
+        outbox_rx.close_reason().unwrap_or(CloseReason { code: close_code::SLOW_CONSUMER, reason: String::new() });
+    send_within(sink, M::close(reason.code, reason.reason), ABORT_CLOSE_WAIT).await;
+    WriteEnd::Failed
 }
 
 /// An outgoing frame as a message (`None`, logged, for a text frame that is not UTF-8).

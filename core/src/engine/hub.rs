@@ -590,8 +590,13 @@ impl Hub {
         let (store, me, settle) = (self.store.clone(), self.me.clone(), self.settle.clone());
         tokio::spawn(async move {
             let result = load_context(&*store, &channel, anchor_id).await;
-            // `Loaded` goes behind every commit whose rows the load may have read.
+            // `Loaded` goes behind every commit whose rows the load may have
+            // read, and only once they are durable.
             settle.reads().await;
+            let result = match durable_after_reads(&*store).await {
+                Ok(()) => result,
+                Err(e) => Err(e),
+            };
             if let Some(tx) = me.upgrade() {
                 let _ = tx.send(HubMsg::Loaded { context, result });
             }
@@ -1109,8 +1114,13 @@ impl Hub {
                 }
                 (None, None) => Err(WireError::internal("the stream's type is not in the schema")),
             };
-            // `StreamLoaded` goes behind every commit the read may have seen.
+            // `StreamLoaded` goes behind every commit the read may have seen,
+            // and only once what it read is durable.
             settle.reads().await;
+            let result = match durable_after_reads(&*store).await {
+                Ok(()) => result,
+                Err(e) => Err(e),
+            };
             if let Some(tx) = me.upgrade() {
                 let _ = tx.send(HubMsg::StreamLoaded { sub: id, result });
             }
@@ -1314,8 +1324,16 @@ pub(crate) async fn load_snapshot(
 }
 
 /// Queues frames in an outbox, stopping at the first refusal.
+/// Waits until every commit that reads made so far may have seen is durable
+/// (call it after [`Settle::reads`]).
+pub(crate) async fn durable_after_reads(store: &dyn Store) -> Result<(), WireError> {
+    store.wait_durable(store.last_seq()).await.map_err(|e| {
+        WireError::new(ErrorReason::Unavailable, format!("the store could not make what was read durable: {e}"))
+    })
+}
+
 fn offer(outbox: &Outbox, frames: &[Frame]) -> Result<(), SendError> {
-    frames.iter().try_for_each(|frame| outbox.try_send(frame.clone()))
+    outbox.try_send_all(frames)
 }
 
 /// Frees a context: a large one on a blocking thread, so dropping its maps

@@ -29,6 +29,9 @@ use tokio::sync::oneshot;
 
 pub use metrics::Metrics;
 
+/// How often [`Engine::store_failed`] looks at the store.
+const STORE_FAILURE_POLL: Duration = Duration::from_millis(100);
+
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -162,6 +165,7 @@ impl EngineBuilder {
             next_conn: AtomicU64::new(1),
             next_sub: AtomicU64::new(1),
             accepting: AtomicBool::new(true),
+            store_trouble: parking_lot::Mutex::new(None),
         });
         spawn_purger(&inner);
         Ok(Engine { inner })
@@ -189,6 +193,9 @@ pub(crate) struct Inner {
     /// Stream subscription ids (`s1`, `s2`, …), unique per engine.
     pub next_sub: AtomicU64,
     pub accepting: AtomicBool,
+    /// Why the last commit failed for want of the store (a full disk, a lost
+    /// database), until a commit succeeds again: `/readyz` reports it.
+    pub store_trouble: parking_lot::Mutex<Option<String>>,
 }
 
 fn schema_info(
@@ -322,7 +329,40 @@ impl Engine {
 
     /// True while the store is healthy and the engine accepts work.
     pub fn is_ready(&self) -> bool {
-        self.inner.accepting.load(Ordering::SeqCst) && self.inner.hub.is_healthy()
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the engine is not ready (draining, or the store failing), or
+    /// `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return Some("the server is draining".into());
+        }
+        if let Some(failure) = self.store_failure() {
+            return Some(format!("the store failed and the server is stopping: {failure}"));
+        }
+        if !self.inner.hub.is_healthy() {
+            return Some("a commit could not be made durable".into());
+        }
+        self.inner.store_trouble.lock().as_ref().map(|why| format!("the last commit failed: {why}"))
+    }
+
+    /// The store's fatal failure, if it met one (see [`Store::failure`]): the
+    /// engine then answers 503 to writes and should be stopped; a restart
+    /// recovers every durable commit.
+    pub fn store_failure(&self) -> Option<String> {
+        self.inner.store.failure()
+    }
+
+    /// Resolves once the store has failed fatally, with the failure.
+    pub async fn store_failed(&self) -> String {
+        let mut every = tokio::time::interval(STORE_FAILURE_POLL);
+        loop {
+            every.tick().await;
+            if let Some(failure) = self.store_failure() {
+                return failure;
+            }
+        }
     }
 
     /// The engine's counters.

@@ -200,19 +200,14 @@ impl Session {
             Some(c) => c,
             None => format!("{:032x}", rand::random::<u128>()),
         };
-        let mut applied = Vec::new();
-        for &write_id in hello.pending.iter().take(MAX_PENDING) {
-            let key = AppliedKey { user: user.id, client_id: client_id.clone(), write_id };
-            match self.inner.store.applied(&key).await {
-                Ok(Some(rec)) => applied.push(AppliedOutcome::new(write_id, &rec)),
-                Ok(None) => {}
-                Err(e) => {
-                    self.reply(error_msg(store_error(e), hello.rid), codec);
-                    return Flow::Continue;
-                }
+        let applied = match applied_outcomes(&self.inner, &user, &client_id, &hello.pending).await {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.reply(error_msg(e, hello.rid), codec);
+                return Flow::Continue;
             }
-        }
-        self.expires = user.time_left().map(|d| Instant::now() + d);
+        };
+        self.expires = user.time_left().and_then(|d| Instant::now().checked_add(d));
         self.codec = Some(codec);
         self.client_id = client_id;
         self.inner.hub.send(HubMsg::Connect {
@@ -247,7 +242,7 @@ impl Session {
         let current = self.user.as_ref().map(|u| u.id);
         match self.inner.auth.authenticate(&auth.token).await {
             Ok(user) if Some(user.id) == current => {
-                self.expires = user.time_left().map(|d| Instant::now() + d);
+                self.expires = user.time_left().and_then(|d| Instant::now().checked_add(d));
                 self.user = Some(user.clone());
                 self.reply(ServerMessage::Authenticated(Authenticated { user: user.clone(), rid: auth.rid }), codec);
                 // The new token's claims may grant less: check what the connection holds.
@@ -350,8 +345,11 @@ impl Session {
             Ok(rows) => rows,
             Err(e) => return self.reply(error_msg(e, g.rid), codec),
         };
-        // Answered behind every commit the reads may have seen.
+        // Answered behind every commit the reads may have seen, once durable.
         self.inner.hub.settle.reads().await;
+        if let Err(e) = write::reads_durable(&self.inner).await {
+            return self.reply(error_msg(e, g.rid), codec);
+        }
         let msg = ServerMessage::Rows(Rows { stream: g.stream, rows, rid: g.rid });
         self.inner.hub.send(HubMsg::Reply { conn: self.id, msg: Box::new(msg) });
     }
@@ -567,6 +565,32 @@ async fn check_stream_subscribe(
         rid: sub.rid,
     };
     Ok((stream, filters, ask))
+}
+
+/// The pending writes (of `hello`) already applied, with their outcomes.
+/// Only durable ones are named: a write named here is retired by the client
+/// for good, so one a failed flush may still lose must stay pending.
+async fn applied_outcomes(
+    inner: &Inner,
+    user: &User,
+    client_id: &str,
+    pending: &[i64],
+) -> Result<Vec<AppliedOutcome>, WireError> {
+    let mut records = Vec::new();
+    for &write_id in pending.iter().take(MAX_PENDING) {
+        let key = AppliedKey { user: user.id, client_id: client_id.to_owned(), write_id };
+        if let Some(rec) = inner.store.applied(&key).await.map_err(store_error)? {
+            records.push((write_id, rec));
+        }
+    }
+    if let Some(newest) = records.iter().map(|(_, rec)| rec.seq).max()
+        && let Err(e) = inner.store.wait_durable(newest).await
+    {
+        tracing::warn!(error = %e, "applied writes are not durable; `welcome` names only the durable ones");
+        let durable = inner.store.durable_seq();
+        records.retain(|(_, rec)| rec.seq <= durable);
+    }
+    Ok(records.iter().map(|(write_id, rec)| AppliedOutcome::new(*write_id, rec)).collect())
 }
 
 async fn get_rows(inner: &Inner, user: &User, g: &Get) -> Result<Vec<Arc<crate::row::Row>>, WireError> {

@@ -14,7 +14,7 @@ use crate::row::{Fields, Row, RowKey};
 use crate::schema::{EntityType, Schema, ServerValue};
 use crate::store::{AppliedKey, AppliedRecord, CommitError, NewId, StoreError, Transaction, TxOp, now_ms};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -104,7 +104,7 @@ async fn run_checked(
         if let Some(rec) = inner.store.applied(key).await.map_err(store_error)? {
             // The original may still be on its way to the hub: let it get there first.
             inner.hub.settle.seq(rec.seq).await;
-            return Ok(Outcome::Duplicate(rec));
+            return duplicate(inner, rec).await;
         }
         check_not_stale(inner, key).await?;
         check_dependencies(inner, key, &write.after).await?;
@@ -118,7 +118,9 @@ async fn run_checked(
         tx.now_ms = now_ms();
         let started = std::time::Instant::now();
         let guard = inner.commit_lock.commit().await;
-        match inner.store.commit(tx).await {
+        let result = inner.store.commit(tx).await;
+        note_store_trouble(inner, &result);
+        match result {
             Ok(committed) => {
                 let in_flight = client.map(|c| c.in_flight.clone());
                 if let Some(n) = &in_flight {
@@ -146,12 +148,53 @@ async fn run_checked(
                     // Recorded by another process meanwhile: answer after its delivery here.
                     inner.hub.settle.seq(rec.seq).await;
                 }
-                return Ok(Outcome::Duplicate(rec));
+                return duplicate(inner, rec).await;
             }
             Err(e) => return Err(commit_error(e)),
         }
     }
     Err(WireError::new(ErrorReason::Contended, "the rows kept changing under this write; try again"))
+}
+
+/// A resend of an applied write is answered as applied only once that write
+/// is durable: a record read from memory before a failed flush would
+/// otherwise confirm a write that a restart loses.
+async fn duplicate(inner: &Inner, rec: AppliedRecord) -> Result<Outcome, WireError> {
+    inner.store.wait_durable(rec.seq).await.map_err(not_durable)?;
+    Ok(Outcome::Duplicate(rec))
+}
+
+/// A wait for durability that failed: whatever was read may be lost, so the
+/// client must ask again later (resend with the same writeId).
+pub(crate) fn not_durable(e: StoreError) -> WireError {
+    WireError::new(
+        ErrorReason::OutcomeUnknown,
+        format!("the store could not make this durable ({e}); resend with the same writeId once it is back"),
+    )
+}
+
+/// Waits until every commit that reads made so far may have seen is durable:
+/// an answer built from those reads may go out only then. Call it after
+/// [`Settle::reads`](super::hub::Settle::reads), which lets commits in
+/// progress finish.
+pub(crate) async fn reads_durable(inner: &Inner) -> Result<(), WireError> {
+    super::hub::durable_after_reads(&*inner.store).await
+}
+
+/// Remembers a commit that failed for want of the store (for `/readyz`)
+/// until one succeeds.
+fn note_store_trouble<T>(inner: &Inner, result: &Result<T, CommitError>) {
+    match result {
+        Ok(_) => {
+            if inner.store_trouble.lock().is_some() {
+                *inner.store_trouble.lock() = None;
+            }
+        }
+        Err(CommitError::Store(e @ (StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_)))) => {
+            *inner.store_trouble.lock() = Some(e.to_string());
+        }
+        Err(_) => {}
+    }
 }
 
 /// The existing rows a write saves or deletes (creates make new rows).
@@ -266,7 +309,7 @@ async fn check(
         context,
         overlay: HashMap::new(),
         noted: HashMap::new(),
-        temps: HashSet::new(),
+        temps: HashMap::new(),
     };
     let mut tx = Transaction::default();
     for (i, op) in ops.iter().enumerate() {
@@ -289,7 +332,8 @@ struct Checker<'a> {
     overlay: HashMap<RowKey, Option<Row>>,
     /// Stored rows read, with their versions.
     noted: HashMap<RowKey, Seq>,
-    temps: HashSet<Id>,
+    /// Temp ids of earlier creates in this write, with their types.
+    temps: HashMap<Id, String>,
 }
 
 fn not_found(ty: &str, id: Id) -> WireError {
@@ -390,7 +434,12 @@ impl<'a> Checker<'a> {
         }
         let mut fields = entity.check_create_data_as(&data, self.system)?;
         self.set_server_values(entity, &mut fields);
+        // Before this create's own temp id counts: a reference resolves only
+        // to an earlier op.
         self.check_references(entity, &fields).await?;
+        if let NewId::Temp(id) = new_id {
+            self.temps.insert(id, entity.name.clone());
+        }
         if let (false, Some((parent, _))) = (self.system, &parent) {
             let policy = self.context()?.channel.policy.clone();
             if !policy.can_create(&self.cx, entity, parent, &data).await.map_err(policy_error)? {
@@ -446,8 +495,9 @@ impl<'a> Checker<'a> {
         }
         match classify_create_id(id) {
             IdKind::Temp => {
-                if !self.temps.insert(id) {
-                    return Err(WireError::new(ErrorReason::InvalidId, format!("temp id {id} is used twice")));
+                if self.temps.contains_key(&id) {
+                    return Err(WireError::new(ErrorReason::InvalidId, format!("temp id {id} is used twice"))
+                        .with_field("instanceId"));
                 }
                 Ok(NewId::Temp(id))
             }
@@ -488,8 +538,26 @@ impl<'a> Checker<'a> {
             let (Some(target), Some(id)) = (entity.field(name).and_then(|f| f.target()), value.as_i64()) else {
                 continue;
             };
-            let exists = if id < 0 { self.temps.contains(&id) } else { self.load(target, id).await?.is_some() };
-            if !exists {
+            if id < 0 {
+                match self.temps.get(&id) {
+                    Some(ty) if ty == target => continue,
+                    Some(ty) => {
+                        return Err(WireError::new(
+                            ErrorReason::InvalidId,
+                            format!("`{name}` names temp id {id}, a {ty}: it must be a {target}"),
+                        )
+                        .with_field(name));
+                    }
+                    None => {
+                        return Err(WireError::new(
+                            ErrorReason::InvalidId,
+                            format!("`{name}` names temp id {id}, which no earlier create of this write made"),
+                        )
+                        .with_field(name));
+                    }
+                }
+            }
+            if self.load(target, id).await?.is_none() {
                 return Err(WireError::invalid_data(
                     name,
                     format!("`{name}` names {target}#{id}, which does not exist"),

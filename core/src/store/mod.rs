@@ -183,6 +183,14 @@ pub trait Store: Send + Sync + 'static {
     /// The seq up to which every commit is durable.
     fn durable_seq(&self) -> Seq;
 
+    /// The fatal failure this store met, if any (a failed flush or write):
+    /// it then refuses commits, and what it holds in memory may differ from
+    /// the disk, so it must be reopened (the server stops; a restart recovers
+    /// every durable commit). `None` while healthy.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
     /// Waits until every commit up to `seq` is durable.
     async fn wait_durable(&self, seq: Seq) -> Result<(), StoreError>;
 

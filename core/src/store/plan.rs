@@ -61,7 +61,8 @@ struct Planner<'a, R> {
     order: Vec<RowKey>,
     /// First-touch image (before) and current image (after) of every touched row.
     touched: HashMap<RowKey, (Option<Row>, Option<Row>)>,
-    temps: HashMap<Id, Id>,
+    /// Temp id → (its type, the id it was given).
+    temps: HashMap<Id, (Arc<str>, Id)>,
     last_ids: BTreeMap<String, Id>,
     created: Vec<CreatedId>,
 }
@@ -112,7 +113,7 @@ pub async fn plan<R: PlanReader>(
             TxOp::Insert { ty, id, fields } => p.insert(ty, *id, fields).await?,
             TxOp::Update { ty, id, fields } => p.update(ty, *id, fields).await?,
             TxOp::Delete { ty, id } => {
-                let id = p.resolve(*id)?;
+                let id = p.resolve(ty, *id)?;
                 if p.current(ty, id).await?.is_none() {
                     return Err(CommitError::Conflict { ty: ty.to_string(), id });
                 }
@@ -148,11 +149,17 @@ impl<R: PlanReader> Planner<'_, R> {
         self.schema.entity(ty).ok_or_else(|| CommitError::Invalid(format!("unknown type `{ty}`")))
     }
 
-    fn resolve(&self, id: Id) -> Result<Id, CommitError> {
+    /// The id a temp id of type `ty` was given by an earlier insert: a temp id
+    /// never stands for a row of another type (or a later one).
+    fn resolve(&self, ty: &str, id: Id) -> Result<Id, CommitError> {
         if id >= 0 {
             return Ok(id);
         }
-        self.temps.get(&id).copied().ok_or_else(|| CommitError::Invalid(format!("unknown temp id {id}")))
+        match self.temps.get(&id) {
+            Some((temp_ty, given)) if **temp_ty == *ty => Ok(*given),
+            Some((temp_ty, _)) => Err(CommitError::Invalid(format!("temp id {id} is a {temp_ty}, not a {ty}"))),
+            None => Err(CommitError::Invalid(format!("unknown temp id {id}"))),
+        }
     }
 
     async fn current(&mut self, ty: &str, id: Id) -> Result<Option<Row>, CommitError> {
@@ -189,11 +196,11 @@ impl<R: PlanReader> Planner<'_, R> {
         let entity = self.entity(ty)?;
         let mut out = fields.clone();
         for (name, value) in out.iter_mut() {
-            let is_ref = entity.field(name).and_then(|f| f.target()).is_some();
-            if let (true, Some(v)) = (is_ref, value.as_i64())
+            let target = entity.field(name).and_then(|f| f.target());
+            if let (Some(target), Some(v)) = (target, value.as_i64())
                 && v < 0
             {
-                *value = Value::from(self.resolve(v)?);
+                *value = Value::from(self.resolve(target, v)?);
             }
         }
         Ok(out)
@@ -222,23 +229,25 @@ impl<R: PlanReader> Planner<'_, R> {
                 id
             }
         };
+        // References resolve before this row's own temp id is known: a row
+        // can't name itself, nor an op after it.
+        let fields = self.resolve_refs(ty, fields)?;
         let temp_id = match new_id {
             NewId::Temp(t) => {
-                if self.temps.insert(t, id).is_some() {
+                if self.temps.insert(t, (ty.clone(), id)).is_some() {
                     return Err(CommitError::Invalid(format!("temp id {t} used twice")));
                 }
                 Some(t)
             }
             _ => None,
         };
-        let fields = self.resolve_refs(ty, fields)?;
         let row = Row { ty: ty.clone(), id, version: self.seq, created: self.seq, fields };
         self.created.push(CreatedId { ty: ty.to_string(), temp_id, id });
         self.set(RowKey::new(ty.clone(), id), Some(row)).await
     }
 
     async fn update(&mut self, ty: &Arc<str>, id: Id, fields: &Fields) -> Result<(), CommitError> {
-        let id = self.resolve(id)?;
+        let id = self.resolve(ty, id)?;
         let mut row = self.current(ty, id).await?.ok_or_else(|| CommitError::Conflict { ty: ty.to_string(), id })?;
         let fields = self.resolve_refs(ty, fields)?;
         let changed = fields.iter().any(|(k, v)| row.fields.get(k) != Some(v));

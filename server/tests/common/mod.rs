@@ -290,6 +290,31 @@ impl TestServer {
         self.launch();
     }
 
+    /// Starts the process again on the same data dir (after it exited or was killed).
+    pub fn relaunch(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    /// Waits up to `within` for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Sends SIGTERM and waits up to `within` for the process to exit.
     pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
@@ -503,6 +528,28 @@ impl Client {
         let id = self.next_write_id;
         self.next_write_id += 1;
         id
+    }
+
+    /// Sends a write and reads up to its `writeResponse`; `None` when the
+    /// connection closes or nothing answers within `within` (the server may
+    /// be stopping).
+    pub async fn try_write(&mut self, msg: Value, within: Duration) -> Option<Value> {
+        let write_id = msg["writeId"].clone();
+        self.send_raw(match self.codec {
+            Codec::Json => Message::text(msg.to_string()),
+            Codec::MsgPack => Message::binary(rmp_serde::to_vec_named(&msg).expect("encode MessagePack")),
+        })
+        .await
+        .ok()?;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_event(left).await? {
+                Event::Msg(m) if m["type"] == "writeResponse" && m["writeId"] == write_id => return Some(m),
+                Event::Msg(_) => continue,
+                Event::Closed(_) => return None,
+            }
+        }
     }
 
     /// Sends a write (adding a fresh `writeId` if it has none) and reads up to

@@ -21,7 +21,7 @@ pub mod testkit;
 
 pub use auth::{Authenticator, DevTokens, JwtHs256, User};
 pub use channel::{Channel, ChannelBuilder, Op};
-pub use engine::{Actor, Engine, EngineBuilder, EngineConfig};
+pub use engine::{Actor, ConnectionLimits, Engine, EngineBuilder, EngineConfig};
 pub use error::{ErrorReason, WireError};
 pub use ids::{Id, Seq};
 pub use policy::{Policy, PolicyContext, PolicyError};

@@ -7,7 +7,9 @@ use statecast_core::policy::{PolicyContext, PolicyError};
 use statecast_core::protocol::v1::Write;
 use statecast_core::store::MemoryStore;
 use statecast_core::transport::{Connection, Frame, Incoming, memory_pair};
-use statecast_core::{Actor, Channel, DevTokens, Engine, EntityType, Fields, OnDelete, Policy, Row, Schema, User};
+use statecast_core::{
+    Actor, Channel, DevTokens, Engine, EngineConfig, EntityType, Fields, OnDelete, Policy, Row, Schema, User,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +38,10 @@ impl Policy for TestPolicy {
 }
 
 async fn engine() -> Engine {
+    engine_with(EngineConfig::default()).await
+}
+
+async fn engine_with(config: EngineConfig) -> Engine {
     let schema = Schema::builder()
         .entity("Job", |t| {
             t.string("name");
@@ -71,6 +77,7 @@ async fn engine() -> Engine {
         .channel(channel)
         .channel(locked.expect("locked channel"))
         .authenticator(tokens)
+        .config(config)
         .build()
         .expect("engine");
     let seed: Write = serde_json::from_value(json!({
@@ -673,4 +680,69 @@ async fn a_subscriber_that_stops_reading_is_dropped_not_buffered() {
     }
     assert!(frames < 60, "bounded: {frames} frames reached the slow client");
     assert!(slow.outbox.is_closed() || slow.incoming.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn a_connection_that_never_says_hello_is_closed() {
+    let config = EngineConfig { hello_timeout: Duration::from_millis(200), ..EngineConfig::default() };
+    let engine = engine_with(config).await;
+    let (server, mut client) = memory_pair(16);
+    engine.accept(server);
+    let started = std::time::Instant::now();
+    let answer = match tokio::time::timeout(Duration::from_secs(5), client.incoming.recv()).await {
+        Ok(Some(Incoming::Frame(f))) => serde_json::from_slice::<Value>(&f.data).expect("json"),
+        other => panic!("expected an error frame, got {other:?}"),
+    };
+    assert_eq!((answer["type"].as_str(), answer["code"].as_i64()), (Some("error"), Some(401)), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let ended = tokio::time::timeout(Duration::from_secs(5), client.incoming.recv()).await.expect("closed in time");
+    assert!(ended.is_none(), "the connection ends after the error: {ended:?}");
+    // Saying hello in time keeps the connection past the deadline.
+    let mut ann = Client::connect(&engine, "ann").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ann.subscribe(1).await;
+}
+
+#[tokio::test]
+async fn two_subscribes_to_a_loading_context_are_both_answered() {
+    let engine = engine().await;
+    for _ in 0..20 {
+        let mut c = Client::connect(&engine, "ann").await;
+        c.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1, "rid": "first"})).await;
+        c.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1, "rid": "second"})).await;
+        let mut rids = vec![c.recv().await, c.recv().await]
+            .into_iter()
+            .map(|m| {
+                assert_eq!(m["type"], "state", "{m}");
+                m["rid"].as_str().expect("rid").to_owned()
+            })
+            .collect::<Vec<_>>();
+        rids.sort();
+        assert_eq!(rids, ["first", "second"]);
+        c.silent().await;
+    }
+}
+
+#[tokio::test]
+async fn subscribes_waiting_for_their_state_are_capped() {
+    let mut config = EngineConfig::default();
+    config.limits.subscribes_in_flight = 1;
+    let engine = engine_with(config).await;
+    let mut c = Client::connect(&engine, "ann").await;
+    // Sent together: the second arrives while the first context still loads
+    // (or after: then it is answered from memory).
+    c.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1, "rid": "a"})).await;
+    c.send(json!({"type": "subscribe", "channel": "job", "anchorId": 2, "rid": "b"})).await;
+    let answers = [c.recv().await, c.recv().await];
+    let states = answers.iter().filter(|m| m["type"] == "state").count();
+    let refused: Vec<&Value> = answers.iter().filter(|m| m["type"] == "error").collect();
+    assert!(states >= 1, "{answers:?}");
+    for e in &refused {
+        assert_eq!(
+            (e["code"].as_i64(), e["reason"].as_str(), e["rid"].as_str()),
+            (Some(429), Some("RATE_LIMITED"), Some("b"))
+        );
+    }
+    // Once answered, the next subscribe goes through.
+    c.subscribe(2).await;
 }

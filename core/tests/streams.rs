@@ -7,7 +7,7 @@ use statecast_core::protocol::v1::Write;
 use statecast_core::store::MemoryStore;
 use statecast_core::stream::{AllowAuthenticated, Filters, Payload, Stream, StreamPolicy, StreamRequest};
 use statecast_core::transport::{Connection, Frame, Incoming, memory_pair};
-use statecast_core::{Actor, DevTokens, Engine, EngineConfig, OnDelete, Schema, User};
+use statecast_core::{Actor, ConnectionLimits, DevTokens, Engine, EngineConfig, OnDelete, Schema, User};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -536,10 +536,28 @@ async fn unsubscribe_stops_events() {
     assert_eq!((u["type"].as_str(), u["subscription"].as_str()), (Some("unsubscribed"), Some(s.as_str())));
     save(&engine, 1, json!({"status": "done"})).await;
     c.silent().await;
-    // Also for one not held (someone else's, or unknown).
-    c.send(json!({"type": "unsubscribe", "subscription": "s999999"})).await;
-    assert_eq!(c.recv().await["type"], "unsubscribed");
+    // One not held (unknown, or already gone) is answered 404 and changes nothing.
+    c.send(json!({"type": "unsubscribe", "subscription": "s999999", "rid": 3})).await;
+    let refused = c.recv().await;
+    assert_eq!((refused["type"].as_str(), refused["rid"].as_i64()), (Some("error"), Some(3)), "{refused}");
+    assert_eq!((refused["code"].as_i64(), refused["reason"].as_str()), (Some(404), Some("UNKNOWN_STREAM")));
     assert_eq!(engine.metrics().stream_subscriptions.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn another_connections_subscription_cant_be_unsubscribed() {
+    let engine = engine().await;
+    let mut owner = Client::connect(&engine, "ann").await;
+    let s = sub_id(&owner.subscribe(json!({"stream": "task-ids"})).await);
+    let mut other = Client::connect(&engine, "ann").await;
+    other.send(json!({"type": "unsubscribe", "subscription": s, "rid": 9})).await;
+    let refused = other.recv().await;
+    assert_eq!((refused["type"].as_str(), refused["code"].as_i64()), (Some("error"), Some(404)), "{refused}");
+    // The owner's subscription still delivers.
+    save(&engine, 1, json!({"status": "done"})).await;
+    let event = owner.recv().await;
+    assert_eq!(event["subscription"].as_str(), Some(s.as_str()), "{event}");
+    assert_eq!(engine.metrics().stream_subscriptions.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -625,4 +643,56 @@ async fn indexed_routing_wakes_only_the_matching_group_and_changes_nothing() {
     // delete in job 7: group 7 (3) + 2.
     assert_eq!(woken, vec![5, 8, 5, 5]);
     assert_eq!(woken_all, vec![32; 4], "without the index every subscription of the stream is decided");
+}
+
+fn limits(f: impl FnOnce(&mut ConnectionLimits)) -> EngineConfig {
+    let mut config = EngineConfig::default();
+    f(&mut config.limits);
+    config
+}
+
+#[tokio::test]
+async fn stream_subscriptions_per_connection_are_capped() {
+    let engine = engine_with(limits(|l| l.stream_subscriptions = 2)).await;
+    let mut c = Client::connect(&engine, "ann").await;
+    c.subscribe(json!({"stream": "tasks", "filters": {"job": 1}})).await;
+    let second = c.subscribe(json!({"stream": "tasks", "filters": {"job": 2}})).await;
+    let e = c.refused(json!({"stream": "tasks", "filters": {"job": 3}, "rid": "third"})).await;
+    assert_eq!(
+        (e["code"].as_i64(), e["reason"].as_str(), e["rid"].as_str()),
+        (Some(429), Some("RATE_LIMITED"), Some("third"))
+    );
+    assert_eq!(engine.metrics().stream_subscriptions.load(Ordering::Relaxed), 2, "nothing was added");
+    // Another connection has its own allowance; one given back makes room.
+    let mut other = Client::connect(&engine, "ann").await;
+    other.subscribe(json!({"stream": "tasks"})).await;
+    c.send(json!({"type": "unsubscribe", "subscription": second["subscription"]})).await;
+    assert_eq!(c.recv().await["type"], "unsubscribed");
+    c.subscribe(json!({"stream": "tasks", "filters": {"job": 3}})).await;
+}
+
+#[tokio::test]
+async fn filters_beyond_the_size_limit_are_refused() {
+    let engine = engine_with(limits(|l| l.filter_bytes = 256)).await;
+    let mut c = Client::connect(&engine, "ann").await;
+    let many: Vec<i64> = (1..200).collect();
+    let e = c.refused(json!({"stream": "tasks", "filters": {"id__in": many}})).await;
+    assert_eq!((e["code"].as_i64(), e["field"].as_str()), (Some(400), Some("filters")), "{e}");
+    assert!(e["message"].as_str().is_some_and(|m| m.contains("256")), "{e}");
+    assert_eq!(engine.metrics().stream_subscriptions.load(Ordering::Relaxed), 0);
+    c.subscribe(json!({"stream": "tasks", "filters": {"id__in": [1, 2]}})).await;
+}
+
+#[tokio::test]
+async fn unindexed_subscriptions_per_stream_are_capped() {
+    let engine = engine_with(limits(|l| l.unindexed_per_stream = 2)).await;
+    let mut ann = Client::connect(&engine, "ann").await;
+    let mut ben = Client::connect(&engine, "ben").await;
+    ann.subscribe(json!({"stream": "tasks", "filters": {"name__icontains": "a"}})).await;
+    ben.subscribe(json!({"stream": "tasks", "filters": {"status": "todo"}})).await;
+    let e = ann.refused(json!({"stream": "tasks", "filters": {"points__gt": 1}})).await;
+    assert_eq!((e["code"].as_i64(), e["reason"].as_str()), (Some(429), Some("RATE_LIMITED")), "{e}");
+    // Filters an index routes are not capped by it.
+    ann.subscribe(json!({"stream": "tasks", "filters": {"job": 1, "points__gt": 1}})).await;
+    ann.subscribe(json!({"stream": "tasks", "id": 2})).await;
 }

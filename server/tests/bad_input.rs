@@ -174,3 +174,38 @@ async fn an_unsupported_protocol_is_400_and_closes_the_connection() {
     assert!(e["supported"].as_array().is_some_and(|v| v.contains(&json!(1))), "{e}");
     c.expect_closed().await;
 }
+
+#[tokio::test]
+async fn a_temp_id_stands_only_for_an_earlier_row_of_its_own_type() {
+    let server = TestServer::start();
+    let (mut carol, before) = server.subscribed("carol", 1).await;
+    // A Task's temp id used where a User is expected.
+    let w = batch(
+        "job/1",
+        vec![
+            json!({"operation": "create", "instanceType": "Task", "instanceId": -1, "parentType": "Job", "parentId": 1,
+                   "relationName": "tasks", "data": {"name": "first"}}),
+            json!({"operation": "create", "instanceType": "Task", "instanceId": -2, "parentType": "Job", "parentId": 1,
+                   "relationName": "tasks", "data": {"name": "second", "assignee": -1, "developer": -1}}),
+        ],
+    );
+    let r = carol.write(w).await;
+    assert_eq!(r.refused(), (400, "INVALID_ID".to_owned()), "{}", r.response);
+    assert!(["assignee", "developer"].contains(&r.response["error"]["field"].as_str().unwrap_or("")), "{}", r.response);
+    // A create naming its own temp id in a reference.
+    let r = carol.write(create_task(1, Some(-5), json!({"name": "self", "assignee": -5}))).await;
+    assert_eq!(r.refused(), (400, "INVALID_ID".to_owned()), "{}", r.response);
+    assert_eq!(r.response["error"]["field"], "assignee", "{}", r.response);
+    // A temp id of a later op.
+    let w = batch(
+        "job/1",
+        vec![
+            json!({"operation": "create", "instanceType": "Task", "instanceId": -1, "parentType": "Job", "parentId": 1,
+                   "relationName": "tasks", "data": {"name": "early", "assignee": -2}}),
+            json!({"operation": "create", "instanceType": "User", "instanceId": -2, "data": {"name": "late"}}),
+        ],
+    );
+    let r = carol.write(w).await;
+    assert_eq!(r.response["success"], false, "{}", r.response);
+    assert_unchanged(&server, 1, &before).await;
+}

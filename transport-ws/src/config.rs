@@ -46,6 +46,12 @@ pub struct WsConfig {
     pub read_buffer_size: usize,
     /// Bytes buffered before a write reaches the socket (0: write each frame at once).
     pub write_buffer_size: usize,
+    /// The most connections open at once (HTTP and WebSocket); beyond it a
+    /// new connection is answered `503` and closed.
+    pub max_connections: usize,
+    /// How long a connection may take to send its request headers (a socket
+    /// that sends nothing is closed after this).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for WsConfig {
@@ -61,9 +67,14 @@ impl Default for WsConfig {
             close_timeout: Duration::from_secs(5),
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             write_buffer_size: DEFAULT_WRITE_BUFFER_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// The default cap on a WebSocket server's open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl WsConfig {
     pub(crate) fn validate(&self) -> Result<ConnSettings, TransportError> {
@@ -73,7 +84,15 @@ impl WsConfig {
                 self.path
             )));
         }
-        ConnSettings::new(
+        if self.max_connections == 0 {
+            return Err(TransportError::Protocol("invalid websocket setting: max_connections must be positive".into()));
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err(TransportError::Protocol(
+                "invalid websocket setting: header_read_timeout must be positive".into(),
+            ));
+        }
+        let mut settings = ConnSettings::new(
             self.frame_limit,
             OutboxLimits { frames: self.outbox_capacity, bytes: self.outbox_bytes },
             self.incoming_capacity,
@@ -82,7 +101,10 @@ impl WsConfig {
             self.close_timeout,
             self.read_buffer_size,
             self.write_buffer_size,
-        )
+        )?;
+        settings.max_connections = self.max_connections;
+        settings.header_read_timeout = self.header_read_timeout;
+        Ok(settings)
     }
 }
 
@@ -158,6 +180,10 @@ pub(crate) struct ConnSettings {
     pub close_timeout: Duration,
     pub read_buffer_size: usize,
     pub write_buffer_size: usize,
+    /// Server only.
+    pub max_connections: usize,
+    /// Server only.
+    pub header_read_timeout: Duration,
 }
 
 impl ConnSettings {
@@ -192,6 +218,8 @@ impl ConnSettings {
             read_buffer_size: read_buffer_size.max(1024),
             // tungstenite requires its (unbounded) max write buffer to be larger.
             write_buffer_size: write_buffer_size.min(frame_limit),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
         })
     }
 

@@ -14,5 +14,8 @@ mod connection;
 mod server;
 
 pub use client::connect;
-pub use config::{DEFAULT_FRAME_LIMIT, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, WsClientConfig, WsConfig};
+pub use config::{
+    DEFAULT_FRAME_LIMIT, DEFAULT_MAX_CONNECTIONS, DEFAULT_READ_BUFFER_SIZE, DEFAULT_WRITE_BUFFER_SIZE, WsClientConfig,
+    WsConfig,
+};
 pub use server::WsTransport;

@@ -2,20 +2,28 @@
 //! upgraded socket, extra HTTP routes served on the same port.
 
 use async_trait::async_trait;
+use axum::Extension;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use statecast_core::transport::{ConnectionHandler, ConnectionInfo, Frame, FrameKind, Transport, TransportError};
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::config::{ConnSettings, WsConfig};
 use crate::connection::{self, Wire, WireError, WireMessage, close_reason_text};
@@ -78,33 +86,102 @@ impl Transport for WsTransport {
 
     /// Serves until `shutdown` is cancelled. Upgraded connections are not
     /// cut by the shutdown: their owner (the engine) closes them.
+    ///
+    /// Its own accept loop rather than `axum::serve`, for what a server on
+    /// the open internet needs: a deadline for the request headers (a socket
+    /// that never sends a request is closed) and a cap on open connections
+    /// (beyond it a connection gets `503` and is closed at once).
     async fn serve(
         self: Box<Self>,
         handler: Arc<dyn ConnectionHandler>,
         shutdown: CancellationToken,
     ) -> Result<(), TransportError> {
         let this = *self;
-        let upgrades = Arc::new(Upgrades { handler, settings: this.settings });
+        let settings = this.settings;
+        let upgrades = Arc::new(Upgrades { handler, settings });
         // Unmatched requests fall through to the extra routes, so they can
         // never clash with the WebSocket path.
         let app = Router::new().route(&this.path, get(upgrade)).with_state(upgrades).fallback_service(this.routes);
-        let listener = this.listener.tap_io(|tcp| {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout);
+        builder.http2().enable_connect_protocol();
+        let builder = Arc::new(builder);
+        let slots = Arc::new(Semaphore::new(settings.max_connections));
+        let tasks = TaskTracker::new();
+        tracing::info!(addr = %this.local_addr, path = %this.path, "websocket transport listening");
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = this.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little
+                        // instead of spinning on the error.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%peer, max = settings.max_connections, "refusing a connection: at the connection cap");
+                tasks.spawn(refuse_busy(tcp));
+                continue;
+            };
             if let Err(err) = tcp.set_nodelay(true) {
                 tracing::warn!(error = %err, "could not set TCP_NODELAY");
             }
-        });
-        tracing::info!(addr = %this.local_addr, path = %this.path, "websocket transport listening");
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+            let slot = ConnSlot(Arc::new(slot));
+            let service = app.clone().map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(slot.clone());
+                req
+            });
+            let (builder, shutdown) = (builder.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service));
+                let mut conn = std::pin::pin!(conn);
+                let served = tokio::select! {
+                    served = conn.as_mut() => served,
+                    () = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = served {
+                    tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                }
+            });
+        }
+        tasks.close();
+        if tokio::time::timeout(settings.close_timeout, tasks.wait()).await.is_err() {
+            tracing::debug!("http connections still open after the close timeout");
+        }
         tracing::info!(addr = %this.local_addr, "websocket transport stopped");
         Ok(())
     }
 }
 
+/// How long the accept loop pauses after a failed accept.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// One of the transport's connection slots, held until the connection ends
+/// (an upgraded WebSocket keeps it after its HTTP request is done).
+#[derive(Clone)]
+struct ConnSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+/// Answers a connection over the cap with `503` and closes it.
+async fn refuse_busy(mut tcp: TcpStream) {
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: text/plain\r\n\
+        content-length: 45\r\nconnection: close\r\n\r\nthe server holds too many connections; retry\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(BUSY)).await;
+    let _ = tcp.shutdown().await;
+}
+
 async fn upgrade(
     State(upgrades): State<Arc<Upgrades>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let settings = upgrades.settings;
@@ -114,6 +191,8 @@ async fn upgrade(
         .write_buffer_size(settings.write_buffer_size)
         .on_failed_upgrade(move |err| tracing::debug!(%peer, error = %err, "websocket upgrade failed"))
         .on_upgrade(move |socket: WebSocket| async move {
+            // The connection's slot is held until the socket ends.
+            let _slot = slot;
             let info = ConnectionInfo { transport: "ws", peer: peer.to_string() };
             tracing::debug!(%peer, "websocket connection opened");
             let (conn, driver) = connection::open(socket, info, settings);

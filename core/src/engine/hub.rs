@@ -229,6 +229,7 @@ impl HubHandle {
 /// The hub's stream settings.
 pub(crate) struct StreamSettings {
     pub snapshot_limit: usize,
+    pub limits: super::ConnectionLimits,
 }
 
 pub(crate) fn spawn(
@@ -266,6 +267,7 @@ pub(crate) fn spawn(
         streams: StreamRegistry::default(),
         pending_streams: HashMap::new(),
         snapshot_limit: stream_settings.snapshot_limit,
+        limits: stream_settings.limits,
     };
     tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
@@ -420,6 +422,7 @@ struct Hub {
     streams: StreamRegistry,
     pending_streams: HashMap<SubId, PendingSub>,
     snapshot_limit: usize,
+    limits: super::ConnectionLimits,
 }
 
 /// Subtrees of rows that moved between parents, loaded before routing.
@@ -568,12 +571,15 @@ impl Hub {
         if !self.conns.contains_key(&req.conn) {
             return;
         }
+        let at_limit = self.loading_subscribes_of(req.conn) >= self.limits.subscribes_in_flight;
         match self.contexts.get_mut(&req.context) {
             Some(Slot::Live(_)) => self.answer_subscribe(req),
-            Some(Slot::Loading { waiting, .. }) => {
-                waiting.retain(|r| r.conn != req.conn);
-                waiting.push(req);
-            }
+            // The connection may wait for this context already: it keeps holding it.
+            Some(Slot::Loading { .. }) if at_limit => return self.refuse_busy_subscribe(req, false),
+            // Every subscribe is answered, a second one to the same context
+            // included (each with its own rid).
+            Some(Slot::Loading { waiting, .. }) => waiting.push(req),
+            None if at_limit => return self.refuse_busy_subscribe(req, true),
             None => {
                 let (channel, anchor_id, context) = (req.channel.clone(), req.anchor_id, req.context.clone());
                 self.contexts.insert(
@@ -584,6 +590,33 @@ impl Hub {
             }
         }
         self.update_subscription_gauge();
+    }
+
+    /// Refuses a subscribe beyond the connection's subscribes in flight (429);
+    /// `forget`: the connection held nothing of the context before it.
+    fn refuse_busy_subscribe(&mut self, req: SubscribeRequest, forget: bool) {
+        let max = self.limits.subscribes_in_flight;
+        let e = WireError::new(
+            ErrorReason::RateLimited,
+            format!("this connection has {max} subscribes waiting for their state already; wait for one"),
+        );
+        if forget && let Some(entry) = self.conns.get(&req.conn) {
+            entry.subs.lock().remove(&req.context);
+        }
+        let mut msg = ErrorMessage::new(e, req.rid);
+        msg.context = Some(req.context);
+        self.send_msg(req.conn, &ServerMessage::Error(msg));
+    }
+
+    /// Subscribes of `conn` waiting for a context to load.
+    fn loading_subscribes_of(&self, conn: ConnId) -> usize {
+        self.contexts
+            .values()
+            .map(|slot| match slot {
+                Slot::Loading { waiting, .. } => waiting.iter().filter(|r| r.conn == conn).count(),
+                Slot::Live(_) => 0,
+            })
+            .sum()
     }
 
     fn spawn_loader(&self, context: String, channel: Arc<Channel>, anchor_id: Id) {
@@ -1085,6 +1118,10 @@ impl Hub {
         if !self.conns.contains_key(&req.sub.conn) {
             return;
         }
+        if let Err(e) = self.stream_within_limits(&req.sub) {
+            let conn = req.sub.conn;
+            return self.send_msg(conn, &ServerMessage::Error(ErrorMessage::new(e, req.rid)));
+        }
         let since = req.since.and_then(|(since, ep)| (ep.as_deref() == Some(self.epoch.as_str())).then_some(since));
         let load = match (req.snapshot, since) {
             (true, _) => Some(None),
@@ -1125,6 +1162,32 @@ impl Hub {
                 let _ = tx.send(HubMsg::StreamLoaded { sub: id, result });
             }
         });
+    }
+
+    /// The per-connection and per-stream limits a new stream subscription must fit.
+    fn stream_within_limits(&self, sub: &StreamSub) -> Result<(), WireError> {
+        let limits = &self.limits;
+        let pending = self.pending_streams.values().filter(|p| p.sub.conn == sub.conn).count();
+        if self.streams.count_of_conn(sub.conn) + pending >= limits.stream_subscriptions {
+            return Err(WireError::new(
+                ErrorReason::RateLimited,
+                format!(
+                    "this connection holds {} stream subscriptions already, the most allowed; unsubscribe one first",
+                    limits.stream_subscriptions
+                ),
+            ));
+        }
+        if sub.route.is_none() && self.streams.unindexed_of(&sub.stream.name) >= limits.unindexed_per_stream {
+            return Err(WireError::new(
+                ErrorReason::RateLimited,
+                format!(
+                    "stream `{}` has {} subscriptions whose filters fix no indexed field, the most allowed; \
+                     filter on the id or an index field",
+                    sub.stream.name, limits.unindexed_per_stream
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn stream_loaded(&mut self, id: SubId, result: Result<StreamLoad, WireError>) {
@@ -1217,12 +1280,24 @@ impl Hub {
     }
 
     fn stream_unsubscribe(&mut self, conn: ConnId, subscription: String, rid: Rid) {
-        if let Some(id) = super::streams::parse_wire_name(&subscription)
-            && self.streams.subs.get(&id).is_some_and(|s| s.conn == conn)
-        {
-            self.streams.remove(id);
-            self.update_stream_gauge();
+        let id = super::streams::parse_wire_name(&subscription);
+        let held = id.is_some_and(|id| self.streams.subs.get(&id).is_some_and(|s| s.conn == conn));
+        let pending = id.is_some_and(|id| self.pending_streams.get(&id).is_some_and(|p| p.sub.conn == conn));
+        match id {
+            Some(id) if held => drop(self.streams.remove(id)),
+            Some(id) if pending => drop(self.pending_streams.remove(&id)),
+            // Not this connection's (or no longer held): nothing to do, and it says so.
+            _ => {
+                let e = WireError::new(
+                    ErrorReason::UnknownStream,
+                    format!("this connection holds no stream subscription `{subscription}`"),
+                );
+                let mut msg = ErrorMessage::new(e, rid);
+                msg.subscription = Some(subscription);
+                return self.send_msg(conn, &ServerMessage::Error(msg));
+            }
         }
+        self.update_stream_gauge();
         let msg = Unsubscribed {
             context: None,
             subscription: Some(subscription),

@@ -51,6 +51,37 @@ pub struct EngineConfig {
     pub snapshot_limit: usize,
     /// The most ids one `get` may ask for (default 1,000).
     pub get_limit: usize,
+    /// How long a connection may take to say `hello` (default 10 s); one that
+    /// doesn't is closed with 4001.
+    pub hello_timeout: Duration,
+    /// Limits on what one connection may hold or ask at once.
+    pub limits: ConnectionLimits,
+}
+
+/// What one connection may hold or ask for at once: each beyond is refused
+/// with 429 `RATE_LIMITED` and a reason, and changes nothing.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// Subscribes to contexts still loading (default 16).
+    pub subscribes_in_flight: usize,
+    /// Stream subscriptions held (default 100).
+    pub stream_subscriptions: usize,
+    /// Bytes of one stream subscription's filters, as JSON (default 16 KiB).
+    pub filter_bytes: usize,
+    /// Subscriptions of one stream whose filters no index routes (each is
+    /// decided for every change of the stream's type; default 1,000).
+    pub unindexed_per_stream: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            subscribes_in_flight: 16,
+            stream_subscriptions: 100,
+            filter_bytes: 16 * 1024,
+            unindexed_per_stream: 1000,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -63,6 +94,8 @@ impl Default for EngineConfig {
             stream_index: true,
             snapshot_limit: 10_000,
             get_limit: 1000,
+            hello_timeout: Duration::from_secs(10),
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -148,7 +181,7 @@ impl EngineBuilder {
             metrics.clone(),
             self.config.frame_limit,
             commit_lock.clone(),
-            hub::StreamSettings { snapshot_limit: self.config.snapshot_limit },
+            hub::StreamSettings { snapshot_limit: self.config.snapshot_limit, limits: self.config.limits.clone() },
         );
         let inner = Arc::new(Inner {
             schema: self.schema,

@@ -59,8 +59,10 @@ pub(crate) async fn run(inner: Arc<Inner>, conn: Connection) {
         subs: Arc::new(parking_lot::Mutex::new(HashSet::new())),
         in_flight: Arc::new(AtomicUsize::new(0)),
     };
+    let hello_by = Instant::now() + s.inner.config.hello_timeout;
     loop {
-        let expires = s.expires;
+        // Before `hello` the deadline is the hello's; after, the token's expiry.
+        let deadline = if s.user.is_none() { Some(hello_by) } else { s.expires };
         let flow = tokio::select! {
             // Boxed: handling a message (a write, a subscribe) is a large
             // future, and held inline it would make every idle connection's
@@ -69,7 +71,10 @@ pub(crate) async fn run(inner: Arc<Inner>, conn: Connection) {
                 Some(m) => Box::pin(s.on_incoming(m)).await,
                 None => Flow::Close,
             },
-            _ = sleep_until(expires) => s.token_expired(),
+            _ = sleep_until(deadline) => match s.user {
+                None => s.hello_timed_out(),
+                Some(_) => s.token_expired(),
+            },
             _ = s.outbox.closed() => Flow::Close,
         };
         if let Flow::Close = flow {
@@ -193,7 +198,7 @@ impl Session {
         };
         let client_id = match hello.client_id {
             Some(c) if c.is_empty() || c.len() > 128 => {
-                let e = WireError::invalid_data("clientId", "`clientId` must be 1 to 128 characters");
+                let e = WireError::invalid_data("clientId", "`clientId` must be 1 to 128 bytes (UTF-8)");
                 self.reply(error_msg(e, hello.rid), codec);
                 return Flow::Continue;
             }
@@ -228,6 +233,15 @@ impl Session {
         self.user = Some(user);
         self.reply(ServerMessage::Welcome(welcome), codec);
         Flow::Continue
+    }
+
+    fn hello_timed_out(&mut self) -> Flow {
+        let secs = self.inner.config.hello_timeout.as_secs_f32();
+        let e = WireError::new(ErrorReason::Unauthenticated, format!("no `hello` within {secs} s"));
+        tracing::debug!(conn = self.id, "closing a connection that never said hello");
+        self.reply(error_msg(e, None), self.codec());
+        self.outbox.close(close_code::UNAUTHENTICATED, "HELLO_TIMEOUT");
+        Flow::Close
     }
 
     fn token_expired(&mut self) -> Flow {
@@ -502,6 +516,19 @@ async fn scoped_filters(
     })
 }
 
+/// Filters are held and decided for every change of the stream's type: their
+/// size is bounded (measured as JSON, whatever the codec).
+fn check_filter_size(filters: &serde_json::Map<String, serde_json::Value>, limit: usize) -> Result<(), WireError> {
+    let size = serde_json::to_vec(filters).map_or(usize::MAX, |v| v.len());
+    if size > limit {
+        return Err(WireError::invalid_data(
+            "filters",
+            format!("the filters take {size} bytes as JSON; at most {limit} are allowed"),
+        ));
+    }
+    Ok(())
+}
+
 async fn check_stream_subscribe(
     inner: &Inner,
     user: &User,
@@ -514,7 +541,10 @@ async fn check_stream_subscribe(
         .entity(&stream.ty)
         .ok_or_else(|| WireError::internal(format!("the type of stream `{name}` is not in the schema")))?;
     let mut client = match &sub.filters {
-        Some(map) => Filters::parse(map).map_err(|e| e.to_wire())?,
+        Some(map) => {
+            check_filter_size(map, inner.config.limits.filter_bytes)?;
+            Filters::parse(map).map_err(|e| e.to_wire())?
+        }
         None => Filters::new(),
     };
     if let Some(id) = sub.id {

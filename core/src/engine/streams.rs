@@ -204,6 +204,16 @@ impl StreamRegistry {
         self.subs.insert(sub.id, sub);
     }
 
+    /// How many subscriptions `conn` holds.
+    pub fn count_of_conn(&self, conn: ConnId) -> usize {
+        self.by_conn.get(&conn).map_or(0, HashSet::len)
+    }
+
+    /// How many subscriptions of `stream` no index routes.
+    pub fn unindexed_of(&self, stream: &str) -> usize {
+        self.routes.get(stream).map_or(0, |r| r.unindexed.len())
+    }
+
     /// Removes a subscription; returns it if it was held.
     pub fn remove(&mut self, id: SubId) -> Option<StreamSub> {
         let sub = self.subs.remove(&id)?;

@@ -209,3 +209,27 @@ async fn a_temp_id_stands_only_for_an_earlier_row_of_its_own_type() {
     assert_eq!(r.response["success"], false, "{}", r.response);
     assert_unchanged(&server, 1, &before).await;
 }
+
+#[tokio::test]
+async fn a_row_that_could_not_fit_a_frame_is_refused_in_either_codec() {
+    let server = TestServer::start_args(&["--frame-limit", "65536"]);
+    let (mut alice, before) = server.subscribed("alice", 1).await;
+    // 20,000 control characters: 20 KB as MessagePack, 120 KB as JSON (`\u0001`).
+    let controls = "\u{1}".repeat(20_000);
+    let mut mp = server.msgpack().await;
+    mp.hello("alice").await;
+    mp.subscribe("job", 1).await;
+    for c in [&mut alice, &mut mp] {
+        let r = c.write(save("job/1", "Task", 1, json!({"notes": controls}))).await;
+        assert_eq!(r.refused(), (413, "FRAME_TOO_LARGE".to_owned()), "{}", r.response);
+        assert!(r.deltas().is_empty());
+        let r = c.write(create_task(1, Some(-1), json!({"name": "huge", "notes": "a".repeat(70_000)}))).await;
+        assert_eq!(r.refused(), (413, "FRAME_TOO_LARGE".to_owned()), "{}", r.response);
+    }
+    assert_unchanged(&server, 1, &before).await;
+    // What fits goes through, and reaches a JSON subscriber whole.
+    let fits = "\u{1}".repeat(9_000);
+    alice.write(save("job/1", "Task", 1, json!({"notes": fits}))).await.ok();
+    let (_bob, state) = server.subscribed("bob", 1).await;
+    assert_eq!(row(&state, "Task", 1).expect("task 1")["notes"], json!(fits));
+}

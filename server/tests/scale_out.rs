@@ -219,3 +219,48 @@ async fn a_client_resumes_on_another_process_with_since_after_a_sigkill() {
         psql(&pg.url, &format!("SELECT string_agg(name, ',' ORDER BY name) FROM {}.\"Task\" WHERE job = 1", pg.name));
     assert_eq!(task_names(&view).join(","), in_db, "the view equals the database");
 }
+
+/// PostgreSQL's count of deadlocks detected in the test database.
+fn deadlocks(url: &str) -> i64 {
+    psql(url, "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").parse().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn restarting_a_process_does_not_hold_up_the_others_commits() {
+    if !enabled() {
+        return;
+    }
+    let pg = pg_schema();
+    let url = pg_url().expect("url");
+    let mut servers: Vec<TestServer> = (0..3).map(|_| TestServer::start_on(&pg.store_url(), &[])).collect();
+    // Statistics reach pg_stat_database within a second of a transaction.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let deadlocks_before = deadlocks(&url);
+    let mut writer = servers[0].json().await;
+    writer.hello("alice").await;
+    writer.subscribe("job", 1).await;
+    let load = tokio::spawn(async move {
+        let (mut slowest, mut failed, mut n) = (Duration::ZERO, Vec::new(), 0);
+        let until = std::time::Instant::now() + Duration::from_secs(4);
+        while std::time::Instant::now() < until {
+            n += 1;
+            let started = std::time::Instant::now();
+            let w = writer.write(save("job/1", "Task", 1, json!({"notes": format!("save {n}")}))).await;
+            slowest = slowest.max(started.elapsed());
+            if w.response["success"] != true {
+                failed.push(w.response.clone());
+            }
+        }
+        (n, slowest, failed)
+    });
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        servers[2].relaunch();
+    }
+    let (n, slowest, failed) = load.await.expect("load");
+    assert!(failed.is_empty(), "writes failed while a process restarted: {failed:?}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(deadlocks(&url) - deadlocks_before, 0, "PostgreSQL saw deadlocks while a process restarted");
+    eprintln!("{n} saves; slowest {slowest:?} while process 3 restarted twice (target: < 200 ms)");
+    drop(servers);
+}

@@ -129,6 +129,42 @@ async fn reset_writer(db: &SqliteDb, conn: &mut SqliteConnection) {
     }
 }
 
+/// The fingerprint the tables were last migrated to, if they exist.
+#[cfg(feature = "postgres")]
+async fn stored_fingerprint(conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>) -> Option<String> {
+    let sql = format!("SELECT value FROM {META} WHERE key = $1");
+    // Outside a transaction: a missing table is an answer ("migrate"), not an error.
+    let rows = Conn::Postgres(conn).fetch(&sql, vec![Bind::Text(Some(tables::SCHEMA_KEY.into()))], &[Col::Text]).await;
+    rows.ok()?.first().and_then(|r| r[0].as_str().map(str::to_owned))
+}
+
+/// Migrates the tables under an advisory lock (processes starting at once
+/// migrate one after the other), and records the fingerprint.
+#[cfg(feature = "postgres")]
+async fn migrate_postgres(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+    schema: &Schema,
+    pg_schema: Option<&str>,
+    fingerprint: &str,
+    target: &str,
+) -> Result<(), SqlError> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await.map_err(|e| SqlError::Store(backend(e)))?;
+    let mut c = Conn::Postgres(&mut tx);
+    if let Some(ns) = pg_schema {
+        c.run(&format!("CREATE SCHEMA IF NOT EXISTS {}", db::quote(ns)))
+            .await
+            .map_err(|e| SqlError::Store(backend(e)))?;
+    }
+    c.run("SELECT pg_advisory_xact_lock(7312252160533)").await.map_err(|e| SqlError::Store(backend(e)))?;
+    for note in tables::migrate(&mut c, schema).await? {
+        tracing::info!(db = %target, "{note}");
+    }
+    meta_set(&mut c, tables::SCHEMA_KEY, fingerprint.to_owned()).await.map_err(|e| SqlError::Store(backend(e)))?;
+    tx.commit().await.map_err(|e| SqlError::Store(backend(e)))?;
+    Ok(())
+}
+
 #[cfg(feature = "sqlite")]
 struct SqliteWriter {
     conn: SqliteConnection,
@@ -353,20 +389,18 @@ impl SqlStore {
             .map_err(|e| SqlError::Connect(format!("PostgreSQL at {target}: {e}")))?;
         let tables = Tables::new(Dialect::Postgres, &schema);
         let mut conn = pool.acquire().await.map_err(|e| SqlError::Connect(format!("PostgreSQL at {target}: {e}")))?;
+        let fingerprint = tables::fingerprint(Dialect::Postgres, &schema);
+        // Other processes may be committing: when the tables are current, no
+        // DDL runs and no lock is taken.
+        if stored_fingerprint(&mut conn).await.as_deref() != Some(fingerprint.as_str()) {
+            migrate_postgres(&mut conn, &schema, options.pg_schema.as_deref(), &fingerprint, &target).await?;
+        } else {
+            tracing::debug!(db = %target, "the tables are current: no migration");
+        }
         let (epoch, last, channel) = {
             use sqlx::Connection as _;
             let mut tx = conn.begin().await.map_err(|e| SqlError::Store(backend(e)))?;
             let mut c = Conn::Postgres(&mut tx);
-            if let Some(ns) = &options.pg_schema {
-                c.run(&format!("CREATE SCHEMA IF NOT EXISTS {}", db::quote(ns)))
-                    .await
-                    .map_err(|e| SqlError::Store(backend(e)))?;
-            }
-            // Two processes starting at once migrate one after the other.
-            c.run("SELECT pg_advisory_xact_lock(7312252160533)").await.map_err(|e| SqlError::Store(backend(e)))?;
-            for note in tables::migrate(&mut c, &schema).await? {
-                tracing::info!(db = %target, "{note}");
-            }
             let epoch = meta_epoch(&mut c).await?;
             let rows = c
                 .fetch(

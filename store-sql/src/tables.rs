@@ -360,6 +360,24 @@ async fn existing_columns(conn: &mut Conn<'_>, table: &str) -> Result<Option<BTr
 
 /// Creates what is missing and checks what exists; refuses, before changing
 /// anything, what can't be applied safely. Runs inside the caller's transaction.
+/// The meta key holding [`fingerprint`] once migrated.
+pub(crate) const SCHEMA_KEY: &str = "schema";
+
+/// What the database's tables are migrated to, as text: every DDL statement
+/// the schema leads to. Equal to the stored one, nothing needs migrating, so
+/// a process can start without taking a lock other processes' commits would
+/// wait on (`CREATE INDEX IF NOT EXISTS` takes a table lock even when the
+/// index exists).
+pub(crate) fn fingerprint(d: Dialect, schema: &Schema) -> String {
+    let mut parts = internal_ddl(d);
+    for ty in schema.types.values() {
+        parts.push(format!("table {}", ty.name));
+        parts.extend(ty.fields.iter().map(|f| column_def(d, f)));
+        parts.extend(ty.fields.iter().filter_map(|f| foreign_key(d, ty, f)));
+    }
+    parts.join("\n")
+}
+
 pub(crate) async fn migrate(conn: &mut Conn<'_>, schema: &Schema) -> Result<Vec<String>, MigrationError> {
     let d = conn.dialect();
     for stmt in internal_ddl(d) {

@@ -197,6 +197,20 @@ fn note_store_trouble<T>(inner: &Inner, result: &Result<T, CommitError>) {
     }
 }
 
+/// Bytes of a frame kept for the message around a row (type, context, seq,
+/// the change's op, type and id, a writeId).
+const FRAME_ENVELOPE: usize = 1024;
+
+/// An upper bound of a value's JSON size: every string byte may escape to six.
+fn json_size_bound(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len() * 6 + 2,
+        Value::Array(items) => items.iter().map(|i| json_size_bound(i) + 1).sum::<usize>() + 2,
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() * 6 + 4 + json_size_bound(v)).sum::<usize>() + 2,
+        _ => 24,
+    }
+}
+
 /// The existing rows a write saves or deletes (creates make new rows).
 fn changed_rows(ops: &[WriteOp]) -> impl Iterator<Item = (String, Id)> + '_ {
     ops.iter()
@@ -401,6 +415,7 @@ impl<'a> Checker<'a> {
         }
         let mut after = row.clone();
         after.fields.extend(data.clone());
+        self.check_fits_frame(&after.ty, &after.fields)?;
         self.overlay.insert(row.key(), Some(after));
         Ok(TxOp::Update { ty: row.ty.clone(), id: row.id, fields: data })
     }
@@ -434,6 +449,7 @@ impl<'a> Checker<'a> {
         }
         let mut fields = entity.check_create_data_as(&data, self.system)?;
         self.set_server_values(entity, &mut fields);
+        self.check_fits_frame(&entity.name, &fields)?;
         // Before this create's own temp id counts: a reference resolves only
         // to an earlier op.
         self.check_references(entity, &fields).await?;
@@ -530,6 +546,29 @@ impl<'a> Checker<'a> {
             };
             fields.insert(field.name.clone(), value);
         }
+    }
+
+    /// A row must fit one frame in either codec, or no subscriber could be
+    /// sent it: JSON is the larger (a control character escapes to six
+    /// bytes), so its size decides, with room for the message around it.
+    fn check_fits_frame(&self, ty: &str, fields: &Fields) -> Result<(), WireError> {
+        let room = self.inner.config.frame_limit.saturating_sub(FRAME_ENVELOPE);
+        // Cheap bound first: most rows are far below the limit.
+        let at_most: usize = fields.iter().map(|(k, v)| k.len() + 8 + json_size_bound(v)).sum();
+        if at_most <= room {
+            return Ok(());
+        }
+        let size = serde_json::to_vec(fields).map_or(usize::MAX, |v| v.len());
+        if size <= room {
+            return Ok(());
+        }
+        Err(WireError::new(
+            ErrorReason::FrameTooLarge,
+            format!(
+                "this {ty} would take {size} bytes as JSON; a row must fit in a frame ({} bytes, {FRAME_ENVELOPE} kept for the message around it)",
+                self.inner.config.frame_limit
+            ),
+        ))
     }
 
     /// Reference values must name existing rows (or temp ids of this batch).

@@ -112,7 +112,12 @@ impl TestServer {
 
     /// Starts the server on a directory the caller owns.
     pub fn start_with(data_dir: &Path) -> Self {
-        Self::spawn(DataDir::Given(data_dir.to_owned()), Vec::new())
+        Self::start_with_args(data_dir, &[])
+    }
+
+    /// Starts the server on a directory the caller owns, with extra flags.
+    pub fn start_with_args(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn(DataDir::Given(data_dir.to_owned()), extra.iter().map(|s| (*s).to_owned()).collect())
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -401,6 +406,23 @@ impl Client {
             .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
         let client_id = format!("test-{:032x}", rand_u128());
         Client { ws, codec, client_id, next_write_id: 1, said_hello: false }
+    }
+
+    /// Connects, or `None` when nothing listens (the server is restarting).
+    pub async fn try_connect(url: &str, codec: Codec) -> Option<Self> {
+        let (ws, _) = tokio::time::timeout(RECV_TIMEOUT, tokio_tungstenite::connect_async(url)).await.ok()?.ok()?;
+        let client_id = format!("test-{:032x}", rand_u128());
+        Some(Client { ws, codec, client_id, next_write_id: 1, said_hello: false })
+    }
+
+    /// Sends one message; the next message (or `None` when the connection
+    /// ends or nothing comes within `within`).
+    pub async fn try_request(&mut self, msg: Value, within: Duration) -> Option<Value> {
+        self.send_raw(Message::text(msg.to_string())).await.ok()?;
+        match self.next_event(within).await? {
+            Event::Msg(m) => Some(m),
+            Event::Closed(_) => None,
+        }
     }
 
     /// Sends one message in this client's codec.

@@ -41,6 +41,7 @@ pub struct ServerBuilder {
     engine_config: EngineConfig,
     websocket: Vec<(SocketAddr, WsConfig)>,
     quic: Vec<(SocketAddr, QuicConfig)>,
+    endpoints: crate::http::HttpEndpoints,
 }
 
 impl ServerBuilder {
@@ -54,7 +55,15 @@ impl ServerBuilder {
             engine_config: EngineConfig::default(),
             websocket: Vec::new(),
             quic: Vec::new(),
+            endpoints: crate::http::HttpEndpoints::default(),
         }
+    }
+
+    /// Which optional HTTP endpoints (the inspector page, `/metrics`) the
+    /// WebSocket port serves beside `/healthz` and `/readyz` (default: both).
+    pub fn http_endpoints(mut self, endpoints: crate::http::HttpEndpoints) -> Self {
+        self.endpoints = endpoints;
+        self
     }
 
     pub fn channel(mut self, channel: Channel) -> Self {
@@ -136,7 +145,7 @@ impl ServerBuilder {
             let transport = WsTransport::bind(addr, config)
                 .await
                 .map_err(|source| ServerError::Bind { addr, source })?
-                .with_routes(crate::http::routes(engine.clone(), &path));
+                .with_routes(crate::http::routes(engine.clone(), &path, self.endpoints));
             ws_addrs.push((transport.local_addr(), path));
             let (handler, token) = (handler.clone(), shutdown.clone());
             tasks.spawn(async move {

@@ -255,6 +255,12 @@ pub struct Args {
     /// confirmation waits that much longer. At most 1000 [default: 0].
     #[arg(long, value_name = "MS")]
     pub flush_delay_ms: Option<u64>,
+    /// Serve the inspector page at `/` [default: true, false in prod mode].
+    #[arg(long, value_name = "BOOL")]
+    pub inspector: Option<bool>,
+    /// Serve `/metrics` (unauthenticated: keep the port private or turn it off) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub metrics: Option<bool>,
     /// Log filter (tracing `EnvFilter` syntax) [default: $RUST_LOG, else the file's `log`, else info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -295,6 +301,8 @@ pub struct FileConfig {
     pub log_keep: Option<u64>,
     pub log_max_age: Option<u64>,
     pub flush_delay_ms: Option<u64>,
+    pub inspector: Option<bool>,
+    pub metrics: Option<bool>,
     pub log: Option<String>,
 }
 
@@ -346,6 +354,10 @@ pub struct Config {
     pub log_max_age: Option<Duration>,
     /// The embedded stores' group-commit delay before each sync.
     pub flush_delay: Duration,
+    /// Serve the inspector page.
+    pub inspector: bool,
+    /// Serve `/metrics`.
+    pub metrics: bool,
     pub log: String,
 }
 
@@ -552,6 +564,8 @@ impl Config {
                 .invalid(from_flag, "PostgreSQL makes each commit durable itself: use its `commit_delay`"));
         }
         let flush_delay = Duration::from_millis(flush_delay_ms);
+        let inspector = args.inspector.or(file.inspector).unwrap_or(mode != Mode::Prod);
+        let metrics = args.metrics.or(file.metrics).unwrap_or(true);
 
         // Precedence for the log filter: flag, then RUST_LOG, then the file, then `info`.
         let (log, log_name) = match (args.log, env("RUST_LOG").filter(|s| !s.is_empty()), file.log) {
@@ -596,6 +610,8 @@ impl Config {
             log_keep,
             log_max_age,
             flush_delay,
+            inspector,
+            metrics,
             log,
         })
     }

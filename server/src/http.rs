@@ -21,30 +21,49 @@ mod assets {
 /// The placeholder in `index.html` that becomes the WebSocket path.
 const WS_PATH_PLACEHOLDER: &str = "{{WS_PATH}}";
 
-pub fn routes(engine: Engine, ws_path: &str) -> Router {
+/// Which of the optional HTTP endpoints a server offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpEndpoints {
+    /// The inspector page at `/` (and the client modules it loads).
+    pub inspector: bool,
+    /// `/metrics` (Prometheus text).
+    pub metrics: bool,
+}
+
+impl Default for HttpEndpoints {
+    fn default() -> Self {
+        Self { inspector: true, metrics: true }
+    }
+}
+
+pub fn routes(engine: Engine, ws_path: &str, endpoints: HttpEndpoints) -> Router {
     let ready = engine.clone();
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let why = ready.not_ready_reason();
-                async move {
-                    match why {
-                        None => (StatusCode::OK, "ready\n".to_owned()),
-                        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
-                    }
+    let router = Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+        "/readyz",
+        get(move || {
+            let why = ready.not_ready_reason();
+            async move {
+                match why {
+                    None => (StatusCode::OK, "ready\n".to_owned()),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
                 }
-            }),
-        )
-        .route(
+            }
+        }),
+    );
+    let router = match endpoints.metrics {
+        true => router.route(
             "/metrics",
             get(move || {
                 let body = engine.render_metrics();
                 async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response() }
             }),
-        )
-        .merge(inspector_routes(ws_path))
+        ),
+        false => router,
+    };
+    match endpoints.inspector {
+        true => router.merge(inspector_routes(ws_path)),
+        false => router,
+    }
 }
 
 /// The inspector page (`/`) and its assets, with the client modules it imports.

@@ -10,6 +10,7 @@ use clap::Parser;
 use statecast_core::Store;
 use statecast_server::builder::ServerBuilder;
 use statecast_server::config::{Args, Command};
+use statecast_server::http::HttpEndpoints;
 use statecast_server::{
     Config, Mode, QUIC_FINGERPRINT_PREFIX, ServerAuth, StoreSpec, demo, quic_listening_line, schema_export,
 };
@@ -102,6 +103,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .store(store)
         .authenticator(auth)
         .engine_config(config.engine_config())
+        .http_endpoints(HttpEndpoints { inspector: config.inspector, metrics: config.metrics })
         .websocket(config.ws_addr, ws);
     if let Some(addr) = config.quic_addr {
         let quic = QuicConfig {

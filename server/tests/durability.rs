@@ -162,3 +162,17 @@ async fn health_readiness_and_metrics_are_served_on_the_websocket_port() {
         assert!(resp.starts_with("HTTP/1.1 200"), "GET {path}: {resp}");
     }
 }
+
+#[tokio::test]
+async fn the_inspector_and_metrics_can_be_turned_off() {
+    let server = TestServer::start_args(&["--inspector", "false", "--metrics", "false"]);
+    for path in ["/", "/metrics"] {
+        let r = server.http_get(path).await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{path}: {r}");
+    }
+    let ready = server.http_get("/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let on = TestServer::start();
+    assert!(on.http_get("/metrics").await.starts_with("HTTP/1.1 200"));
+    assert!(on.http_get("/").await.starts_with("HTTP/1.1 200"));
+}

@@ -30,6 +30,9 @@ pub struct FjallBackend {
 fn backend(e: fjall::Error) -> StoreError {
     match e {
         fjall::Error::Poisoned => StoreError::FlushFailed("an earlier journal write failed".into()),
+        // A full disk, a failing device: 503, not 500 (a failed write also
+        // fails the store, which then stops the server; see store-kv).
+        fjall::Error::Io(_) => StoreError::Unavailable(format!("the fjall engine failed I/O: {e}")),
         _ => StoreError::Backend(e.to_string()),
     }
 }

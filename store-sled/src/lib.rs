@@ -23,6 +23,9 @@ pub struct SledBackend {
 fn backend(e: sled::Error) -> StoreError {
     match e {
         sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+        // A full disk, a failing device: 503, not 500 (a failed write also
+        // fails the store, which then stops the server; see store-kv).
+        sled::Error::Io(_) => StoreError::Unavailable(format!("the sled engine failed I/O: {e}")),
         _ => StoreError::Backend(e.to_string()),
     }
 }

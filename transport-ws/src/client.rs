@@ -140,6 +140,9 @@ impl WireError for tungstenite::Error {
     fn is_too_large(&self) -> bool {
         matches!(self, tungstenite::Error::Capacity(_))
     }
+    fn is_protocol_violation(&self) -> bool {
+        matches!(self, tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_))
+    }
 }
 
 #[cfg(test)]

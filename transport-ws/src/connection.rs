@@ -37,6 +37,9 @@ pub(crate) trait WireMessage: Send + Sized + 'static {
 pub(crate) trait WireError: std::fmt::Display + Send + 'static {
     /// True when the peer's message or frame exceeded the configured maximum.
     fn is_too_large(&self) -> bool;
+    /// True when the peer broke the WebSocket protocol (a bad frame, bad UTF-8
+    /// in a text frame): answered with close code 1002 before the socket ends.
+    fn is_protocol_violation(&self) -> bool;
 }
 
 /// Builds the [`Connection`] for a socket and the future that drives it.
@@ -106,6 +109,8 @@ enum ReadEnd {
     PeerClosed,
     /// A message beyond twice the frame limit: the stream cannot go on.
     TooLarge,
+    /// The peer broke the WebSocket protocol.
+    ProtocolViolation,
 }
 
 /// How the writer loop ended.
@@ -139,6 +144,10 @@ async fn drive<S, M, E>(
             let limit = settings.wire_limit();
             tracing::debug!(peer = %info.peer, limit, "closing: frame beyond the hard limit");
             let close = M::close(close_code::TOO_BIG, format!("frame larger than {limit} bytes"));
+            send_within(&mut sink, close, settings.close_timeout).await;
+        }
+        WriteEnd::Reader(ReadEnd::ProtocolViolation) => {
+            let close = M::close(close_code::PROTOCOL_ERROR, "websocket protocol violation".to_owned());
             send_within(&mut sink, close, settings.close_timeout).await;
         }
         WriteEnd::Reader(_) | WriteEnd::Failed => {}
@@ -322,6 +331,10 @@ where
         let message = match item {
             Ok(message) => message,
             Err(err) if err.is_too_large() => return ReadEnd::TooLarge,
+            Err(err) if err.is_protocol_violation() => {
+                tracing::debug!(error = %err, "the peer broke the websocket protocol");
+                return ReadEnd::ProtocolViolation;
+            }
             Err(err) => {
                 tracing::debug!(error = %err, "websocket read failed");
                 return ReadEnd::Gone;

@@ -9,8 +9,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use statecast_core::transport::{ConnectionHandler, ConnectionInfo, Frame, FrameKind, Transport, TransportError};
 use std::error::Error as _;
@@ -102,9 +102,10 @@ impl Transport for WsTransport {
         // Unmatched requests fall through to the extra routes, so they can
         // never clash with the WebSocket path.
         let app = Router::new().route(&this.path, get(upgrade)).with_state(upgrades).fallback_service(this.routes);
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout);
-        builder.http2().enable_connect_protocol();
+        // HTTP/1.1 only: browsers open WebSockets over it, and a version
+        // sniffer would wait for a silent socket's first bytes without a deadline.
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(settings.header_read_timeout);
         let builder = Arc::new(builder);
         let slots = Arc::new(Semaphore::new(settings.max_connections));
         let tasks = TaskTracker::new();
@@ -139,7 +140,17 @@ impl Transport for WsTransport {
             });
             let (builder, shutdown) = (builder.clone(), shutdown.clone());
             tasks.spawn(async move {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service));
+                // A socket that sends nothing at all is let go at the same deadline.
+                let mut first = [0u8; 1];
+                if !matches!(
+                    tokio::time::timeout(settings.header_read_timeout, tcp.peek(&mut first)).await,
+                    Ok(Ok(1..))
+                ) {
+                    tracing::debug!(%peer, "closing a connection that sent no request");
+                    return;
+                }
+                let conn =
+                    builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service)).with_upgrades();
                 let mut conn = std::pin::pin!(conn);
                 let served = tokio::select! {
                     served = conn.as_mut() => served,
@@ -232,5 +243,10 @@ impl WireError for axum::Error {
         self.source()
             .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
             .is_some_and(|err| matches!(err, tungstenite::Error::Capacity(_)))
+    }
+    fn is_protocol_violation(&self) -> bool {
+        self.source()
+            .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+            .is_some_and(|err| matches!(err, tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_)))
     }
 }

@@ -163,3 +163,61 @@ async fn frame_beyond_twice_the_limit_is_closed_with_1009() {
     }
     assert_eq!(timeout(WAIT, remote.incoming.recv()).await.expect("end in time"), None);
 }
+
+/// Opens a raw TCP connection and completes the WebSocket handshake by hand.
+async fn raw_websocket(addr: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    let request = "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    tcp.write_all(request.as_bytes()).await.expect("write handshake");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        timeout(WAIT, tcp.read_exact(&mut byte)).await.expect("handshake in time").expect("read handshake");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_violation_is_closed_with_1002() {
+    let mut server = start(WsConfig::default(), Router::new()).await;
+    let mut tcp = raw_websocket(server.addr).await;
+    let _conn = accept(&mut server).await;
+    // A client frame must be masked: an unmasked one breaks the protocol.
+    tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.expect("write frame");
+    let mut reply = Vec::new();
+    timeout(WAIT, tcp.read_to_end(&mut reply)).await.expect("closed in time").ok();
+    assert!(reply.len() >= 4 && reply[0] == 0x88, "a close frame, not a dropped socket: {reply:?}");
+    assert_eq!(u16::from_be_bytes([reply[2], reply[3]]), 1002, "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_sends_no_request_is_closed_after_the_header_timeout() {
+    let config = WsConfig { header_read_timeout: Duration::from_millis(300), ..WsConfig::default() };
+    let server = start(config, Router::new()).await;
+    let mut tcp = TcpStream::connect(server.addr).await.expect("tcp connect");
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    timeout(WAIT, tcp.read_to_end(&mut buf)).await.expect("closed in time").ok();
+    assert!(started.elapsed() >= Duration::from_millis(300), "not before the timeout");
+    // A request sent in time is served.
+    assert!(http_get(server.addr, "/nothing-here").await.starts_with("HTTP/1.1 404"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused_with_503() {
+    let config = WsConfig { max_connections: 2, ..WsConfig::default() };
+    let mut server = start(config, Router::new()).await;
+    let _a = connect(&server.url, &WsClientConfig::default()).await.expect("first");
+    let _b = connect(&server.url, &WsClientConfig::default()).await.expect("second");
+    let (_ca, _cb) = (accept(&mut server).await, accept(&mut server).await);
+    let refused = http_get(server.addr, "/").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(connect(&server.url, &WsClientConfig::default()).await.is_err(), "a third WebSocket is refused");
+    // One gone makes room.
+    drop((_a, _ca));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _c = connect(&server.url, &WsClientConfig::default()).await.expect("room again");
+}

@@ -16,6 +16,7 @@ mod baseline;
 mod client;
 mod cluster;
 mod fanout;
+mod hardening;
 mod proc_stats;
 mod scenarios;
 mod server;
@@ -95,7 +96,7 @@ struct Args {
     /// Override: stores, each `sled`, `fjall`, `sqlite` or a `postgres://` URL (a fresh schema per server).
     #[arg(long, value_delimiter = ',')]
     stores: Option<Vec<server::StoreArg>>,
-    /// Override: scenarios: fanout, writes, load, contexts, storm, memory, streams, cluster.
+    /// Override: scenarios: fanout, writes, load, contexts, storm, memory, streams, cluster, hardening.
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
     /// Override: context sizes (rows) of the initial-load scenario.
@@ -181,7 +182,17 @@ impl Plan {
         let mut p = if a.full {
             Plan {
                 mode: "full",
-                scenarios: s(&["fanout", "writes", "load", "contexts", "storm", "memory", "streams", "cluster"]),
+                scenarios: s(&[
+                    "fanout",
+                    "writes",
+                    "load",
+                    "contexts",
+                    "storm",
+                    "memory",
+                    "streams",
+                    "cluster",
+                    "hardening",
+                ]),
                 transports: vec![Kind::Ws, Kind::Quic],
                 stores: vec![server::StoreArg::Fjall, server::StoreArg::Sled, server::StoreArg::Sqlite],
                 seconds: 4,
@@ -341,6 +352,10 @@ async fn main() -> Result<(), client::BoxError> {
     if plan.runs("streams") {
         let r = streams_report(&mut report, &bin, &args, &plan).await;
         note_failure(&mut report, "streams", r);
+    }
+    if plan.runs("hardening") {
+        let r = hardening_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "hardening", r);
     }
     if plan.runs("cluster") {
         let r = cluster_report(&mut report, &bin, &args, &plan).await;
@@ -743,6 +758,57 @@ async fn memory_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(
             );
         }
     }
+    Ok(())
+}
+
+async fn hardening_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Fjall);
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let srv = server::Server::start(bin, &store)?;
+    let s = hardening::slow_consumer(&srv, 120).await?;
+    eprintln!("hardening: {s:?}");
+    let _ = writeln!(
+        report,
+        "\n### A subscriber that never reads ({} deltas of {} KB; default 8 MiB outbox bound)\n\n\
+         | RSS idle MiB | peak MiB | peak over idle MiB (target ≤ 64) | after the close MiB | closed (4008) |\n|---|---|---|---|---|\n\
+         | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+        s.deltas,
+        s.delta_bytes / 1024,
+        mib(s.rss_idle),
+        mib(s.rss_peak),
+        mib(s.rss_peak.saturating_sub(s.rss_idle)),
+        mib(s.rss_after),
+        s.closed
+    );
+    drop(srv);
+    let srv = server::Server::start(bin, &store)?;
+    let h = hardening::heavy_filters(&srv, 3000, 300).await?;
+    eprintln!("hardening: {h:?}");
+    let _ = writeln!(
+        report,
+        "\n### Writes while 3,000 unindexed stream subscriptions are held (200-character `icontains` each; \
+         the default cap is 1,000 per stream)\n\n\
+         | held | refused (429) | saves | p50 ms | p99 ms | p99 with none held ms |\n|---|---|---|---|---|---|\n\
+         | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+        h.subscriptions, h.refused, h.writes, h.p50_ms, h.p99_ms, h.baseline_p99_ms
+    );
+    drop(srv);
+    let srv = server::Server::start(bin, &store)?;
+    let n = if plan.mode == "full" { 10_000 } else { 2_000 };
+    let p = hardening::pre_hello(&srv, n, Duration::from_secs(30)).await?;
+    eprintln!("hardening: {p:?}");
+    let _ = writeln!(
+        report,
+        "\n### {n} WebSockets that never say `hello` (10 s deadline)\n\n\
+         | opened | failed to open | all closed after s | still open | RSS idle MiB | RSS with them MiB |\n|---|---|---|---|---|---|\n\
+         | {} | {} | {:.1} | {} | {:.1} | {:.1} |",
+        p.opened,
+        p.failed,
+        p.all_closed_after_s,
+        p.still_open,
+        mib(p.rss_idle),
+        mib(p.rss_peak)
+    );
     Ok(())
 }
 

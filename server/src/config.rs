@@ -20,7 +20,9 @@ pub const DEFAULT_DATA_DIR: &str = "./statecast-data";
 pub const DEFAULT_STORE: &str = "fjall:./statecast-data";
 pub const DEFAULT_JWT_SECRET_ENV: &str = "STATECAST_JWT_SECRET";
 pub const DEFAULT_FRAME_LIMIT: usize = 1 << 20;
-pub const DEFAULT_LOG: &str = "info";
+/// Statecast's own crates at `info`, every dependency (fjall, sled, sqlx,
+/// hyper, quinn…) at `warn`: their routine lines are not the operator's news.
+pub const DEFAULT_LOG: &str = "warn,statecast=info";
 /// How many recent commits the change log keeps unless told otherwise.
 pub const DEFAULT_LOG_KEEP: u64 = 10_000;
 /// The longest group-commit delay `--flush-delay-ms` takes.
@@ -690,7 +692,7 @@ mod tests {
         assert_eq!(c.jwt_secret, None);
         assert_eq!(c.frame_limit, 1_048_576);
         assert_eq!(c.outbox_capacity, EngineConfig::default().outbox_capacity);
-        assert_eq!(c.log, "info");
+        assert_eq!(c.log, DEFAULT_LOG);
         assert!(c.mode.allows_dev_tokens() && c.mode.seeds_demo_rows());
     }
 

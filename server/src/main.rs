@@ -28,12 +28,19 @@ fn main() -> ExitCode {
     if let Some(Command::Schema { ts }) = &args.command {
         let schema = demo::schema();
         let channels = demo::channels(&schema);
-        if *ts {
-            print!("{}", schema_export::typescript(&schema, &channels));
-        } else {
-            println!("{:#}", schema_export::schema_json(&schema, &channels));
-        }
-        return ExitCode::SUCCESS;
+        let text = match ts {
+            true => schema_export::typescript(&schema, &channels),
+            false => format!("{:#}\n", schema_export::schema_json(&schema, &channels)),
+        };
+        // A reader that stops early (`| head`) is no error: exit quietly.
+        return match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("statecast-server: can't write the schema: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let config = match Config::load(args, |name| std::env::var(name).ok()) {
         Ok(c) => c,
@@ -60,6 +67,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    // A taken port is found before the store is opened or seeded.
+    if let Err(e) = std::net::TcpListener::bind(config.ws_addr) {
+        return Err(format!("can't listen on {} (WebSocket): {e}", config.ws_addr).into());
+    }
     let schema = demo::schema();
     let sql_options = SqlOptions {
         log_capacity: config.log_keep,

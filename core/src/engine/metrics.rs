@@ -60,6 +60,8 @@ pub struct Metrics {
     pub stream_events: AtomicU64,
     pub commit_latency: Histogram,
     pub delivery_latency: Histogram,
+    /// Refusals by what was refused (`write`, `subscribe`, `hello`) and reason.
+    refusals: parking_lot::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -78,6 +80,16 @@ impl Metrics {
             Some(_) => &self.writes_refused,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a refusal of `what` (`write`, `subscribe`, `hello`).
+    pub(crate) fn refused(&self, what: &'static str, e: &WireError) {
+        *self.refusals.lock().entry((what, e.reason.as_str())).or_default() += 1;
+    }
+
+    /// How many refusals of `what` with `reason` were counted.
+    pub fn refusals(&self, what: &str, reason: &str) -> u64 {
+        self.refusals.lock().iter().filter(|((w, r), _)| *w == what && *r == reason).map(|(_, n)| *n).sum()
     }
 
     /// The Prometheus text exposition of every counter.
@@ -112,6 +124,13 @@ impl Metrics {
             ("statecast_stream_events_total", "Stream event frames queued to subscribers.", &self.stream_events),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP statecast_refusals_total Requests refused, by what and reason.\n# TYPE statecast_refusals_total counter"
+        );
+        for ((what, reason), n) in self.refusals.lock().iter() {
+            let _ = writeln!(out, "statecast_refusals_total{{what=\"{what}\",reason=\"{reason}\"}} {n}");
         }
         self.commit_latency.render(&mut out, "statecast_commit_seconds", "From commit to durable.");
         self.delivery_latency.render(&mut out, "statecast_delivery_seconds", "Routing and queueing one commit.");

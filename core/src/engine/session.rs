@@ -191,7 +191,9 @@ impl Session {
         let user = match self.inner.auth.authenticate(&hello.token).await {
             Ok(u) => u,
             Err(e) => {
-                self.reply(error_msg(auth_error(e), hello.rid), codec);
+                let e = auth_error(e);
+                self.note_refusal("hello", &e);
+                self.reply(error_msg(e, hello.rid), codec);
                 self.outbox.close(close_code::UNAUTHENTICATED, "UNAUTHENTICATED");
                 return Flow::Close;
             }
@@ -294,7 +296,10 @@ impl Session {
                     since: sub.since.map(|s| (s, sub.epoch)),
                 }));
             }
-            Err(e) => self.reply(context_error(e, Some(name), sub.rid), codec),
+            Err(e) => {
+                self.note_refusal("subscribe", &e);
+                self.reply(context_error(e, Some(name), sub.rid), codec)
+            }
         }
     }
 
@@ -346,7 +351,10 @@ impl Session {
                     since: req.since,
                 })));
             }
-            Err(e) => self.reply(error_msg(e, rid), codec),
+            Err(e) => {
+                self.note_refusal("subscribe", &e);
+                self.reply(error_msg(e, rid), codec)
+            }
         }
     }
 
@@ -429,7 +437,15 @@ impl Session {
         }
     }
 
+    /// Logs (at debug, with the user and the reason) and counts a refusal.
+    fn note_refusal(&self, what: &'static str, e: &WireError) {
+        let user = self.user.as_ref().map(|u| u.id);
+        tracing::debug!(conn = self.id, ?user, what, code = e.code, reason = e.reason.as_str(), message = %e.message, "refused");
+        self.inner.metrics.refused(what, e);
+    }
+
     fn refuse(&mut self, w: &Write, e: WireError, codec: Codec) {
+        self.note_refusal("write", &e);
         self.inner.metrics.count_write(Some(&e));
         let resp = WriteResponse {
             write_id: w.write_id,

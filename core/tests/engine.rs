@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use statecast_core::channel::Op;
 use statecast_core::policy::{PolicyContext, PolicyError};
 use statecast_core::protocol::v1::Write;
-use statecast_core::store::MemoryStore;
+use statecast_core::store::{AppliedKey, AppliedRecord, CommitError, Committed, LogRead, MemoryStore, Transaction};
 use statecast_core::transport::{Connection, Frame, Incoming, memory_pair};
 use statecast_core::{
     Actor, Channel, DevTokens, Engine, EngineConfig, EntityType, Fields, OnDelete, Policy, Row, Schema, User,
@@ -745,4 +745,126 @@ async fn subscribes_waiting_for_their_state_are_capped() {
     }
     // Once answered, the next subscribe goes through.
     c.subscribe(2).await;
+}
+
+/// A store whose context loads are slow (`children` waits), so a write can
+/// commit while a context it touches is still loading.
+struct SlowLoads(MemoryStore);
+
+#[async_trait::async_trait]
+impl statecast_core::Store for SlowLoads {
+    fn epoch(&self) -> &str {
+        self.0.epoch()
+    }
+    fn last_seq(&self) -> statecast_core::Seq {
+        self.0.last_seq()
+    }
+    fn durable_seq(&self) -> statecast_core::Seq {
+        self.0.durable_seq()
+    }
+    async fn wait_durable(&self, seq: statecast_core::Seq) -> Result<(), statecast_core::StoreError> {
+        self.0.wait_durable(seq).await
+    }
+    async fn get(&self, ty: &str, id: i64) -> Result<Option<Row>, statecast_core::StoreError> {
+        self.0.get(ty, id).await
+    }
+    async fn children(&self, ty: &str, field: &str, parents: &[i64]) -> Result<Vec<Row>, statecast_core::StoreError> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.0.children(ty, field, parents).await
+    }
+    async fn scan(&self, ty: &str, after: Option<i64>, limit: usize) -> Result<Vec<Row>, statecast_core::StoreError> {
+        self.0.scan(ty, after, limit).await
+    }
+    async fn commit(&self, tx: Transaction) -> Result<Committed, CommitError> {
+        self.0.commit(tx).await
+    }
+    async fn applied(&self, key: &AppliedKey) -> Result<Option<AppliedRecord>, statecast_core::StoreError> {
+        self.0.applied(key).await
+    }
+    async fn purged_write_id(&self, user: i64, client_id: &str) -> Result<Option<i64>, statecast_core::StoreError> {
+        self.0.purged_write_id(user, client_id).await
+    }
+    async fn purge_applied(&self, before_ms: u64) -> Result<u64, statecast_core::StoreError> {
+        self.0.purge_applied(before_ms).await
+    }
+    async fn changes_since(
+        &self,
+        after: statecast_core::Seq,
+        limit: usize,
+    ) -> Result<LogRead, statecast_core::StoreError> {
+        self.0.changes_since(after, limit).await
+    }
+    async fn is_empty(&self) -> Result<bool, statecast_core::StoreError> {
+        self.0.is_empty().await
+    }
+    async fn close(&self) -> Result<(), statecast_core::StoreError> {
+        self.0.close().await
+    }
+}
+
+#[tokio::test]
+async fn a_write_right_after_subscribe_is_answered_after_the_state_that_carries_it() {
+    let schema = Schema::builder()
+        .entity("Job", |t| {
+            t.string("name");
+        })
+        .entity("Task", |t| {
+            t.reference("job", "Job").on_delete(OnDelete::Cascade);
+            t.string("name").len(1, 50);
+        })
+        .relation("Job", "tasks", "Task", "job")
+        .build()
+        .expect("schema");
+    let channel = Channel::builder("job", "Job")
+        .include("tasks")
+        .writable("Task", [Op::Save, Op::Create])
+        .policy(TestPolicy)
+        .build(&schema)
+        .expect("channel");
+    let store = Arc::new(SlowLoads(MemoryStore::new(schema.clone())));
+    let engine = Engine::builder(schema, store)
+        .channel(channel)
+        .authenticator(DevTokens::new().with("ann", User::new(1, "ann")))
+        .build()
+        .expect("engine");
+    let seed: Write = serde_json::from_value(json!({"writeId": 1, "operation": "batch", "ops": [
+        {"operation": "create", "instanceType": "Job", "instanceId": 1, "data": {"name": "one"}},
+        {"operation": "create", "instanceType": "Task", "instanceId": 1, "data": {"job": 1, "name": "a"}}
+    ]}))
+    .expect("seed");
+    engine.write(Actor::System, seed).await.expect("seed write");
+    for round in 0..3 {
+        let mut c = Client::connect(&engine, "ann").await;
+        c.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1})).await;
+        c.send(json!({"type": "write", "writeId": 100 + round, "operation": "save", "instanceType": "Task",
+                      "instanceId": 1, "context": "job/1", "data": {"name": format!("round {round}")}}))
+            .await;
+        c.send(json!({"type": "ping", "rid": "after"})).await;
+        let first = c.recv().await;
+        assert_eq!(first["type"], "state", "the state comes first: {first}");
+        let second = c.recv().await;
+        let (state, response) = match second["type"].as_str() {
+            // The write committed after the load: its tagged delta, then the answer.
+            Some("delta") => {
+                assert_eq!(second["writeId"], 100 + round, "{second}");
+                (first, c.recv().await)
+            }
+            _ => {
+                // The write committed while the context loaded: the state carries it.
+                let task = ids(&first);
+                assert!(!task.is_empty());
+                let name = first["instances"]
+                    .as_array()
+                    .and_then(|rows| rows.iter().find(|r| r["_type"] == "Task").map(|r| r["name"].clone()));
+                assert_eq!(name, Some(json!(format!("round {round}"))), "the state holds the write: {first}");
+                (first, second)
+            }
+        };
+        assert_eq!(response["type"], "writeResponse", "{response}");
+        assert_eq!(response["success"], true, "{response}");
+        assert!(
+            response["seq"].as_i64() <= state["seq"].as_i64().map(|s| s.max(response["seq"].as_i64().unwrap_or(0)))
+        );
+        assert_eq!(c.recv().await["type"], "pong", "answers stay in order");
+    }
 }

@@ -336,6 +336,15 @@ struct ConnEntry {
     outbox: Outbox,
     codec: Codec,
     subs: SharedSubs,
+    /// Subscribes of this connection whose `state` has not been sent yet
+    /// (the context loads, or a `since` is read from the log).
+    awaiting_states: u32,
+    /// Answers held until those states are sent: a write's `writeResponse`
+    /// must not overtake the `state` that carries its effect (the state
+    /// stands in for the write's tagged delta there), and later answers keep
+    /// their order behind it. With the write's in-flight count, released
+    /// when the answer is sent.
+    held: Vec<(ServerMessage, Option<Arc<std::sync::atomic::AtomicUsize>>)>,
 }
 
 /// How many removals a live context remembers for incremental states.
@@ -432,7 +441,8 @@ impl Hub {
     async fn handle(&mut self, msg: HubMsg) {
         match msg {
             HubMsg::Connect { conn, user, outbox, codec, subs } => {
-                self.conns.insert(conn, ConnEntry { user, outbox, codec, subs });
+                let entry = ConnEntry { user, outbox, codec, subs, awaiting_states: 0, held: Vec::new() };
+                self.conns.insert(conn, entry);
                 self.metrics.connections.store(self.conns.len() as u64, Ordering::Relaxed);
             }
             HubMsg::HeldBy { user, reply } => {
@@ -455,7 +465,7 @@ impl Hub {
             HubMsg::Loaded { context, result } => self.loaded(context, result),
             HubMsg::Backfilled { req, upto, entries } => self.backfilled(req, upto, entries),
             HubMsg::Unsubscribe { conn, context, rid } => self.unsubscribe(conn, context, rid),
-            HubMsg::Reply { conn, msg } => self.send_msg(conn, &msg),
+            HubMsg::Reply { conn, msg } => self.answer(conn, *msg, None),
             HubMsg::Goaway => {
                 let ids: Vec<ConnId> = self.conns.keys().copied().collect();
                 for conn in ids {
@@ -513,6 +523,42 @@ impl Hub {
         }
     }
 
+    /// Sends an answer, or holds it while the connection awaits a `state`.
+    fn answer(&mut self, conn: ConnId, msg: ServerMessage, in_flight: Option<Arc<std::sync::atomic::AtomicUsize>>) {
+        match self.conns.get_mut(&conn) {
+            Some(entry) if entry.awaiting_states > 0 => entry.held.push((msg, in_flight)),
+            _ => {
+                self.send_msg(conn, &msg);
+                if let Some(n) = in_flight {
+                    n.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// A subscribe of `conn` now waits for its state.
+    fn park(&mut self, conn: ConnId) {
+        if let Some(entry) = self.conns.get_mut(&conn) {
+            entry.awaiting_states += 1;
+        }
+    }
+
+    /// A subscribe of `conn` was answered (its state or error sent) or
+    /// withdrawn: once none waits, the held answers go out in order.
+    fn unpark(&mut self, conn: ConnId) {
+        let Some(entry) = self.conns.get_mut(&conn) else { return };
+        entry.awaiting_states = entry.awaiting_states.saturating_sub(1);
+        if entry.awaiting_states > 0 {
+            return;
+        }
+        for (msg, in_flight) in std::mem::take(&mut entry.held) {
+            self.send_msg(conn, &msg);
+            if let Some(n) = in_flight {
+                n.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
     fn disconnect(&mut self, conn: ConnId) {
         let Some(entry) = self.conns.remove(&conn) else { return };
         let held: Vec<String> = entry.subs.lock().drain().collect();
@@ -526,17 +572,21 @@ impl Hub {
     }
 
     fn drop_subscriber(&mut self, conn: ConnId, context: &str) {
-        let empty = match self.contexts.get_mut(context) {
+        let (empty, withdrawn) = match self.contexts.get_mut(context) {
             Some(Slot::Live(ctx)) => {
                 ctx.subscribers.remove(&conn);
-                ctx.subscribers.is_empty()
+                (ctx.subscribers.is_empty(), 0)
             }
             Some(Slot::Loading { waiting, .. }) => {
+                let before = waiting.len();
                 waiting.retain(|r| r.conn != conn);
-                false
+                (false, before - waiting.len())
             }
-            None => false,
+            None => (false, 0),
         };
+        for _ in 0..withdrawn {
+            self.unpark(conn);
+        }
         if empty {
             self.drop_context(context);
         }
@@ -578,10 +628,15 @@ impl Hub {
             Some(Slot::Loading { .. }) if at_limit => return self.refuse_busy_subscribe(req, false),
             // Every subscribe is answered, a second one to the same context
             // included (each with its own rid).
-            Some(Slot::Loading { waiting, .. }) => waiting.push(req),
+            Some(Slot::Loading { waiting, .. }) => {
+                let conn = req.conn;
+                waiting.push(req);
+                self.park(conn);
+            }
             None if at_limit => return self.refuse_busy_subscribe(req, true),
             None => {
                 let (channel, anchor_id, context) = (req.channel.clone(), req.anchor_id, req.context.clone());
+                self.park(req.conn);
                 self.contexts.insert(
                     context.clone(),
                     Slot::Loading { channel: channel.clone(), anchor_id, waiting: vec![req], buffered: Vec::new() },
@@ -694,7 +749,9 @@ impl Hub {
         let mut backfilling = false;
         for req in waiting {
             backfilling |= req.since.is_some();
+            let conn = req.conn;
             self.answer_subscribe(req);
+            self.unpark(conn);
         }
         self.update_subscription_gauge();
         if let Some(Slot::Live(ctx)) = self.contexts.get(&context)
@@ -735,9 +792,10 @@ impl Hub {
     }
 
     /// Reads the change log `(since, upto]` off the hub's task.
-    fn spawn_backfill(&self, req: SubscribeRequest, upto: Seq) {
+    fn spawn_backfill(&mut self, req: SubscribeRequest, upto: Seq) {
         let (store, me) = (self.store.clone(), self.me.clone());
         let Some((since, _)) = req.since.clone() else { return };
+        self.park(req.conn);
         tokio::spawn(async move {
             let entries = read_log(&*store, since, upto).await;
             if let Some(tx) = me.upgrade() {
@@ -750,9 +808,11 @@ impl Hub {
         if !self.conns.contains_key(&req.conn) {
             return self.drop_if_unused(&req.context);
         }
+        let conn = req.conn;
         let Some(Slot::Live(ctx)) = self.contexts.get_mut(&req.context) else {
             // Dropped meanwhile: load it again.
-            return self.subscribe(req);
+            self.subscribe(req);
+            return self.unpark(conn);
         };
         if let (Some(entries), Some((since, _))) = (entries, &req.since)
             && ctx.loaded_at == upto
@@ -762,6 +822,7 @@ impl Hub {
         }
         // Answered from memory now if the backfill reached `since`, else whole.
         self.register_subscriber(req);
+        self.unpark(conn);
         self.update_subscription_gauge();
     }
 
@@ -781,6 +842,7 @@ impl Hub {
             let mut msg = ErrorMessage::new(e.clone(), req.rid.clone());
             msg.context = Some(context.to_owned());
             self.send_msg(req.conn, &ServerMessage::Error(msg));
+            self.unpark(req.conn);
         }
         self.update_subscription_gauge();
     }
@@ -954,16 +1016,17 @@ impl Hub {
         };
         self.metrics.count_write(resp.error.as_ref());
         match w.target {
-            ReplyTarget::Conn(conn) => self.send_msg(conn, &ServerMessage::WriteResponse(resp)),
+            // Held while the writer awaits a state that may carry this write.
+            ReplyTarget::Conn(conn) => self.answer(conn, ServerMessage::WriteResponse(resp), w.in_flight),
             ReplyTarget::Oneshot(tx) => {
                 let _ = tx.send(match resp.error.clone() {
                     Some(e) => Err(e),
                     None => Ok(resp),
                 });
+                if let Some(n) = w.in_flight {
+                    n.fetch_sub(1, Ordering::SeqCst);
+                }
             }
-        }
-        if let Some(n) = w.in_flight {
-            n.fetch_sub(1, Ordering::SeqCst);
         }
     }
 

@@ -454,7 +454,9 @@ export class StreamView {
     this.parts = null;
     /** What the server reported, by `rowKey`. */
     this.canonical = new Map();
-    this.view = new Map(); // stable key → row
+    this.view = new Map(); // stable key → row, in key order while `sorted`
+    this.sorted = true;
+    this.maxKey = -Infinity;
     this.list = null;
     this.listeners = new Set();
     const ready = deferred();
@@ -466,7 +468,13 @@ export class StreamView {
 
   /** The view's rows in key order. */
   rows() {
-    this.list ??= [...this.view.values()].sort((a, b) => a._key - b._key);
+    if (this.list) return this.list;
+    if (!this.sorted) {
+      // A row joined below the largest key: put the map back in key order (once).
+      this.view = new Map([...this.view].sort((a, b) => a[0] - b[0]));
+      this.sorted = true;
+    }
+    this.list = [...this.view.values()];
     return this.list;
   }
 
@@ -1458,6 +1466,10 @@ export class Replica {
       if (next && prev && shallowEqual(prev, next)) next = prev;
       if (next === prev) return;
       if (next) {
+        if (!prev) {
+          if (key < view.maxKey) view.sorted = false;
+          else view.maxKey = key;
+        }
         view.view.set(key, Object.freeze(next));
         (prev ? updated : added).push(next);
       } else {

@@ -226,7 +226,7 @@ fn handle(shared: &Arc<Shared>, msg: ServerMessage) -> Flow {
 }
 
 /// Turns the state's effects into settled handles, notifications and commands.
-pub(crate) fn dispatch(shared: &Shared, effects: Vec<Effect>) {
+pub(crate) fn dispatch(shared: &Arc<Shared>, effects: Vec<Effect>) {
     let mut settled_any = false;
     for effect in effects {
         match effect {
@@ -248,6 +248,19 @@ pub(crate) fn dispatch(shared: &Shared, effects: Vec<Effect>) {
                 notify(shared, &context, ViewEvent::Closed(reason));
             }
             Effect::EpochChanged { context } => notify(shared, &context, ViewEvent::Reset),
+            Effect::RetryLater { write_id, attempt, error } => {
+                tracing::info!(write_id, attempt, error = %error, "the server is not sure yet; the write will be sent again");
+                let delay = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7)).min(30_000))
+                    .mul_f64(rand::rng().random_range(0.5..=1.0));
+                let (weak, commands) = (Arc::downgrade(shared), shared.commands.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Some(shared) = weak.upgrade() {
+                        shared.state.lock().retry_due(write_id);
+                        let _ = commands.send(Command::Flush);
+                    }
+                });
+            }
             Effect::StreamReady { stream, result } => {
                 if let Some(w) = shared.stream_waiters.lock().remove(&stream) {
                     let _ = w.send(result.map_err(ClientError::Refused));

@@ -77,6 +77,10 @@ pub enum Effect {
     Closed { context: String, reason: UnsubscribeReason },
     /// The store behind the server is new: everything held was dropped.
     EpochChanged { context: String },
+    /// The server could not say whether a write was applied (503
+    /// `OUTCOME_UNKNOWN`, `UNAVAILABLE`, 429): it stays pending; call
+    /// [`ClientState::retry_due`] after a backoff and it is resent with its writeId.
+    RetryLater { write_id: i64, attempt: u32, error: WireError },
     /// A stream view got its first `subscribed` (Ok) or its subscribe was refused (Err; the view is gone).
     StreamReady { stream: u64, result: Result<(), WireError> },
     /// A stream view's rows changed.
@@ -115,6 +119,9 @@ struct Pending {
     sent: bool,
     /// Sent on some connection (or restored from a saved queue): the server may have it.
     ever_sent: bool,
+    /// Answered "not certain yet" (503 `OUTCOME_UNKNOWN`/`UNAVAILABLE`, 429): resent, same writeId, once released.
+    retry_wait: bool,
+    attempts: u32,
     /// Its effect is in canonical now (the delta carrying its writeId arrived).
     retired: bool,
     /// Confirmed at this seq; retired once its context reaches it.
@@ -417,6 +424,8 @@ impl ClientState {
             optimistic: opts.optimistic,
             sent: false,
             ever_sent: false,
+            retry_wait: false,
+            attempts: 0,
             retired: false,
             confirmed: None,
             settled: false,
@@ -496,7 +505,13 @@ impl ClientState {
         let mut out = Vec::new();
         for i in 0..self.pending.len() {
             let p = &self.pending[i];
-            if p.sent || p.retired || p.settled || !p.waits_for.is_empty() || !self.contexts.contains_key(&p.context) {
+            if p.sent
+                || p.retired
+                || p.settled
+                || p.retry_wait
+                || !p.waits_for.is_empty()
+                || !self.contexts.contains_key(&p.context)
+            {
                 continue;
             }
             out.push(self.to_wire(p));
@@ -552,6 +567,13 @@ impl ClientState {
         self.pending.iter().filter(|p| !p.settled).map(|p| p.write_id).collect()
     }
 
+    /// A write answered "not certain yet" may be sent again (its backoff passed).
+    pub fn retry_due(&mut self, write_id: i64) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.write_id == write_id) {
+            p.retry_wait = false;
+        }
+    }
+
     /// How many writes are not yet settled.
     pub fn pending_count(&self) -> usize {
         self.pending.iter().filter(|p| !p.settled).count()
@@ -601,6 +623,8 @@ impl ClientState {
             optimistic: true,
             sent: false,
             ever_sent: true,
+            retry_wait: false,
+            attempts: 0,
             retired: false,
             confirmed: None,
             settled: false,
@@ -640,6 +664,15 @@ impl ClientState {
         if !resp.success {
             let error =
                 resp.error.clone().unwrap_or_else(|| WireError::new(ErrorReason::Internal, "refused without a reason"));
+            if matches!(error.reason, ErrorReason::OutcomeUnknown | ErrorReason::Unavailable | ErrorReason::RateLimited)
+            {
+                // Nothing certain happened yet: keep the write (pending in the views) and send it again, same writeId.
+                let p = &mut self.pending[i];
+                p.sent = false;
+                p.retry_wait = true;
+                p.attempts += 1;
+                return vec![Effect::RetryLater { write_id: p.write_id, attempt: p.attempts, error }];
+            }
             return self.refuse(resp.write_id, error);
         }
         let seq = resp.seq.unwrap_or(0);

@@ -269,6 +269,13 @@ impl Runner {
                 let effects = self.state.receive(msg);
                 self.effects(effects);
             }
+            "backoff_passes" => {
+                // The driver's retry timer fired: writes waiting to be resent may go.
+                for id in self.state.unanswered_write_ids() {
+                    self.state.retry_due(id);
+                }
+                self.effects(Vec::new());
+            }
             "time_passes" => {
                 // The client's handles time out (the shell's timer); the writes stay queued.
                 for id in self.state.unanswered_write_ids() {

@@ -135,6 +135,9 @@ class Runner {
       this.track(s.as, h);
     } else if (s.server) {
       this.replica.receive(structuredClone(s.server));
+    } else if (s.backoff_passes) {
+      this.time += 1_000; // past a first retry's backoff, well before any timeout
+      this.replica.tick();
     } else if (s.time_passes) {
       this.time += 30_001;
       this.replica.tick();

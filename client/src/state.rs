@@ -500,19 +500,16 @@ impl ClientState {
         (after, waits)
     }
 
-    /// Writes ready to send, in order (marks them sent).
+    /// Writes ready to send, in order, up to the first that must wait (marks them sent).
     pub fn take_sendable(&mut self) -> Vec<Write> {
         let mut out = Vec::new();
         for i in 0..self.pending.len() {
             let p = &self.pending[i];
-            if p.sent
-                || p.retired
-                || p.settled
-                || p.retry_wait
-                || !p.waits_for.is_empty()
-                || !self.contexts.contains_key(&p.context)
-            {
+            if p.sent || p.retired || p.settled || !self.contexts.contains_key(&p.context) {
                 continue;
+            }
+            if p.retry_wait || !p.waits_for.is_empty() {
+                break; // in order: nothing after a write that must wait goes out before it
             }
             out.push(self.to_wire(p));
             self.pending[i].sent = true;

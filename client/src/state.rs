@@ -353,7 +353,9 @@ impl ClientState {
     /// `(since, epoch)` to resubscribe with, when the context was loaded.
     pub fn resume_point(&self, context: &str) -> Option<(Seq, Option<String>)> {
         let ctx = self.contexts.get(context)?;
-        (ctx.loaded || ctx.resync).then(|| (ctx.seq, ctx.epoch.clone()))
+        // A new store (the welcome's epoch is not the context's): ask for a whole state.
+        let same_store = self.epoch.is_none() || ctx.epoch == self.epoch;
+        (same_store && (ctx.loaded || ctx.resync)).then(|| (ctx.seq, ctx.epoch.clone()))
     }
 
     pub fn is_loaded(&self, context: &str) -> bool {

@@ -13,6 +13,9 @@ use statecast_core::schema::EntityType;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// Frame keys that must be absent when a scenario does not name them.
+const STRICT: [&str; 4] = ["since", "epoch", "snapshot", "after"];
+
 fn spec_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec")
 }
@@ -308,6 +311,9 @@ impl Runner {
                 assert_eq!(got.len(), want.len(), "{at}: frames {}", Value::Array(got.clone()));
                 for (j, (g, w)) in got.iter().zip(want).enumerate() {
                     subset(g, w, &format!("{at} frame {j}"));
+                    for k in STRICT {
+                        assert!(w.get(k).is_some() || g.get(k).is_none(), "{at} frame {j}: unexpected `{k}` in {g}");
+                    }
                 }
             }
             "expect_view" => {

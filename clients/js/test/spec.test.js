@@ -13,6 +13,8 @@ const SPEC = new URL('../../../spec/', import.meta.url).pathname;
 const read = (file) => JSON.parse(readFileSync(file, 'utf8'));
 const schema = read(join(SPEC, 'client', 'schema.json'));
 const flush = () => new Promise((r) => setImmediate(r));
+/** Frame keys that must be absent when a scenario does not name them. */
+const STRICT = ['since', 'epoch', 'snapshot', 'after'];
 
 // ---- filters ------------------------------------------------------------------
 
@@ -151,7 +153,10 @@ class Runner {
       const got = this.frames;
       this.frames = [];
       assert.equal(got.length, s.expect_frames.length, `${at}: frames ${JSON.stringify(got)}`);
-      s.expect_frames.forEach((f, j) => subset(got[j], f, `${at} frame ${j}`));
+      s.expect_frames.forEach((f, j) => {
+        subset(got[j], f, `${at} frame ${j}`);
+        for (const k of STRICT) if (!(k in f)) assert.ok(!(k in got[j]), `${at} frame ${j}: unexpected \`${k}\` in ${JSON.stringify(got[j])}`);
+      });
     } else if (s.expect_view) {
       const e = s.expect_view;
       const target = e.context ? this.replica.contexts.get(e.context) : this.streams.get(e.stream);

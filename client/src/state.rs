@@ -1058,10 +1058,18 @@ impl ClientState {
     }
 
     /// `row` (canonical, or None) with the pending writes that touch it replayed, and whether any do.
-    fn replay_pending(&self, key: &RowKey, mut row: Option<Row>) -> (Option<Row>, bool) {
+    fn replay_pending(&self, key: &RowKey, row: Option<Row>) -> (Option<Row>, bool) {
+        self.replay_pending_until(key, row, None)
+    }
+
+    /// Like [`replay_pending`](Self::replay_pending), skipping writes confirmed
+    /// at or below `reached` (a stream view that has their result already).
+    fn replay_pending_until(&self, key: &RowKey, mut row: Option<Row>, reached: Option<Seq>) -> (Option<Row>, bool) {
         let mut pending = false;
         let Some(writes) = self.touching.get(key) else { return (row, false) };
-        for p in self.pending.iter().filter(|p| writes.contains(&p.write_id) && !p.retired && p.optimistic) {
+        let done = |p: &Pending| reached.is_some_and(|r| p.confirmed.is_some_and(|s| s <= r));
+        for p in self.pending.iter().filter(|p| writes.contains(&p.write_id) && !p.retired && p.optimistic && !done(p))
+        {
             pending = true;
             for op in &p.ops {
                 let Some(id) = op.instance_id else { continue };

@@ -234,6 +234,7 @@ impl ClientState {
         if let Some(ty) = view.ty.clone() {
             dirty.extend(self.touching.keys().filter(|k| k.ty == ty).cloned());
         }
+        dirty.extend(self.confirmed_touches(sub.seq));
         let mut effects = self.recompute_stream(local, &dirty, true);
         if first {
             effects.push(Effect::StreamReady { stream: local, result: Ok(()) });
@@ -267,9 +268,11 @@ impl ClientState {
             return Vec::new();
         }
         view.seq = Some(event.seq);
+        let mut dirty = self.confirmed_touches(event.seq);
+        let Some(view) = self.streams.get_mut(&local) else { return Vec::new() };
         let current = view.canonical.get(&key).map(|r| r.version);
         if current.is_some_and(|v| v > event.seq) {
-            return Vec::new();
+            return self.recompute_stream(local, &dirty, false);
         }
         match event.action {
             ChangeOp::Create | ChangeOp::Update => {
@@ -287,7 +290,17 @@ impl ClientState {
                 view.canonical.remove(&key);
             }
         }
-        self.recompute_stream(local, &[key], false)
+        dirty.push(key);
+        self.recompute_stream(local, &dirty, false)
+    }
+
+    /// The rows touched by confirmed writes not yet retired whose seq is at most `seq`.
+    fn confirmed_touches(&self, seq: Seq) -> Vec<RowKey> {
+        self.pending
+            .iter()
+            .filter(|p| !p.retired && p.confirmed.is_some_and(|s| s <= seq))
+            .flat_map(|p| p.touches.iter().cloned())
+            .collect()
     }
 
     /// A stream subscribe refused (`error` with its rid). `None` if no view waits for that rid.
@@ -412,7 +425,8 @@ impl ClientState {
             (None, Some(c)) => Some(c.clone()),
             (None, None) => None,
         };
-        let (value, pending) = self.replay_pending(key, base);
+        // A write confirmed at or below the view's seq is in its canonical rows already.
+        let (value, pending) = self.replay_pending_until(key, base, view.seq);
         let member = if pending || newer {
             match &value {
                 None => false,

@@ -610,6 +610,7 @@ export class Replica {
     this.nextStream = 0;
     /** Row keys whose stream-view rows must be decided again at the next refresh. */
     this.streamDirty = new Set();
+    this.retiredSome = false;
     this.storage = options.storage ?? null;
     this.savedUser = null;
     this.storageKey = options.storageKey ?? 'statecast';
@@ -1395,10 +1396,13 @@ export class Replica {
     }
     for (const k of view.view.keys()) dirty.add(rowKey(type, this.resolve(type, k)));
     view.seq = msg.seq;
+    for (const k of this.retireInView(view)) dirty.add(k);
     view.status = 'ready';
     const first = !view.everReady;
     view.everReady = true;
     this.recomputeStream(view, dirty, 'subscribed', true);
+    this.retiredSome = false;
+    this.gc();
     if (first) view.readyDeferred.resolve(view);
   }
 
@@ -1415,11 +1419,35 @@ export class Replica {
     view.seq = msg.seq;
     const type = view.type();
     const k = rowKey(type, msg.id);
+    const dirty = new Set(this.retireInView(view));
     const cur = view.canonical.get(k);
-    if (cur && cur._version > msg.seq) return;
-    if (msg.action === 'delete') view.canonical.delete(k);
-    else view.canonical.set(k, { ...(cur ?? { _type: type, id: msg.id }), ...(msg.data ?? {}), _version: msg.seq });
-    this.recomputeStream(view, new Set([k]), 'event');
+    if (!cur || !(cur._version > msg.seq)) {
+      if (msg.action === 'delete') view.canonical.delete(k);
+      else view.canonical.set(k, { ...(cur ?? { _type: type, id: msg.id }), ...(msg.data ?? {}), _version: msg.seq });
+      dirty.add(k);
+    }
+    this.recomputeStream(view, dirty, 'event');
+    if (this.retiredSome) {
+      this.retiredSome = false;
+      this.gc();
+    }
+  }
+
+  /**
+   * Confirmed writes whose seq the view has reached are in its canonical
+   * rows: retire them there. Returns the row keys they name.
+   */
+  retireInView(view) {
+    const vk = `stream:${view.local}`;
+    const keys = [];
+    for (const w of this.queue) {
+      if (w.response && !w.retiredIn.has(vk) && w.response.seq <= view.seq) {
+        w.retiredIn.add(vk);
+        this.retiredSome = true;
+        for (const op of w.ops) keys.push(rowKey(op.instanceType, this.resolve(op.instanceType, op.instanceId)));
+      }
+    }
+    return keys;
   }
 
   onStreamUnsubscribed(msg) {

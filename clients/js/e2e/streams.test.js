@@ -90,6 +90,51 @@ test('a pending write moves a row in and out of a stream view at once, and a ref
   }
 });
 
+test('a scoped id stream (my-tasks): the scope the server reports moves rows in and out at once, and never shows another user’s row', async () => {
+  const { page: p, errors, close } = await page();
+  try {
+    const out = await p.evaluate(async (wsUrl) => {
+      const { StatecastClient } = await import('/statecast.js');
+      // carol is an admin: she may reassign tasks; my-tasks shows her the tasks assigned to her (none yet).
+      const client = new StatecastClient({ url: wsUrl, token: 'carol' });
+      await client.connect();
+      const job = client.subscribe('job', 1);
+      await job.ready;
+      const mine = client.stream('my-tasks', { snapshot: true });
+      await mine.ready;
+      const ids = () => mine.rows().map((r) => `${r.id}${r._pending ? '*' : ''}`);
+      const out = { scope: mine.scope, start: ids() };
+      const take = job.save('Task', 2, { assignee: 3 });
+      out.takePending = ids();
+      await take;
+      await new Promise((r) => setTimeout(r, 300));
+      out.taken = ids();
+      const give = job.save('Task', 2, { assignee: 1 });
+      out.givePending = ids();
+      await give;
+      await new Promise((r) => setTimeout(r, 300));
+      out.given = ids();
+      const theirs = job.create('Task', { name: 'For alice', assignee: 1 });
+      out.theirs = mine.get(theirs.id) === undefined && job.get('Task', theirs.id) !== undefined;
+      await theirs.catch(() => {}); // carol is no member of the project: refused, and gone
+      client.close();
+      return out;
+    }, server.ws);
+    assert.deepEqual(out, {
+      scope: { assignee: 3 },
+      start: [],
+      takePending: ['2*'],
+      taken: ['2'],
+      givePending: [],
+      given: [],
+      theirs: true,
+    });
+    assert.deepEqual(errors, []);
+  } finally {
+    await close();
+  }
+});
+
 test('closing and reopening a context any number of times keeps the newest subscription; a save then succeeds', async () => {
   const { page: p, errors, close } = await page();
   try {

@@ -341,6 +341,22 @@ impl ClientState {
         view.view.get(&self.stable(ty, id).id).cloned()
     }
 
+    /// A stream view's rows decided from scratch (every row it or a context
+    /// holds, or a pending write names): what the incremental view must equal.
+    pub fn stream_rows_from_scratch(&self, local: u64) -> Vec<ViewRow> {
+        let Some(view) = self.streams.get(&local) else { return Vec::new() };
+        let Some(ty) = view.ty.clone() else { return Vec::new() };
+        if view.status != StreamViewStatus::Ready && !view.ever_ready {
+            return Vec::new();
+        }
+        let mut keys: std::collections::BTreeSet<RowKey> = view.canonical.keys().cloned().collect();
+        keys.extend(self.touching.keys().filter(|k| k.ty == ty).cloned());
+        for c in self.contexts.values() {
+            keys.extend(c.canonical.keys().filter(|k| k.ty == ty).cloned());
+        }
+        keys.iter().filter_map(|k| self.decide_stream_row(view, k)).collect()
+    }
+
     pub fn stream_info(&self, local: u64) -> Option<StreamViewInfo> {
         self.streams.get(&local).map(|v| StreamViewInfo {
             status: v.status,

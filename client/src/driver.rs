@@ -4,11 +4,10 @@
 //! state's effects into settled handles and change notifications.
 
 use crate::state::Effect;
-use crate::tree::SchemaInfo;
-use crate::{ClientError, Command, Shared, ViewEvent};
+use crate::{ClientError, Command, Shared, StreamViewEvent, ViewEvent};
 use rand::Rng;
 use statecast_core::error::ErrorReason;
-use statecast_core::protocol::v1::{ClientMessage, Hello, PROTOCOL_VERSION, ServerMessage, Subscribe, Unsubscribe};
+use statecast_core::protocol::v1::{ClientMessage, Hello, PROTOCOL_VERSION, ServerMessage};
 use statecast_core::transport::{Connection, Incoming};
 use statecast_transport_quic::QuicClientConfig;
 use statecast_transport_ws::WsClientConfig;
@@ -83,11 +82,7 @@ pub(crate) async fn connect_once(shared: &Arc<Shared>) -> Result<Live, ClientErr
     .await
     .map_err(|_| connect_err("no welcome in time".into()))??;
     *shared.epoch.lock() = Some(welcome.epoch.clone());
-    let effects = {
-        let mut state = shared.state.lock();
-        state.set_schema(SchemaInfo::from_welcome(&welcome.schema));
-        state.on_applied(&welcome.applied)
-    };
+    let effects = shared.state.lock().connected(&welcome);
     dispatch(shared, effects);
     Ok(Live { conn })
 }
@@ -132,25 +127,7 @@ fn backoff(shared: &Shared, attempt: u32) -> Duration {
 }
 
 async fn session(shared: &Arc<Shared>, mut live: Live, commands: &mut mpsc::UnboundedReceiver<Command>) -> Flow {
-    let contexts: Vec<String> = shared.state.lock().contexts().map(str::to_owned).collect();
-    for context in contexts {
-        if send_subscribe(shared, &mut live, &context).await.is_err() {
-            return Flow::Lost;
-        }
-    }
-    let locals: Vec<u64> = {
-        let mut streams = shared.streams.lock();
-        streams.by_server.clear();
-        for e in streams.entries.values_mut() {
-            e.server_id = None;
-        }
-        streams.entries.keys().copied().collect()
-    };
-    for local in locals {
-        if send_stream_subscribe(shared, &mut live, local).await.is_err() {
-            return Flow::Lost;
-        }
-    }
+    // `connected` queued one subscribe per context and stream view: send them, then the writes.
     if flush(shared, &mut live).await.is_err() {
         return Flow::Lost;
     }
@@ -186,26 +163,6 @@ async fn session(shared: &Arc<Shared>, mut live: Live, commands: &mut mpsc::Unbo
                         return Flow::Stop;
                     }
                     Some(Command::Flush) => flush(shared, &mut live).await,
-                    Some(Command::Subscribe { context, .. }) => match send_subscribe(shared, &mut live, &context).await {
-                        Ok(()) => flush(shared, &mut live).await,
-                        Err(e) => Err(e),
-                    },
-                    Some(Command::Stream { local }) => send_stream_subscribe(shared, &mut live, local).await,
-                    Some(Command::StreamUnsubscribe { local }) => {
-                        let server_id = shared.streams.lock().entries.remove(&local).and_then(|e| e.server_id);
-                        match server_id {
-                            Some(subscription) => {
-                                shared.streams.lock().by_server.remove(&subscription);
-                                let msg = ClientMessage::Unsubscribe(Unsubscribe { context: None, subscription: Some(subscription), rid: None });
-                                send(shared, &mut live, &msg).await
-                            }
-                            None => Ok(()),
-                        }
-                    }
-                    Some(Command::Unsubscribe { context }) => {
-                        let msg = ClientMessage::Unsubscribe(Unsubscribe { context: Some(context), subscription: None, rid: None });
-                        send(shared, &mut live, &msg).await
-                    }
                 };
                 if sent.is_err() {
                     return Flow::Lost;
@@ -220,33 +177,15 @@ async fn send(shared: &Shared, live: &mut Live, msg: &ClientMessage) -> Result<(
     live.conn.outbox.send(frame).await.map_err(|_| ())
 }
 
-async fn send_subscribe(shared: &Shared, live: &mut Live, context: &str) -> Result<(), ()> {
-    let Some((channel, anchor)) = statecast_core::channel::parse_context(context) else { return Ok(()) };
-    let resume = shared.state.lock().resume_point(context);
-    let msg = ClientMessage::Subscribe(Subscribe {
-        channel: Some(channel.to_owned()),
-        anchor_id: Some(anchor),
-        since: resume.as_ref().map(|(s, _)| *s),
-        epoch: resume.and_then(|(_, e)| e),
-        ..Default::default()
-    });
-    send(shared, live, &msg).await
-}
-
-async fn send_stream_subscribe(shared: &Shared, live: &mut Live, local: u64) -> Result<(), ()> {
-    let epoch = shared.epoch.lock().clone();
-    let msg = {
-        let streams = shared.streams.lock();
-        let Some(entry) = streams.entries.get(&local) else { return Ok(()) };
-        let since = entry.seq.map(|s| (s, epoch));
-        ClientMessage::Subscribe(entry.request.message(local, since))
-    };
-    send(shared, live, &msg).await
-}
-
-/// Sends every write that is ready, in queue order.
+/// Sends the queued subscribes and unsubscribes, then every write that is ready, in queue order.
 async fn flush(shared: &Shared, live: &mut Live) -> Result<(), ()> {
-    let writes = shared.state.lock().take_sendable();
+    let (control, writes) = {
+        let mut state = shared.state.lock();
+        (state.take_control(), state.take_sendable())
+    };
+    for msg in control {
+        send(shared, live, &msg).await?;
+    }
     for w in writes {
         send(shared, live, &ClientMessage::Write(w)).await?;
     }
@@ -254,101 +193,40 @@ async fn flush(shared: &Shared, live: &mut Live) -> Result<(), ()> {
 }
 
 fn handle(shared: &Arc<Shared>, msg: ServerMessage) -> Flow {
-    let effects = match msg {
-        ServerMessage::State(s) => {
-            let context = s.context.clone();
-            let effects = shared.state.lock().apply_state(s);
-            if shared.state.lock().is_loaded(&context) {
-                for w in shared.loading.lock().remove(&context).unwrap_or_default() {
-                    let _ = w.send(Ok(()));
-                }
-            }
-            effects
-        }
-        ServerMessage::Delta(d) => shared.state.lock().apply_delta(d),
-        ServerMessage::WriteResponse(r) => shared.state.lock().on_response(&r),
-        ServerMessage::Subscribed(sub) => {
-            on_subscribed(shared, sub);
-            Vec::new()
-        }
-        ServerMessage::Event(event) => {
-            let mut streams = shared.streams.lock();
-            if let Some(local) = streams.by_server.get(&event.subscription).copied()
-                && let Some(entry) = streams.entries.get_mut(&local)
-            {
-                entry.seq = Some(event.seq);
-                let _ = entry.events.send(event.into());
-            }
-            Vec::new()
-        }
-        ServerMessage::Unsubscribed(u) if u.subscription.is_some() => {
-            let mut streams = shared.streams.lock();
-            if let Some(local) = u.subscription.as_ref().and_then(|s| streams.by_server.remove(s)) {
-                streams.entries.remove(&local);
-            }
-            Vec::new()
-        }
-        ServerMessage::Unsubscribed(u) => match u.context {
-            Some(c) => shared.state.lock().on_unsubscribed(&c, u.reason),
-            None => Vec::new(),
-        },
-        ServerMessage::Error(e) if stream_rid(shared, &e.rid).is_some() => {
-            if let Some(local) = stream_rid(shared, &e.rid)
-                && let Some(mut entry) = shared.streams.lock().entries.remove(&local)
-                && let Some(w) = entry.waiter.take()
-            {
-                let _ = w.send(Err(ClientError::Refused(e.error.clone())));
-            }
-            Vec::new()
-        }
-        ServerMessage::Error(e) => match e.context {
-            Some(context) => {
-                for w in shared.loading.lock().remove(&context).unwrap_or_default() {
+    let mut state = shared.state.lock();
+    match &msg {
+        ServerMessage::Goaway(_) => return Flow::Lost,
+        ServerMessage::Error(e) if state.stream_for_rid(&e.rid).is_none() => match &e.context {
+            Some(context) if state.is_current_answer(context, &e.rid) => {
+                for w in shared.loading.lock().remove(context).unwrap_or_default() {
                     let _ = w.send(Err(ClientError::Refused(e.error.clone())));
                 }
                 tracing::warn!(%context, error = %e.error, "subscription refused");
-                let reason = statecast_core::protocol::v1::UnsubscribeReason::PermissionLost;
-                shared.state.lock().on_unsubscribed(&context, reason)
             }
-            None => {
-                tracing::warn!(error = %e.error, "error from the server");
-                Vec::new()
-            }
+            Some(_) => {}
+            None => tracing::warn!(error = %e.error, "error from the server"),
         },
-        ServerMessage::Goaway(_) => return Flow::Lost,
-        ServerMessage::Welcome(_)
-        | ServerMessage::Pong(_)
-        | ServerMessage::Authenticated(_)
-        | ServerMessage::Rows(_) => Vec::new(),
+        _ => {}
+    }
+    let loaded = match &msg {
+        ServerMessage::State(s) => Some(s.context.clone()),
+        _ => None,
     };
+    let effects = state.receive(msg);
+    if let Some(context) = loaded
+        && state.is_loaded(&context)
+    {
+        for w in shared.loading.lock().remove(&context).unwrap_or_default() {
+            let _ = w.send(Ok(()));
+        }
+    }
+    drop(state);
     dispatch(shared, effects);
     Flow::Stop
 }
 
-/// The local stream id a request id names, if it is one of ours still waiting.
-fn stream_rid(shared: &Shared, rid: &Option<serde_json::Value>) -> Option<u64> {
-    let local = rid.as_ref()?.as_u64()?;
-    shared.streams.lock().entries.get(&local).filter(|e| e.waiter.is_some()).map(|_| local)
-}
-
-fn on_subscribed(shared: &Shared, sub: statecast_core::protocol::v1::Subscribed) {
-    let Some(local) = sub.rid.as_ref().and_then(serde_json::Value::as_u64) else { return };
-    let mut streams = shared.streams.lock();
-    streams.by_server.insert(sub.subscription.clone(), local);
-    let Some(entry) = streams.entries.get_mut(&local) else { return };
-    entry.server_id = Some(sub.subscription);
-    entry.seq = Some(entry.seq.map_or(sub.seq, |s| s.max(sub.seq)));
-    entry.snapshot.extend(sub.snapshot.unwrap_or_default());
-    if sub.part.is_none() || sub.last == Some(true) {
-        let rows = std::mem::take(&mut entry.snapshot);
-        if let Some(w) = entry.waiter.take() {
-            let _ = w.send(Ok(rows));
-        }
-    }
-}
-
 /// Turns the state's effects into settled handles, notifications and commands.
-pub(crate) fn dispatch(shared: &Shared, effects: Vec<Effect>) {
+pub(crate) fn dispatch(shared: &Arc<Shared>, effects: Vec<Effect>) {
     let mut settled_any = false;
     for effect in effects {
         match effect {
@@ -359,8 +237,9 @@ pub(crate) fn dispatch(shared: &Shared, effects: Vec<Effect>) {
                 }
             }
             Effect::Changed { context, changes } => notify(shared, &context, ViewEvent::Changed(changes)),
-            Effect::Resync { context, .. } => {
-                let _ = shared.commands.send(Command::Subscribe { context });
+            Effect::Resync { .. } => {
+                // The state queued the subscribe with `since`; it goes with the next flush.
+                let _ = shared.commands.send(Command::Flush);
             }
             Effect::Closed { context, reason } => {
                 for w in shared.loading.lock().remove(&context).unwrap_or_default() {
@@ -369,6 +248,41 @@ pub(crate) fn dispatch(shared: &Shared, effects: Vec<Effect>) {
                 notify(shared, &context, ViewEvent::Closed(reason));
             }
             Effect::EpochChanged { context } => notify(shared, &context, ViewEvent::Reset),
+            Effect::RetryLater { write_id, attempt, error } => {
+                tracing::info!(write_id, attempt, error = %error, "the server is not sure yet; the write will be sent again");
+                let delay = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7)).min(30_000))
+                    .mul_f64(rand::rng().random_range(0.5..=1.0));
+                let (weak, commands) = (Arc::downgrade(shared), shared.commands.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if let Some(shared) = weak.upgrade() {
+                        shared.state.lock().retry_due(write_id);
+                        let _ = commands.send(Command::Flush);
+                    }
+                });
+            }
+            Effect::StreamReady { stream, result } => {
+                if let Some(w) = shared.stream_waiters.lock().remove(&stream) {
+                    let _ = w.send(result.map_err(ClientError::Refused));
+                }
+            }
+            Effect::StreamChanged { stream, changes } => {
+                // Before the view is handed out (its first snapshot) the rows are read, not announced.
+                if shared.stream_waiters.lock().contains_key(&stream) {
+                    continue;
+                }
+                if let Some(tx) = shared.stream_events.lock().get(&stream) {
+                    let _ = tx.send(StreamViewEvent::Changed(changes));
+                }
+            }
+            Effect::StreamClosed { stream, reason } => {
+                if let Some(w) = shared.stream_waiters.lock().remove(&stream) {
+                    let _ = w.send(Err(ClientError::Closed));
+                }
+                if let Some(tx) = shared.stream_events.lock().remove(&stream) {
+                    let _ = tx.send(StreamViewEvent::Closed(reason));
+                }
+            }
         }
     }
     if settled_any && let Some(q) = &shared.queue {

@@ -40,9 +40,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use state::{ChangeKind, ClientState, ViewChange, ViewRow, WriteOptions, WriteOutcome};
+pub use state::{
+    ChangeKind, ClientState, StreamViewInfo, StreamViewStatus, ViewChange, ViewRow, WriteOptions, WriteOutcome,
+};
 pub use statecast_transport_quic::Trust as QuicTrust;
-pub use streams::{StreamEvent, StreamRequest, StreamSubscription};
+pub use streams::{StreamRequest, StreamView, StreamViewEvent};
 
 /// How a client connects and behaves.
 #[derive(Clone, Debug)]
@@ -136,20 +138,9 @@ pub enum ViewEvent {
 }
 
 pub(crate) enum Command {
-    /// Send what is ready to send.
+    /// Send what is ready to send: the subscribes and unsubscribes the state
+    /// queued (each once per connection), then the writes.
     Flush,
-    Subscribe {
-        context: String,
-    },
-    Unsubscribe {
-        context: String,
-    },
-    Stream {
-        local: u64,
-    },
-    StreamUnsubscribe {
-        local: u64,
-    },
     Close(oneshot::Sender<()>),
 }
 
@@ -165,7 +156,10 @@ pub(crate) struct Shared {
     pub loading: parking_lot::Mutex<HashMap<String, Vec<LoadWaiter>>>,
     pub watchers: parking_lot::Mutex<HashMap<String, broadcast::Sender<ViewEvent>>>,
     pub queue: Option<persist::Queue>,
-    pub streams: parking_lot::Mutex<streams::Streams>,
+    /// Who waits for a stream view's first `subscribed`, by local id.
+    pub stream_waiters: parking_lot::Mutex<HashMap<u64, LoadWaiter>>,
+    /// Where a stream view's changes go, by local id.
+    pub stream_events: parking_lot::Mutex<HashMap<u64, mpsc::UnboundedSender<StreamViewEvent>>>,
     /// The server store's epoch (from `welcome`).
     pub epoch: parking_lot::Mutex<Option<String>>,
     pub config: ClientConfig,
@@ -212,7 +206,8 @@ impl Client {
             loading: Default::default(),
             watchers: Default::default(),
             queue,
-            streams: Default::default(),
+            stream_waiters: Default::default(),
+            stream_events: Default::default(),
             epoch: Default::default(),
             config,
         });
@@ -238,7 +233,7 @@ impl Client {
         if !loaded {
             self.shared.loading.lock().entry(context.clone()).or_default().push(tx);
         }
-        self.command(Command::Subscribe { context: context.clone() })?;
+        self.command(Command::Flush)?;
         if !loaded {
             match tokio::time::timeout(self.shared.config.connect_timeout.max(Duration::from_secs(30)), rx).await {
                 Ok(Ok(Ok(()))) => {}
@@ -255,45 +250,28 @@ impl Client {
         Ok(Context { client: self.clone(), name: context })
     }
 
-    /// Subscribes to a stream and waits for `subscribed` (with the snapshot, if asked).
-    pub async fn stream(&self, request: StreamRequest) -> Result<StreamSubscription, ClientError> {
-        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    /// Opens a live view of a stream and waits for its first `subscribed`
+    /// (with the snapshot, if asked). The view keeps itself current.
+    pub async fn stream(&self, request: StreamRequest) -> Result<StreamView, ClientError> {
+        let (events_tx, events) = mpsc::unbounded_channel();
         let (tx, rx) = oneshot::channel();
         let local = {
-            let mut streams = self.shared.streams.lock();
-            streams.next += 1;
-            let local = streams.next;
-            streams.entries.insert(
-                local,
-                streams::Entry {
-                    request,
-                    server_id: None,
-                    seq: None,
-                    events: events_tx,
-                    waiter: Some(tx),
-                    snapshot: Vec::new(),
-                },
-            );
+            let mut state = self.shared.state.lock();
+            let local = state.add_stream(request);
+            self.shared.stream_waiters.lock().insert(local, tx);
+            self.shared.stream_events.lock().insert(local, events_tx);
             local
         };
-        self.command(Command::Stream { local })?;
-        let answer = tokio::time::timeout(self.shared.config.connect_timeout.max(Duration::from_secs(30)), rx).await;
-        let snapshot = match answer {
-            Ok(Ok(Ok(rows))) => rows,
-            Ok(Ok(Err(e))) => {
-                self.shared.streams.lock().entries.remove(&local);
-                return Err(e);
-            }
-            Ok(Err(_)) => return Err(ClientError::Closed),
+        let view = StreamView { local, events, client: self.clone() };
+        self.command(Command::Flush)?;
+        match tokio::time::timeout(self.shared.config.connect_timeout.max(Duration::from_secs(30)), rx).await {
+            Ok(Ok(Ok(()))) => Ok(view),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(ClientError::Closed),
             Err(_) => {
-                self.shared.streams.lock().entries.remove(&local);
-                return Err(ClientError::Refused(WireError::new(
-                    ErrorReason::Timeout,
-                    "no answer to the stream subscribe",
-                )));
+                Err(ClientError::Refused(WireError::new(ErrorReason::Timeout, "no answer to the stream subscribe")))
             }
-        };
-        Ok(StreamSubscription { local, snapshot, events, client: self.clone() })
+        }
     }
 
     pub(crate) fn command(&self, c: Command) -> Result<(), ClientError> {
@@ -401,9 +379,14 @@ impl Context {
         Ok(WriteHandle { write_id, created, rx, timeout: shared.config.write_timeout })
     }
 
-    /// Stops holding the context.
+    /// Stops holding the context at once (its view empties, its unsent
+    /// writes fail with `CONTEXT_CLOSED`). Subscribing to it again at any
+    /// time gives a fresh subscription that the old one's late answers never touch.
     pub fn unsubscribe(&self) -> Result<(), ClientError> {
-        self.client.command(Command::Unsubscribe { context: self.name.clone() })
+        let shared = &self.client.shared;
+        let effects = shared.state.lock().unsubscribe(&self.name);
+        driver::dispatch(shared, effects);
+        self.client.command(Command::Flush)
     }
 }
 

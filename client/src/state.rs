@@ -12,12 +12,16 @@ use serde_json::Value;
 use statecast_core::error::{ErrorReason, WireError};
 use statecast_core::ids::{Id, Seq, mint_id};
 use statecast_core::protocol::v1::{
-    AppliedOutcome, ChangeOp, Delta, Operation, State, UnsubscribeReason, Write, WriteOp, WriteResponse,
+    AppliedOutcome, ChangeOp, ClientMessage, Delta, Operation, ServerMessage, State, Subscribe, Unsubscribe,
+    UnsubscribeReason, Welcome, Write, WriteOp, WriteResponse,
 };
 use statecast_core::row::{Fields, Row, RowKey};
 use statecast_core::store::CreatedId;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+
+mod stream_views;
+pub use stream_views::{StreamViewInfo, StreamViewStatus};
 
 /// How one write is made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +77,16 @@ pub enum Effect {
     Closed { context: String, reason: UnsubscribeReason },
     /// The store behind the server is new: everything held was dropped.
     EpochChanged { context: String },
+    /// The server could not say whether a write was applied (503
+    /// `OUTCOME_UNKNOWN`, `UNAVAILABLE`, 429): it stays pending; call
+    /// [`ClientState::retry_due`] after a backoff and it is resent with its writeId.
+    RetryLater { write_id: i64, attempt: u32, error: WireError },
+    /// A stream view got its first `subscribed` (Ok) or its subscribe was refused (Err; the view is gone).
+    StreamReady { stream: u64, result: Result<(), WireError> },
+    /// A stream view's rows changed.
+    StreamChanged { stream: u64, changes: Vec<ViewChange> },
+    /// The server ended a stream view's subscription (the view is gone).
+    StreamClosed { stream: u64, reason: UnsubscribeReason },
 }
 
 /// A row as the app sees it.
@@ -103,6 +117,11 @@ struct Pending {
     ops: Vec<WriteOp>,
     optimistic: bool,
     sent: bool,
+    /// Sent on some connection (or restored from a saved queue): the server may have it.
+    ever_sent: bool,
+    /// Answered "not certain yet" (503 `OUTCOME_UNKNOWN`/`UNAVAILABLE`, 429): resent, same writeId, once released.
+    retry_wait: bool,
+    attempts: u32,
     /// Its effect is in canonical now (the delta carrying its writeId arrived).
     retired: bool,
     /// Confirmed at this seq; retired once its context reaches it.
@@ -137,6 +156,8 @@ struct Ctx {
     parent_of: HashMap<RowKey, RowKey>,
     kids: HashMap<RowKey, BTreeSet<RowKey>>,
     view: HashMap<RowKey, ViewRow>,
+    /// The `rid` of the newest subscribe sent for it: answers naming another rid are stale.
+    rid: Option<u64>,
 }
 
 /// The optimistic state of one client. See the module docs.
@@ -153,6 +174,19 @@ pub struct ClientState {
     aliases: HashMap<RowKey, Id>,
     /// (type, temp id) → real id, for writes sent after the create was applied.
     temp_real: HashMap<(String, Id), Id>,
+    /// The last request id used (subscribe, unsubscribe).
+    next_rid: u64,
+    /// Connected (after `welcome`): subscribes and unsubscribes go out.
+    online: bool,
+    /// Subscribes and unsubscribes to send, in order.
+    outbox: Vec<ClientMessage>,
+    /// Live stream views by local id.
+    streams: BTreeMap<u64, stream_views::StreamView>,
+    next_stream: u64,
+    /// The server store's epoch from the last `welcome`.
+    epoch: Option<String>,
+    /// The signed-in user (from `welcome`), for values a pending create shows.
+    user_id: Option<Id>,
 }
 
 impl ClientState {
@@ -168,6 +202,13 @@ impl ClientState {
             touching: HashMap::new(),
             aliases: HashMap::new(),
             temp_real: HashMap::new(),
+            next_rid: 0,
+            online: false,
+            outbox: Vec::new(),
+            streams: BTreeMap::new(),
+            next_stream: 0,
+            epoch: None,
+            user_id: None,
         }
     }
 
@@ -192,14 +233,113 @@ impl ClientState {
         self.schema.channels.get(channel)
     }
 
-    /// Starts holding a context (its state arrives later).
+    /// Starts holding a context (its state arrives later); when connected,
+    /// queues its `subscribe` (with a fresh `rid`). Holding it already changes nothing.
     pub fn add_context(&mut self, context: &str, channel: &str, anchor_id: Id) {
+        if self.contexts.contains_key(context) {
+            return;
+        }
         let anchor_ty = self.tree(channel).map_or_else(|| channel.to_owned(), |t| t.anchor.clone());
-        self.contexts.entry(context.to_owned()).or_insert_with(|| Ctx {
-            channel: channel.to_owned(),
-            anchor: Some(RowKey::new(anchor_ty, anchor_id)),
-            ..Ctx::default()
-        });
+        self.contexts.insert(
+            context.to_owned(),
+            Ctx { channel: channel.to_owned(), anchor: Some(RowKey::new(anchor_ty, anchor_id)), ..Ctx::default() },
+        );
+        self.queue_subscribe(context);
+    }
+
+    fn next_rid(&mut self) -> u64 {
+        self.next_rid += 1;
+        self.next_rid
+    }
+
+    /// Queues a `subscribe` for a held context (with `since` once loaded) under a new rid.
+    fn queue_subscribe(&mut self, context: &str) {
+        if !self.online {
+            return;
+        }
+        let Some((channel, anchor)) = statecast_core::channel::parse_context(context) else { return };
+        let (channel, resume) = (channel.to_owned(), self.resume_point(context));
+        let rid = self.next_rid();
+        let Some(ctx) = self.contexts.get_mut(context) else { return };
+        ctx.rid = Some(rid);
+        ctx.parts.clear();
+        ctx.delta_parts.clear();
+        self.outbox.push(ClientMessage::Subscribe(Subscribe {
+            channel: Some(channel),
+            anchor_id: Some(anchor),
+            since: resume.as_ref().map(|(s, _)| *s),
+            epoch: resume.and_then(|(_, e)| e),
+            rid: Some(Value::from(rid)),
+            ..Subscribe::default()
+        }));
+    }
+
+    /// Stops holding a context at once: its view empties, its unsent writes
+    /// fail (`CONTEXT_CLOSED`), and an `unsubscribe` with a rid of its own is
+    /// queued. The server's late answers to the old subscription name older
+    /// rids, so they never touch a newer subscription to the same context.
+    pub fn unsubscribe(&mut self, context: &str) -> Vec<Effect> {
+        if !self.contexts.contains_key(context) {
+            return Vec::new();
+        }
+        if self.online {
+            let rid = self.next_rid();
+            self.outbox.push(ClientMessage::Unsubscribe(Unsubscribe {
+                context: Some(context.to_owned()),
+                subscription: None,
+                rid: Some(Value::from(rid)),
+            }));
+        }
+        self.drop_context(context, UnsubscribeReason::ClientRequest)
+    }
+
+    /// Connected (after `welcome`): retires what `applied` reports, then
+    /// queues a subscribe for every context (with `since`) and stream view.
+    /// A new `epoch` (the server's store is new) makes stream views take a
+    /// fresh snapshot.
+    pub fn connected(&mut self, welcome: &Welcome) -> Vec<Effect> {
+        self.set_schema(SchemaInfo::from_welcome(&welcome.schema));
+        self.user_id = Some(welcome.user.id);
+        let (epoch, applied) = (welcome.epoch.as_str(), &welcome.applied);
+        self.online = true;
+        self.outbox.clear();
+        if self.epoch.as_deref().is_some_and(|e| e != epoch) {
+            for sv in self.streams.values_mut() {
+                sv.reset_position();
+            }
+        }
+        self.epoch = Some(epoch.to_owned());
+        let effects = self.on_applied(applied);
+        let names: Vec<String> = self.contexts.keys().cloned().collect();
+        for name in names {
+            self.queue_subscribe(&name);
+        }
+        let locals: Vec<u64> = self.streams.keys().copied().collect();
+        for local in locals {
+            self.queue_stream_subscribe(local);
+        }
+        effects
+    }
+
+    /// Connected (between `connected` and `connection_lost`).
+    pub fn is_online(&self) -> bool {
+        self.online
+    }
+
+    /// Subscribes and unsubscribes to send now, in order (then `take_sendable` for the writes).
+    pub fn take_control(&mut self) -> Vec<ClientMessage> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Does an answer naming `rid` concern the newest subscription to `context` (or no rid: the server's own)?
+    pub fn is_current_answer(&self, context: &str, rid: &Option<Value>) -> bool {
+        !self.stale(context, rid)
+    }
+
+    /// Is this a stale answer for `context` (it names a rid other than the newest subscribe's)?
+    fn stale(&self, context: &str, rid: &Option<Value>) -> bool {
+        let Some(rid) = rid.as_ref() else { return false };
+        self.contexts.get(context).is_none_or(|c| c.rid.is_some_and(|mine| rid.as_u64() != Some(mine)))
     }
 
     pub fn has_context(&self, context: &str) -> bool {
@@ -213,7 +353,9 @@ impl ClientState {
     /// `(since, epoch)` to resubscribe with, when the context was loaded.
     pub fn resume_point(&self, context: &str) -> Option<(Seq, Option<String>)> {
         let ctx = self.contexts.get(context)?;
-        (ctx.loaded || ctx.resync).then(|| (ctx.seq, ctx.epoch.clone()))
+        // A new store (the welcome's epoch is not the context's): ask for a whole state.
+        let same_store = self.epoch.is_none() || ctx.epoch == self.epoch;
+        (same_store && (ctx.loaded || ctx.resync)).then(|| (ctx.seq, ctx.epoch.clone()))
     }
 
     pub fn is_loaded(&self, context: &str) -> bool {
@@ -283,6 +425,9 @@ impl ClientState {
             ops,
             optimistic: opts.optimistic,
             sent: false,
+            ever_sent: false,
+            retry_wait: false,
+            attempts: 0,
             retired: false,
             confirmed: None,
             settled: false,
@@ -357,16 +502,20 @@ impl ClientState {
         (after, waits)
     }
 
-    /// Writes ready to send, in order (marks them sent).
+    /// Writes ready to send, in order, up to the first that must wait (marks them sent).
     pub fn take_sendable(&mut self) -> Vec<Write> {
         let mut out = Vec::new();
         for i in 0..self.pending.len() {
             let p = &self.pending[i];
-            if p.sent || p.retired || p.settled || !p.waits_for.is_empty() || !self.contexts.contains_key(&p.context) {
+            if p.sent || p.retired || p.settled || !self.contexts.contains_key(&p.context) {
                 continue;
+            }
+            if p.retry_wait || !p.waits_for.is_empty() {
+                break; // in order: nothing after a write that must wait goes out before it
             }
             out.push(self.to_wire(p));
             self.pending[i].sent = true;
+            self.pending[i].ever_sent = true;
         }
         out
     }
@@ -407,9 +556,21 @@ impl ClientState {
         w
     }
 
-    /// The writeIds of every write not yet answered (for `hello.pending`).
+    /// The writeIds of the unanswered writes that may have reached the server (for `hello.pending`).
     pub fn pending_write_ids(&self) -> Vec<i64> {
+        self.pending.iter().filter(|p| !p.settled && p.ever_sent).map(|p| p.write_id).collect()
+    }
+
+    /// The writeIds of every write not answered yet (sent or not).
+    pub fn unanswered_write_ids(&self) -> Vec<i64> {
         self.pending.iter().filter(|p| !p.settled).map(|p| p.write_id).collect()
+    }
+
+    /// A write answered "not certain yet" may be sent again (its backoff passed).
+    pub fn retry_due(&mut self, write_id: i64) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.write_id == write_id) {
+            p.retry_wait = false;
+        }
     }
 
     /// How many writes are not yet settled.
@@ -419,6 +580,11 @@ impl ClientState {
 
     /// The connection dropped: every unanswered write will be sent again.
     pub fn connection_lost(&mut self) {
+        self.online = false;
+        self.outbox.clear();
+        for sv in self.streams.values_mut() {
+            sv.connection_lost();
+        }
         for p in &mut self.pending {
             if !p.settled {
                 p.sent = false;
@@ -455,6 +621,9 @@ impl ClientState {
             ops,
             optimistic: true,
             sent: false,
+            ever_sent: true,
+            retry_wait: false,
+            attempts: 0,
             retired: false,
             confirmed: None,
             settled: false,
@@ -494,6 +663,15 @@ impl ClientState {
         if !resp.success {
             let error =
                 resp.error.clone().unwrap_or_else(|| WireError::new(ErrorReason::Internal, "refused without a reason"));
+            if matches!(error.reason, ErrorReason::OutcomeUnknown | ErrorReason::Unavailable | ErrorReason::RateLimited)
+            {
+                // Nothing certain happened yet: keep the write (pending in the views) and send it again, same writeId.
+                let p = &mut self.pending[i];
+                p.sent = false;
+                p.retry_wait = true;
+                p.attempts += 1;
+                return vec![Effect::RetryLater { write_id: p.write_id, attempt: p.attempts, error }];
+            }
             return self.refuse(resp.write_id, error);
         }
         let seq = resp.seq.unwrap_or(0);
@@ -600,9 +778,44 @@ impl ClientState {
 
     // ---- server messages --------------------------------------------------
 
+    /// One message from the server (after `welcome`, which goes to
+    /// [`connected`](Self::connected)): states, deltas, answers, stream
+    /// `subscribed` and events, `unsubscribed` and errors, each matched to its
+    /// subscription by `rid` or subscription id. Messages it has no use for
+    /// (`pong`, `goaway`, …) change nothing.
+    pub fn receive(&mut self, msg: ServerMessage) -> Vec<Effect> {
+        match msg {
+            ServerMessage::State(s) => self.apply_state(s),
+            ServerMessage::Delta(d) => self.apply_delta(d),
+            ServerMessage::WriteResponse(r) => self.on_response(&r),
+            ServerMessage::Subscribed(s) => self.on_subscribed(s),
+            ServerMessage::Event(e) => self.on_event(e),
+            ServerMessage::Unsubscribed(u) => match (u.context, u.subscription) {
+                (Some(c), _) => self.on_context_ended(&c, &u.rid, u.reason),
+                (None, Some(s)) => self.on_stream_unsubscribed(&s, u.reason),
+                (None, None) => Vec::new(),
+            },
+            ServerMessage::Error(e) => match self.on_stream_error(&e.rid, e.error.clone()) {
+                Some(effects) => effects,
+                None => match e.context {
+                    Some(c) => self.on_context_ended(&c, &e.rid, UnsubscribeReason::PermissionLost),
+                    None => Vec::new(),
+                },
+            },
+            ServerMessage::Welcome(w) => self.connected(&w),
+            ServerMessage::Authenticated(_)
+            | ServerMessage::Pong(_)
+            | ServerMessage::Goaway(_)
+            | ServerMessage::Rows(_) => Vec::new(),
+        }
+    }
+
     /// A `state` (whole or incremental; parts are held until the last).
     pub fn apply_state(&mut self, state: State) -> Vec<Effect> {
         let name = state.context.clone();
+        if self.stale(&name, &state.rid) {
+            return Vec::new();
+        }
         let Some(ctx) = self.contexts.get_mut(&name) else { return Vec::new() };
         if state.part.is_some() && state.last != Some(true) {
             ctx.parts.push(state);
@@ -671,7 +884,9 @@ impl ClientState {
         if delta.prev != ctx.seq {
             ctx.resync = true;
             ctx.delta_parts.clear();
-            return vec![Effect::Resync { context: name, since: ctx.seq, epoch: ctx.epoch.clone() }];
+            let effect = Effect::Resync { context: name.clone(), since: ctx.seq, epoch: ctx.epoch.clone() };
+            self.queue_subscribe(&name);
+            return vec![effect];
         }
         if delta.part.is_some() && delta.last != Some(true) {
             ctx.delta_parts.push(delta);
@@ -740,6 +955,19 @@ impl ClientState {
 
     /// The server ended a subscription: its state is dropped; unsent writes for it fail.
     pub fn on_unsubscribed(&mut self, context: &str, reason: UnsubscribeReason) -> Vec<Effect> {
+        self.drop_context(context, reason)
+    }
+
+    /// An `unsubscribed` or a subscribe `error` for a context, matched by its
+    /// `rid`: one naming an older request (a close before a reopen) is ignored.
+    pub fn on_context_ended(&mut self, context: &str, rid: &Option<Value>, reason: UnsubscribeReason) -> Vec<Effect> {
+        if self.stale(context, rid) {
+            return Vec::new();
+        }
+        self.drop_context(context, reason)
+    }
+
+    fn drop_context(&mut self, context: &str, reason: UnsubscribeReason) -> Vec<Effect> {
         let Some(ctx) = self.contexts.remove(context) else { return Vec::new() };
         let mut effects = vec![Effect::Closed { context: context.to_owned(), reason }];
         let removed: Vec<ViewChange> =
@@ -815,19 +1043,33 @@ impl ClientState {
                 effects.push(Effect::Changed { context: name, changes });
             }
         }
+        effects.extend(self.recompute_streams(dirty));
         effects
     }
 
     /// The value of a row after replaying the pending writes that touch it.
     fn compute_value(&self, ctx: &Ctx, key: &RowKey) -> (Option<Row>, bool) {
-        let mut row = ctx
+        let row = ctx
             .canonical
             .get(key)
             .or_else(|| self.contexts.values().find_map(|c| c.canonical.get(key)))
             .map(|c| c.row.clone());
+        self.replay_pending(key, row)
+    }
+
+    /// `row` (canonical, or None) with the pending writes that touch it replayed, and whether any do.
+    fn replay_pending(&self, key: &RowKey, row: Option<Row>) -> (Option<Row>, bool) {
+        self.replay_pending_until(key, row, None)
+    }
+
+    /// Like [`replay_pending`](Self::replay_pending), skipping writes confirmed
+    /// at or below `reached` (a stream view that has their result already).
+    fn replay_pending_until(&self, key: &RowKey, mut row: Option<Row>, reached: Option<Seq>) -> (Option<Row>, bool) {
         let mut pending = false;
         let Some(writes) = self.touching.get(key) else { return (row, false) };
-        for p in self.pending.iter().filter(|p| writes.contains(&p.write_id) && !p.retired && p.optimistic) {
+        let done = |p: &Pending| reached.is_some_and(|r| p.confirmed.is_some_and(|s| s <= r));
+        for p in self.pending.iter().filter(|p| writes.contains(&p.write_id) && !p.retired && p.optimistic && !done(p))
+        {
             pending = true;
             for op in &p.ops {
                 let Some(id) = op.instance_id else { continue };
@@ -859,7 +1101,15 @@ impl ClientState {
     }
 
     fn created_row(&self, op: &WriteOp, id: Id) -> Row {
-        let mut fields = op.data.clone().unwrap_or_default();
+        let mut fields = Fields::new();
+        for (name, shown) in self.schema.defaults.get(&op.instance_type).into_iter().flatten() {
+            let value = match shown {
+                crate::tree::Shown::Value(v) => v.clone(),
+                crate::tree::Shown::UserId => self.user_id.map_or(Value::Null, Value::from),
+            };
+            fields.insert(name.clone(), value);
+        }
+        fields.extend(op.data.clone().unwrap_or_default());
         if let (Some(pt), Some(pid), Some(rel)) = (&op.parent_type, op.parent_id, &op.relation_name)
             && let Some(edge) = self
                 .schema

@@ -1,15 +1,16 @@
-//! Stream subscriptions on the client: every change to rows of one type
-//! that match a filter, as typed events. A reconnect resubscribes each stream
-//! with `since`, so the server replays what was missed when its log reaches back.
+//! Stream views on the client: the rows of one type that match a filter,
+//! kept live by the stream's events, with the optimistic layer on top (the
+//! rules are in [`crate::state`]'s stream view module). A reconnect
+//! resubscribes each view with `since`, so the server replays what was
+//! missed when its log reaches back, and a fresh snapshot is taken when not.
 
+use crate::state::{StreamViewInfo, ViewChange, ViewRow};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use statecast_core::ids::{Id, Seq};
-use statecast_core::protocol::v1::{ChangeOp, Event, Subscribe};
-use statecast_core::row::{Fields, Row};
-use std::collections::HashMap;
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use statecast_core::protocol::v1::{ChangeOp, Subscribe, UnsubscribeReason};
+use statecast_core::row::Fields;
+use tokio::sync::mpsc;
 
 /// What to subscribe to.
 #[derive(Clone, Debug, Default)]
@@ -49,6 +50,18 @@ impl StreamRequest {
         self
     }
 
+    /// Only these actions.
+    pub fn actions<I: IntoIterator<Item = ChangeOp>>(mut self, actions: I) -> Self {
+        self.actions = Some(actions.into_iter().collect());
+        self
+    }
+
+    /// Only the row with this id.
+    pub fn id(mut self, id: Id) -> Self {
+        self.id = Some(id);
+        self
+    }
+
     pub(crate) fn message(&self, rid: u64, since: Option<(Seq, Option<String>)>) -> Subscribe {
         Subscribe {
             stream: Some(self.name.clone()),
@@ -65,75 +78,63 @@ impl StreamRequest {
     }
 }
 
-/// One change seen by a stream subscription.
+/// A change to a stream view.
 #[derive(Clone, Debug, PartialEq)]
-pub struct StreamEvent {
-    pub seq: Seq,
-    pub action: ChangeOp,
-    pub id: Id,
-    /// The (projected) row, in full-payload streams.
-    pub data: Option<Fields>,
+pub enum StreamViewEvent {
+    /// Rows added, updated or removed (by stable key); read them with [`StreamView::row`].
+    Changed(Vec<ViewChange>),
+    /// The server ended the subscription (e.g. `PERMISSION_LOST`); the view is gone.
+    Closed(UnsubscribeReason),
 }
 
-impl StreamEvent {
-    /// The event's row as the app's own struct (`id` + data).
-    pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        let mut obj = self.data.clone().unwrap_or_default();
-        obj.insert("id".into(), Value::from(self.id));
-        serde_json::from_value(Value::Object(obj))
-    }
-}
-
-impl From<Event> for StreamEvent {
-    fn from(e: Event) -> Self {
-        Self { seq: e.seq, action: e.action, id: e.id, data: e.data }
-    }
-}
-
-pub(crate) type SubscribedWaiter = oneshot::Sender<Result<Vec<Arc<Row>>, crate::ClientError>>;
-
-pub(crate) struct Entry {
-    pub request: StreamRequest,
-    /// The server's id for it on the current connection.
-    pub server_id: Option<String>,
-    /// The last seq seen (subscribed or event), for `since` after a reconnect.
-    pub seq: Option<Seq>,
-    pub events: mpsc::UnboundedSender<StreamEvent>,
-    pub waiter: Option<SubscribedWaiter>,
-    pub snapshot: Vec<Arc<Row>>,
-}
-
-/// The client's stream subscriptions, by local id.
-#[derive(Default)]
-pub(crate) struct Streams {
-    pub next: u64,
-    pub entries: HashMap<u64, Entry>,
-    pub by_server: HashMap<String, u64>,
-}
-
-/// A live stream subscription: receive its events with [`next`](Self::next).
-pub struct StreamSubscription {
+/// A live view of a stream: the snapshot kept current by its events, with
+/// this client's pending writes on top (rows move in and out as the
+/// stream's filters decide). Reconnects resume it with `since` (or a fresh
+/// snapshot when the server's log no longer reaches back). Dropping it
+/// unsubscribes.
+pub struct StreamView {
     pub(crate) local: u64,
-    /// The rows that matched when subscribing (with `snapshot`).
-    pub snapshot: Vec<Arc<Row>>,
-    pub(crate) events: mpsc::UnboundedReceiver<StreamEvent>,
+    pub(crate) events: mpsc::UnboundedReceiver<StreamViewEvent>,
     pub(crate) client: crate::Client,
 }
 
-impl StreamSubscription {
-    /// The next event; `None` once the subscription or the client is gone.
-    pub async fn next(&mut self) -> Option<StreamEvent> {
+impl StreamView {
+    /// The view's rows, in key order.
+    pub fn rows(&self) -> Vec<ViewRow> {
+        self.client.shared.state.lock().stream_rows(self.local)
+    }
+
+    /// One row by id (or stable key).
+    pub fn row(&self, id: Id) -> Option<ViewRow> {
+        self.client.shared.state.lock().stream_row(self.local, id)
+    }
+
+    /// The rows as the app's own struct (`id` + fields).
+    pub fn rows_as<T: DeserializeOwned>(&self) -> Result<Vec<T>, serde_json::Error> {
+        self.rows().iter().map(|r| serde_json::from_value(r.to_json())).collect()
+    }
+
+    /// Status, subscription id, position and size.
+    pub fn info(&self) -> Option<StreamViewInfo> {
+        self.client.shared.state.lock().stream_info(self.local)
+    }
+
+    /// The next change; `None` once the view or the client is gone.
+    pub async fn next(&mut self) -> Option<StreamViewEvent> {
         self.events.recv().await
     }
 
-    /// Stops the subscription.
-    pub fn unsubscribe(self) {
+    /// Stops the view (the server's subscription is unsubscribed).
+    pub fn close(self) {
         drop(self);
     }
 }
 
-impl Drop for StreamSubscription {
+impl Drop for StreamView {
     fn drop(&mut self) {
-        let _ = self.client.command(crate::Command::StreamUnsubscribe { local: self.local });
+        let shared = &self.client.shared;
+        shared.stream_events.lock().remove(&self.local);
+        shared.state.lock().remove_stream(self.local);
+        let _ = self.client.command(crate::Command::Flush);
     }
 }

@@ -391,22 +391,34 @@ async fn a_quic_client_and_a_websocket_client_share_a_context() {
     assert!(matches!(Client::connect(no_trust).await, Err(ClientError::Connect { .. })));
 }
 
+/// `GET path` on the server's HTTP port (metrics), as text.
+async fn http_get(server: &Server, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.port)).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("request");
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.expect("response");
+    out
+}
+
+/// The `statecast_stream_subscriptions` gauge on /metrics.
+async fn stream_subscriptions(server: &Server) -> u64 {
+    let text = http_get(server, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("statecast_stream_subscriptions "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no stream gauge in {text}"))
+}
+
 #[tokio::test]
-async fn a_stream_delivers_filtered_events_and_the_cli_prints_them() {
+async fn a_stream_view_holds_the_matching_rows_and_follows_other_users_changes() {
     let server = Server::start();
     let bob = client(&server, "bob").await;
     let request = statecast_client::StreamRequest::new("tasks").filter("job", 1).fields(["name", "status"]).snapshot();
-    let mut sub = bob.stream(request).await.expect("subscribed");
-    let ids: Vec<i64> = sub.snapshot.iter().map(|r| r.id).collect();
+    let mut view = bob.stream(request).await.expect("subscribed");
+    let ids: Vec<i64> = view.rows().iter().map(|r| r.id).collect();
     assert_eq!(ids, vec![1, 2], "the job-1 tasks now");
-    let mut cli = tokio::process::Command::new(support::cli_binary())
-        .args(["stream", &server.url, "my-tasks", "--token", "alice"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cli stream");
-    // Give the CLI a moment to subscribe before the write.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let alice = client(&server, "alice").await;
     alice
         .subscribe("job", 1)
@@ -416,33 +428,124 @@ async fn a_stream_delivers_filtered_events_and_the_cli_prints_them() {
         .expect("save")
         .await
         .expect("ok");
-    let event = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("in time").expect("event");
-    assert_eq!((event.action, event.id), (statecast_core::protocol::v1::ChangeOp::Update, 1));
+    let event = tokio::time::timeout(Duration::from_secs(5), view.next()).await.expect("in time").expect("event");
+    let statecast_client::StreamViewEvent::Changed(changes) = event else { panic!("{event:?}") };
+    assert_eq!(
+        changes.iter().map(|c| (c.key, c.kind)).collect::<Vec<_>>(),
+        vec![(1, statecast_client::ChangeKind::Updated)]
+    );
     #[derive(serde::Deserialize, Debug)]
     struct Task {
         id: i64,
         status: String,
     }
-    let task: Task = event.data_as().expect("typed");
-    assert_eq!((task.id, task.status.as_str()), (1, "doing"));
-    let stdout = cli.stdout.take().expect("stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
-        .await
-        .expect("in time")
-        .expect("io")
-        .expect("line");
-    let printed: Value = serde_json::from_str(&line).expect("json");
-    assert_eq!((printed["action"].as_str(), printed["id"].as_i64()), (Some("update"), Some(1)), "{printed}");
+    let tasks: Vec<Task> = view.rows_as().expect("typed");
+    assert_eq!(tasks.iter().map(|t| (t.id, t.status.as_str())).collect::<Vec<_>>(), vec![(1, "doing"), (2, "todo")]);
     let bad = bob.stream(statecast_client::StreamRequest::new("tasks").filter("nope__icontains", "x")).await;
     assert!(matches!(bad, Err(ClientError::Refused(ref e)) if e.code == 400), "{:?}", bad.err());
 }
 
 #[tokio::test]
-async fn a_stream_is_resubscribed_after_a_reconnect() {
+async fn a_pending_save_moves_a_row_out_of_a_stream_view_at_once_and_a_refusal_brings_it_back() {
+    let server = Server::start();
+    let alice = client(&server, "alice").await;
+    let ctx = alice.subscribe("job", 1).await.expect("context");
+    let request = statecast_client::StreamRequest::new("tasks").filter("job", 1).filter("status", "todo").snapshot();
+    let view = alice.stream(request).await.expect("view");
+    assert_eq!(view.rows().iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2]);
+    // Alice is task 1's assignee: the save is allowed; it leaves the view before the answer.
+    let handle = ctx.save("Task", 1, json!({"status": "done"})).expect("save");
+    assert_eq!(view.rows().iter().map(|r| r.id).collect::<Vec<_>>(), vec![2], "out at once");
+    handle.await.expect("confirmed");
+    assert_eq!(view.rows().iter().map(|r| r.id).collect::<Vec<_>>(), vec![2], "still out once confirmed");
+    // Task 2 is bob's: the demo policy refuses alice's save, and the row comes back.
+    let refused = ctx.save("Task", 2, json!({"status": "doing"})).expect("save");
+    assert!(view.rows().is_empty(), "out at once");
+    assert_eq!(refused_reason(refused.await), Some(ErrorReason::Denied));
+    assert_eq!(view.rows().iter().map(|r| r.id).collect::<Vec<_>>(), vec![2], "rolled back into the view");
+    // A create under the context shows in the view at once, and stays when confirmed.
+    let created = ctx.create("Task", JOB1, json!({"name": "Fresh"})).expect("create");
+    let id = created.id().expect("id");
+    assert!(view.row(id).is_some_and(|r| r.pending), "a pending create shows in a matching view");
+    created.await.expect("created");
+    eventually("the create is canonical in the view", || view.row(id).is_some_and(|r| !r.pending)).await;
+}
+
+#[tokio::test]
+async fn the_cli_stream_snapshot_prints_the_rows_then_each_change_once() {
+    let server = Server::start();
+    let alice = client(&server, "alice").await;
+    let ctx = alice.subscribe("job", 1).await.expect("context");
+    for round in 0..4 {
+        let mut cli = tokio::process::Command::new(support::cli_binary())
+            .args(["stream", &server.url, "tasks", "--filter", "job=1", "--snapshot", "--token", "alice"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cli stream");
+        let stdout = cli.stdout.take().expect("stdout");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let mut next = async || -> Option<Value> {
+            let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await.ok()?.ok()??;
+            Some(serde_json::from_str(&line).expect("json line"))
+        };
+        let mut snapshot = Vec::new();
+        for _ in 0..2 {
+            let line = next().await.expect("a snapshot line");
+            snapshot.push(line["snapshot"]["id"].as_i64().expect("a snapshot row"));
+        }
+        assert_eq!(snapshot, vec![1, 2], "round {round}: the view's rows");
+        assert_eq!(stream_subscriptions(&server).await, 1, "round {round}: one subscription for the one view");
+        let notes = format!("round {round}");
+        ctx.save("Task", 1, json!({"notes": notes})).expect("save").await.expect("ok");
+        let line = next().await.expect("the change");
+        assert_eq!((line["action"].as_str(), line["id"].as_i64()), (Some("update"), Some(1)), "{line}");
+        assert_eq!(line["data"]["notes"], json!(notes));
+        // Each change once: nothing more arrives.
+        let more = tokio::time::timeout(Duration::from_millis(400), lines.next_line()).await;
+        assert!(more.is_err(), "round {round}: printed twice: {more:?}");
+        assert_eq!(stream_subscriptions(&server).await, 1);
+        cli.kill().await.expect("kill");
+        eventually_async(|| async { stream_subscriptions(&server).await == 0 }).await;
+    }
+}
+
+async fn eventually_async<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out");
+}
+
+#[tokio::test]
+async fn reopening_a_context_any_number_of_times_keeps_the_newest_subscription() {
+    let server = Server::start();
+    let alice = client(&server, "alice").await;
+    for _ in 0..10 {
+        let ctx = alice.subscribe("job", 1).await.expect("open");
+        ctx.unsubscribe().expect("close");
+    }
+    let ctx = alice.subscribe("job", 1).await.expect("open again");
+    ctx.unsubscribe().expect("close");
+    let ctx = alice.subscribe("job", 1).await.expect("and again");
+    // Let every late `unsubscribed` of the closed subscriptions arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(ctx.row("Task", 1).is_some(), "the newest subscription still holds its rows");
+    ctx.save("Task", 1, json!({"notes": "after reopening"})).expect("save").await.expect("confirmed");
+    assert_eq!(field(&ctx, 1, "notes"), Some(json!("after reopening")));
+}
+
+#[tokio::test]
+async fn a_stream_view_is_resumed_after_a_reconnect() {
     let mut server = Server::start();
     let bob = client(&server, "bob").await;
-    let mut sub = bob.stream(statecast_client::StreamRequest::new("tasks").filter("job", 1)).await.expect("subscribed");
+    let mut view = bob
+        .stream(statecast_client::StreamRequest::new("tasks").filter("job", 1).snapshot())
+        .await
+        .expect("subscribed");
     server.kill9();
     server.restart_same_port();
     // Written while bob is still reconnecting, or just after: either way it reaches him once.
@@ -455,10 +558,16 @@ async fn a_stream_is_resubscribed_after_a_reconnect() {
         .expect("save")
         .await
         .expect("ok");
-    let event = tokio::time::timeout(Duration::from_secs(15), sub.next()).await.expect("in time").expect("event");
-    assert_eq!(event.id, 1);
-    assert_eq!(event.data.as_ref().and_then(|d| d.get("notes")).cloned(), Some(json!("after restart")));
-    assert!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err(), "no duplicate event");
+    let mut updates = 0;
+    while view.row(1).and_then(|r| r.fields.get("notes").cloned()) != Some(json!("after restart")) {
+        let event = tokio::time::timeout(Duration::from_secs(15), view.next()).await.expect("in time").expect("event");
+        if let statecast_client::StreamViewEvent::Changed(c) = event {
+            updates += c.iter().filter(|c| c.key == 1).count();
+        }
+    }
+    assert_eq!(updates, 1, "one change for task 1");
+    assert!(tokio::time::timeout(Duration::from_millis(300), view.next()).await.is_err(), "no duplicate change");
+    assert_eq!(view.rows().iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2], "nothing missed or doubled");
 }
 
 /// A TLS-terminating proxy in front of the server (the deployment README

@@ -83,6 +83,7 @@ async fn my_tasks_for_bob_never_shows_alices_tasks_whatever_he_sends() {
         let s = subscribe(&mut bob, json!({"stream": "my-tasks", "filters": filters, "snapshot": true})).await;
         let ids = ids_of(&s["snapshot"]);
         assert!(ids.is_empty() || ids == vec![2], "{filters}: bob sees only task 2 (his): {s}");
+        assert_eq!(s["scope"], json!({"assignee": 2}), "the server reports the scope it forces: {s}");
         for row in s["snapshot"].as_array().into_iter().flatten() {
             assert_eq!(row.as_object().map(|o| o.len()), Some(3), "id payload: only _type, id, _version: {row}");
         }
@@ -140,6 +141,7 @@ async fn tasks_with_filters_fields_and_snapshot() {
     .await;
     assert_eq!(bugs["rid"], 7);
     assert_eq!(bugs["stream"], "tasks");
+    assert!(bugs.get("scope").is_none(), "no scope on an unscoped stream: {bugs}");
     let snapshot = bugs["snapshot"].as_array().expect("snapshot");
     assert_eq!(snapshot.len(), 1, "{bugs}");
     assert_eq!((snapshot[0]["id"].as_i64(), snapshot[0]["name"].as_str()), (Some(2), Some("Fix bug")));

@@ -5,7 +5,10 @@
 
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
-use statecast_client::{Client, ClientConfig, ClientError, QuicTrust, StreamRequest, ViewEvent, ViewRow, WriteOptions};
+use statecast_client::{
+    ChangeKind, Client, ClientConfig, ClientError, QuicTrust, StreamRequest, StreamViewEvent, ViewEvent, ViewRow,
+    WriteOptions,
+};
 use statecast_core::protocol::Codec;
 use statecast_core::protocol::v1::Write;
 use std::process::ExitCode;
@@ -59,7 +62,8 @@ enum Command {
         #[arg(long)]
         context: Option<String>,
     },
-    /// Print a stream's events as one JSON line each.
+    /// Print a live stream view: with --snapshot its rows first (`{"snapshot": row}`),
+    /// then each change once (`{"seq", "action", "id", "data", "row"}`).
     Stream {
         #[command(flatten)]
         conn: Conn,
@@ -76,7 +80,7 @@ enum Command {
         /// Project full-payload events to these fields.
         #[arg(long, value_delimiter = ',')]
         fields: Option<Vec<String>>,
-        /// First print the rows that match now.
+        /// Start the view from the rows that match now (printed first).
         #[arg(long)]
         snapshot: bool,
     },
@@ -248,21 +252,40 @@ async fn stream(
     }
     request.fields = fields;
     request.snapshot = snapshot;
+    let view_name = request.name.clone();
     let client = match Client::connect(config(conn)).await {
         Ok(c) => c,
         Err(e) => return client_error(&e),
     };
-    let mut sub = match client.stream(request).await {
+    let mut view = match client.stream(request).await {
         Ok(s) => s,
         Err(e) => return client_error(&e),
     };
-    for row in &sub.snapshot {
-        println!("{}", json!({"snapshot": &**row}));
+    for row in view.rows() {
+        println!("{}", json!({"snapshot": row_json(&row)}));
     }
     loop {
         tokio::select! {
-            event = sub.next() => match event {
-                Some(e) => println!("{}", json!({"seq": e.seq, "action": e.action, "id": e.id, "data": e.data})),
+            event = view.next() => match event {
+                Some(StreamViewEvent::Changed(changes)) => {
+                    let seq = view.info().and_then(|i| i.seq);
+                    for c in changes {
+                        let row = view.row(c.key);
+                        let action = match c.kind {
+                            ChangeKind::Added => "create",
+                            ChangeKind::Updated => "update",
+                            ChangeKind::Removed => "delete",
+                        };
+                        let id = row.as_ref().map_or(c.key, |r| r.id);
+                        let data = row.as_ref().map(|r| Value::Object(r.fields.clone()));
+                        let row = row.as_ref().map(row_json);
+                        println!("{}", json!({"seq": seq, "action": action, "id": id, "key": c.key, "data": data, "row": row}));
+                    }
+                }
+                Some(StreamViewEvent::Closed(reason)) => {
+                    println!("{}", json!({"stream": view_name, "closed": reason}));
+                    return ExitCode::SUCCESS;
+                }
                 None => return ExitCode::SUCCESS,
             },
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,

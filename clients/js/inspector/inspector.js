@@ -94,6 +94,12 @@ function fillChannels(schema) {
 function open(channel, anchorId) {
   const client = app.client;
   if (!client) return;
+  // Opening the context already shown keeps it: closing and reopening would
+  // empty the page until a new state came.
+  if (app.ctx && app.ctx.status !== 'closed' && app.ctx.name === `${channel}/${anchorId}`) {
+    render();
+    return;
+  }
   app.stopCtx?.();
   app.ctx?.close();
   app.editing = null;

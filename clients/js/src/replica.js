@@ -99,6 +99,169 @@ function emit(listeners, event) {
   }
 }
 
+// ---- stream filters --------------------------------------------------------
+// The lookups the server decides stream filters with (core/src/stream/filter.rs),
+// the same cases checked on both sides (spec/filters/*.json).
+
+const LOOKUPS = new Set(['exact', 'iexact', 'contains', 'icontains', 'startswith', 'in', 'gt', 'gte', 'lt', 'lte', 'isnull']);
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
+
+/** A JSON value with its object keys sorted, for equality of json fields. */
+function canonicalJson(v) {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  if (v && typeof v === 'object') {
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson(v[k])}`)
+      .join(',')}}`;
+  }
+  return JSON.stringify(v);
+}
+
+/** A value of a field kind as a comparable scalar, or undefined (null, or of another type). */
+function scalarOf(kind, v) {
+  switch (kind) {
+    case 'id':
+    case 'int':
+    case 'reference':
+      return Number.isSafeInteger(v) ? v : undefined;
+    case 'float':
+      return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+    case 'string':
+      return typeof v === 'string' ? v : undefined;
+    case 'bool':
+      return typeof v === 'boolean' ? v : undefined;
+    case 'timestamp': {
+      if (typeof v !== 'string') return undefined;
+      const m = RFC3339.exec(v);
+      if (!m) return undefined;
+      const t = Date.parse(v.replace(/[Tt]/, 'T').replace(/z$/, 'Z'));
+      if (!Number.isFinite(t)) return undefined;
+      const ns = m[7] ? Math.round(Number(`0${m[7]}`) * 1e9) % 1e6 : 0; // below the millisecond Date keeps
+      return { ts: t, ns };
+    }
+    case 'json':
+      return v === null || v === undefined ? undefined : { json: canonicalJson(v) };
+    default:
+      return undefined;
+  }
+}
+
+function cmpScalar(a, b) {
+  if (a?.ts !== undefined && b?.ts !== undefined) {
+    return a.ts < b.ts ? -1 : a.ts > b.ts ? 1 : a.ns < b.ns ? -1 : a.ns > b.ns ? 1 : 0;
+  }
+  if (typeof a === 'object' || typeof b === 'object') {
+    return typeof a === 'object' && typeof b === 'object' && a.json === b.json ? 0 : undefined;
+  }
+  if (typeof a !== typeof b) return undefined;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** The lowercase form the server compares case-insensitively (Rust's `to_lowercase`). */
+const lower = (s) => s.toLowerCase();
+
+/**
+ * Compiles stream filters (`{job: 1, name__icontains: 'bug'}`) for a type
+ * whose fields are `[{name, kind, nullable}]` (as `welcome.schema` lists
+ * them). Returns `{matches(row), fields}` — `fields` being the fields the
+ * filters read — or throws a TypeError naming the key for a filter the
+ * server would refuse.
+ */
+export function compileFilters(filters, typeFields) {
+  const byName = new Map((typeFields ?? []).map((f) => [f.name, f]));
+  const preds = [];
+  const seen = new Map(); // "field__lookup" → index: a later one replaces an earlier one
+  for (const [key, value] of Object.entries(filters ?? {})) {
+    const at = key.lastIndexOf('__');
+    const field = at >= 0 ? key.slice(0, at) : key;
+    const lookup = at >= 0 ? key.slice(at + 2) : 'exact';
+    if (!LOOKUPS.has(lookup)) throw new TypeError(`unknown lookup \`${lookup}\` in \`${key}\``);
+    let kind;
+    let nullable = false;
+    if (field === 'id') kind = 'id';
+    else {
+      const f = byName.get(field);
+      if (!f) throw new TypeError(`no field \`${field}\` to filter on (\`${key}\`)`);
+      kind = f.kind;
+      nullable = f.nullable === true;
+    }
+    const bad = (what) => new TypeError(`\`${key}\` needs ${what}`);
+    const scalar = (v) => {
+      const s = scalarOf(kind, v);
+      if (s === undefined) throw bad(`a ${kind} value`);
+      return s;
+    };
+    let test;
+    if (lookup === 'exact' && value === null) {
+      if (!nullable) throw bad(`a value (\`${field}\` is never null)`);
+      test = (v) => v === undefined;
+    } else if (lookup === 'exact') {
+      const want = scalar(value);
+      test = (v) => v !== undefined && cmpScalar(v, want) === 0;
+    } else if (['iexact', 'contains', 'icontains', 'startswith'].includes(lookup)) {
+      if (kind !== 'string') throw bad(`a string field (\`${lookup}\` applies to strings)`);
+      if (typeof value !== 'string') throw bad('a string');
+      const w = lookup === 'iexact' || lookup === 'icontains' ? lower(value) : value;
+      test = {
+        iexact: (v) => typeof v === 'string' && lower(v) === w,
+        contains: (v) => typeof v === 'string' && v.includes(w),
+        icontains: (v) => typeof v === 'string' && lower(v).includes(w),
+        startswith: (v) => typeof v === 'string' && v.startsWith(w),
+      }[lookup];
+    } else if (lookup === 'in') {
+      if (!Array.isArray(value) || value.length > 1000) throw bad('a list of at most 1000 values');
+      const list = value.map(scalar);
+      test = (v) => v !== undefined && list.some((w) => cmpScalar(v, w) === 0);
+    } else if (lookup === 'isnull') {
+      if (typeof value !== 'boolean') throw bad('a boolean');
+      test = (v) => (v === undefined) === value;
+    } else {
+      if (kind === 'bool' || kind === 'json') throw bad(`an ordered field (\`${lookup}\` does not apply to ${kind})`);
+      const want = scalar(value);
+      test = (v) => {
+        const o = v === undefined ? undefined : cmpScalar(v, want);
+        if (o === undefined) return false;
+        return lookup === 'gt' ? o > 0 : lookup === 'gte' ? o >= 0 : lookup === 'lt' ? o < 0 : o <= 0;
+      };
+    }
+    const pred = { field, kind, test };
+    const id = `${field}__${lookup}`;
+    if (seen.has(id)) preds[seen.get(id)] = pred;
+    else {
+      seen.set(id, preds.length);
+      preds.push(pred);
+    }
+  }
+  return {
+    fields: [...new Set(preds.filter((p) => p.field !== 'id').map((p) => p.field))],
+    matches(row) {
+      return preds.every((p) => {
+        const raw = p.field === 'id' ? row.id : row[p.field];
+        return p.test(raw === null || raw === undefined ? undefined : scalarOf(p.kind, raw));
+      });
+    },
+  };
+}
+
+/** `scope` merged over `client` as the server merges them: the scope's conditions win per field and lookup. */
+export function mergeFilters(scope, client) {
+  const norm = (k) => (k.lastIndexOf('__') >= 0 ? k : `${k}__exact`);
+  const out = {};
+  const keys = new Map();
+  for (const [k, v] of Object.entries(client ?? {})) {
+    keys.set(norm(k), k);
+    out[k] = v;
+  }
+  for (const [k, v] of Object.entries(scope ?? {})) {
+    const prev = keys.get(norm(k));
+    if (prev !== undefined) delete out[prev];
+    keys.set(norm(k), k);
+    out[k] = v;
+  }
+  return out;
+}
+
 /**
  * One subscribed context: its canonical rows (from `state` and `delta`) and
  * its view (canonical with the client's pending writes replayed on top).
@@ -123,6 +286,8 @@ export class Context {
     this.listeners = new Set();
     this.partial = null; // the parts of a multi-part state so far
     this.deltaParts = null; // the parts of a multi-part delta so far
+    /** The `rid` of the newest subscribe sent: answers naming another rid are stale. */
+    this.rid = null;
     const ready = deferred();
     ready.promise.catch(() => {}); // rejected only when the subscription fails; callers may not await it
     this.readyDeferred = ready;
@@ -253,6 +418,95 @@ export class Context {
   }
 }
 
+/**
+ * A live view of a stream: the rows its snapshot held, kept current by its
+ * events, with the client's pending writes on top. A row a pending write
+ * touches (or that a context holds newer than the stream reported it) is in
+ * the view when it passes the stream's filters — the client's, merged under
+ * the scope the server reports in `subscribed` — decided with the server's
+ * lookups; any other row is in the view when the server reported it.
+ */
+export class StreamView {
+  constructor(replica, local, stream, options = {}) {
+    this.replica = replica;
+    this.local = local;
+    /** The stream's name. */
+    this.stream = stream;
+    this.options = {
+      filters: options.filters ?? {},
+      fields: options.fields,
+      id: options.id,
+      actions: options.actions,
+      snapshot: options.snapshot === true,
+    };
+    /** 'loading', 'ready' or 'closed'. */
+    this.status = 'loading';
+    this.closeReason = null;
+    this.rid = null;
+    /** The server's id for the subscription on the current connection. */
+    this.subscription = null;
+    /** The seq of the last `subscribed` or event applied. */
+    this.seq = null;
+    this.since = null;
+    this.everReady = false;
+    this.scope = null;
+    this.predicate = null;
+    this.parts = null;
+    /** What the server reported, by `rowKey`. */
+    this.canonical = new Map();
+    this.view = new Map(); // stable key → row, in key order while `sorted`
+    this.sorted = true;
+    this.maxKey = -Infinity;
+    this.list = null;
+    this.listeners = new Set();
+    const ready = deferred();
+    ready.promise.catch(() => {});
+    this.readyDeferred = ready;
+    /** Resolves with the view at its first `subscribed`; rejects if the subscribe is refused. */
+    this.ready = ready.promise;
+  }
+
+  /** The view's rows in key order. */
+  rows() {
+    if (this.list) return this.list;
+    if (!this.sorted) {
+      // A row joined below the largest key: put the map back in key order (once).
+      this.view = new Map([...this.view].sort((a, b) => a[0] - b[0]));
+      this.sorted = true;
+    }
+    this.list = [...this.view.values()];
+    return this.list;
+  }
+
+  /** The row with this id (or key). */
+  get(id) {
+    const type = this.type();
+    const real = type ? this.replica.resolve(type, id) : id;
+    const key = real < 0 ? real : type ? (this.replica.keyMap.get(rowKey(type, real)) ?? real) : real;
+    return this.view.get(key) ?? this.view.get(id);
+  }
+
+  isPending(id) {
+    return this.get(id)?._pending === true;
+  }
+
+  /** The stream's entity type (from the schema). */
+  type() {
+    return this.replica.schema?.streams?.find((s) => s.name === this.stream)?.type;
+  }
+
+  /** Calls `fn({stream, cause, added, updated, removed})` after every change; returns a function that stops it. */
+  onChange(fn) {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  /** Stops the view (the server's subscription is unsubscribed). */
+  close() {
+    this.replica.closeStream(this);
+  }
+}
+
 function compare(a, b) {
   if (a === b) return 0;
   if (a === null || a === undefined) return -1;
@@ -349,6 +603,14 @@ export class Replica {
     this.keyMap = new Map(); // "Type:realId" → the row's first (temp) id
     this.changeListeners = new Set();
     this.writeListeners = new Set();
+    /** The last request id used (subscribe, unsubscribe). */
+    this.nextRid = 0;
+    /** @type {Map<number, StreamView>} live stream views by local id */
+    this.streams = new Map();
+    this.nextStream = 0;
+    /** Row keys whose stream-view rows must be decided again at the next refresh. */
+    this.streamDirty = new Set();
+    this.retiredSome = false;
     this.storage = options.storage ?? null;
     this.savedUser = null;
     this.storageKey = options.storageKey ?? 'statecast';
@@ -435,10 +697,15 @@ export class Replica {
     return ctx;
   }
 
+  /**
+   * Stops holding a context at once; its unsubscribe carries a rid of its
+   * own. Late answers to the old subscription name older rids, so a
+   * context opened again is never closed or changed by them.
+   */
   unsubscribe(name) {
     const ctx = this.contexts.get(name);
     if (!ctx) return;
-    if (this.online) this.transmit({ type: 'unsubscribe', context: name });
+    if (this.online) this.transmit({ type: 'unsubscribe', context: name, rid: ++this.nextRid });
     this.dropContext(ctx, 'CLIENT_REQUEST', null);
   }
 
@@ -446,7 +713,8 @@ export class Replica {
     ctx.status = 'loading';
     ctx.partial = null;
     ctx.deltaParts = null;
-    const frame = { type: 'subscribe', channel: ctx.channel, anchorId: ctx.anchorId };
+    ctx.rid = ++this.nextRid;
+    const frame = { type: 'subscribe', channel: ctx.channel, anchorId: ctx.anchorId, rid: ctx.rid };
     if (ctx.seq !== null && ctx.epoch !== null) {
       frame.since = ctx.seq;
       frame.epoch = ctx.epoch;
@@ -454,10 +722,16 @@ export class Replica {
     this.transmit(frame);
   }
 
+  /** Is `msg` (naming `rid` or not) an answer to the newest subscribe of `ctx`? */
+  current(ctx, msg) {
+    return msg.rid === undefined || msg.rid === null || ctx.rid === null || msg.rid === ctx.rid;
+  }
+
   dropContext(ctx, reason, error) {
     this.contexts.delete(ctx.name);
     ctx.status = 'closed';
     ctx.closeReason = reason;
+    for (const k of ctx.canonical.keys()) this.streamDirty.add(k);
     ctx.canonical = new Map();
     if (error) ctx.readyDeferred.reject(error);
     else ctx.readyDeferred.reject(new StatecastError(410, 'CONTEXT_CLOSED', `${ctx.name} was closed (${reason})`));
@@ -505,6 +779,10 @@ export class Replica {
     }
     this.online = true; // only now: resubscribe first, then resend
     for (const ctx of this.contexts.values()) this.sendSubscribe(ctx);
+    for (const view of this.streams.values()) {
+      if (newEpoch) view.seq = null; // a new store: a fresh snapshot
+      this.sendStreamSubscribe(view);
+    }
     this.pump();
   }
 
@@ -517,6 +795,11 @@ export class Replica {
     for (const ctx of this.contexts.values()) {
       ctx.partial = null;
       ctx.deltaParts = null;
+    }
+    for (const view of this.streams.values()) {
+      view.subscription = null;
+      view.parts = null;
+      if (view.everReady) view.status = 'loading';
     }
   }
 
@@ -531,6 +814,10 @@ export class Replica {
         return this.onWriteResponse(msg);
       case 'unsubscribed':
         return this.onUnsubscribed(msg);
+      case 'subscribed':
+        return this.onSubscribed(msg);
+      case 'event':
+        return this.onEvent(msg);
       case 'error':
         return this.onError(msg);
       default:
@@ -540,7 +827,7 @@ export class Replica {
 
   onState(msg) {
     const ctx = this.contexts.get(msg.context);
-    if (!ctx) return;
+    if (!ctx || !this.current(ctx, msg)) return; // an answer to an older subscribe of a reopened context
     if (msg.part != null) {
       if (msg.part === 0 || !ctx.partial) ctx.partial = { instances: [], removed: [] };
       ctx.partial.instances.push(...(msg.instances ?? []));
@@ -549,6 +836,8 @@ export class Replica {
       msg = { ...msg, instances: ctx.partial.instances, removed: ctx.partial.removed };
       ctx.partial = null;
     }
+    for (const r of msg.instances ?? []) this.streamDirty.add(rowKey(r._type, r.id));
+    for (const r of msg.removed ?? []) this.streamDirty.add(rowKey(r._type, r.id));
     if (msg.incremental && ctx.seq !== null && msg.epoch === ctx.epoch) {
       for (const row of msg.instances ?? []) {
         const k = rowKey(row._type, row.id);
@@ -561,6 +850,7 @@ export class Replica {
         if (cur && msg.seq > cur._version) ctx.canonical.delete(k);
       }
     } else {
+      for (const k of ctx.canonical.keys()) this.streamDirty.add(k);
       ctx.canonical = new Map((msg.instances ?? []).map((r) => [rowKey(r._type, r.id), r]));
     }
     ctx.seq = msg.seq;
@@ -604,6 +894,7 @@ export class Replica {
   applyChange(ctx, seq, change) {
     const { op, ...row } = change;
     const k = rowKey(row._type, row.id);
+    this.streamDirty.add(k);
     const cur = ctx.canonical.get(k);
     if (cur && !(seq > cur._version)) return; // already as new as this change
     if (op === 'create') ctx.canonical.set(k, cur ? { ...cur, ...row } : row);
@@ -636,13 +927,17 @@ export class Replica {
   }
 
   onUnsubscribed(msg) {
+    if (msg.subscription != null) return this.onStreamUnsubscribed(msg);
     const ctx = this.contexts.get(msg.context);
-    if (ctx) this.dropContext(ctx, msg.reason ?? 'UNKNOWN', null);
+    // The answer to our own unsubscribe of an older subscription names its rid: not this one.
+    if (ctx && this.current(ctx, msg)) this.dropContext(ctx, msg.reason ?? 'UNKNOWN', null);
   }
 
   onError(msg) {
+    const view = msg.rid != null ? [...this.streams.values()].find((v) => v.rid === msg.rid) : undefined;
+    if (view) return this.dropStream(view, msg.reason, StatecastError.from(msg));
     const ctx = msg.context ? this.contexts.get(msg.context) : undefined;
-    if (ctx) this.dropContext(ctx, msg.reason, StatecastError.from(msg, { context: msg.context }));
+    if (ctx && this.current(ctx, msg)) this.dropContext(ctx, msg.reason, StatecastError.from(msg, { context: msg.context }));
   }
 
   // ---- writes --------------------------------------------------------------
@@ -721,6 +1016,7 @@ export class Replica {
       }
     }
     this.queue.push(w);
+    this.markWrite(w);
     this.emitWrite(w);
     this.refresh('write');
     this.pump();
@@ -860,14 +1156,23 @@ export class Replica {
     }
   }
 
-  /** Time passes: writes past their deadline fail with TIMEOUT; retries that are due go out. */
+  /**
+   * Time passes: a write past its deadline rejects its handle with 408
+   * TIMEOUT but stays queued and pending in the views (it may still be
+   * applied: it is resent with its writeId until the server answers, and
+   * that answer settles the views and the `write` event); retries that are
+   * due go out.
+   */
   tick() {
     const now = this.now();
-    for (const w of [...this.queue]) {
-      if (!w.settled && w.deadline <= now && this.queue.includes(w)) {
-        const fate = w.everSent ? 'it may still be applied' : 'it was never sent';
-        const msg = `write ${w.writeId} got no answer within ${w.timeout} ms; ${fate}`;
-        this.fail(w, new StatecastError(408, 'TIMEOUT', msg, { writeId: w.writeId, context: w.context }));
+    for (const w of this.queue) {
+      if (!w.settled && !w.timedOut && w.deadline <= now) {
+        w.timedOut = true;
+        const fate = w.everSent ? 'it may still be applied' : 'it was not sent yet';
+        const msg = `write ${w.writeId} got no answer within ${w.timeout} ms; ${fate}; it stays queued`;
+        const error = new StatecastError(408, 'TIMEOUT', msg, { writeId: w.writeId, context: w.context });
+        this.emitWrite(w, error);
+        w.deferred.reject(error);
       }
     }
     this.pump();
@@ -877,6 +1182,11 @@ export class Replica {
     w.settled = true;
     w.status = 'confirmed';
     this.mapCreated(msg.created);
+    this.markWrite(w);
+    // Every live stream view has received its events up to this seq (they come before the answer).
+    for (const view of this.streams.values()) {
+      if (view.status === 'ready' || (view.seq !== null && view.seq >= msg.seq)) w.retiredIn.add(`stream:${view.local}`);
+    }
     const created = msg.created ?? [];
     w.response = {
       writeId: w.writeId,
@@ -911,6 +1221,7 @@ export class Replica {
       }
     }
     const dropped = this.queue.filter((x) => failed.has(x.writeId));
+    for (const x of dropped) this.markWrite(x);
     this.queue = this.queue.filter((x) => !failed.has(x.writeId));
     this.refresh('reject');
     for (const x of dropped) {
@@ -935,8 +1246,9 @@ export class Replica {
 
   /** Forgets confirmed writes that every open context has retired. */
   gc() {
-    const open = [...this.contexts.values()];
-    this.queue = this.queue.filter((w) => !(w.settled && open.every((c) => w.retiredIn.has(c.name))));
+    const open = [...this.contexts.values()].map((c) => c.name);
+    for (const v of this.streams.values()) open.push(`stream:${v.local}`);
+    this.queue = this.queue.filter((w) => !(w.settled && open.every((n) => w.retiredIn.has(n))));
   }
 
   /** A plain description of a write, for events and tools. */
@@ -976,6 +1288,274 @@ export class Replica {
     return () => this.writeListeners.delete(fn);
   }
 
+  // ---- stream views ----------------------------------------------------------
+
+  /** Opens a live view of stream `name` (`{filters, fields, id, actions, snapshot}`). */
+  stream(name, options = {}) {
+    const view = new StreamView(this, ++this.nextStream, name, options);
+    this.streams.set(view.local, view);
+    this.compileView(view);
+    if (this.online) this.sendStreamSubscribe(view);
+    return view;
+  }
+
+  compileView(view) {
+    view.predicate = null;
+    const type = view.type();
+    if (!type) return;
+    const client = { ...view.options.filters };
+    if (view.options.id != null) client.id = view.options.id;
+    try {
+      view.predicate = compileFilters(mergeFilters(view.scope, client), this.fieldsOf(type));
+    } catch {
+      view.predicate = null; // the server refuses such filters; it decides every row then
+    }
+  }
+
+  sendStreamSubscribe(view) {
+    view.rid = ++this.nextRid;
+    view.subscription = null;
+    view.parts = null;
+    view.since = view.seq;
+    const o = view.options;
+    const frame = { type: 'subscribe', stream: view.stream, rid: view.rid };
+    if (Object.keys(o.filters).length) frame.filters = o.filters;
+    if (o.fields) frame.fields = o.fields;
+    if (o.actions) frame.actions = o.actions;
+    if (o.id != null) frame.id = o.id;
+    if (view.seq !== null) {
+      frame.since = view.seq;
+      frame.epoch = this.epoch;
+    } else if (o.snapshot) frame.snapshot = true;
+    this.transmit(frame);
+  }
+
+  closeStream(view) {
+    if (!this.streams.has(view.local)) return;
+    if (this.online && view.subscription) {
+      this.transmit({ type: 'unsubscribe', subscription: view.subscription, rid: ++this.nextRid });
+    }
+    this.dropStream(view, 'CLIENT_REQUEST', null);
+  }
+
+  dropStream(view, reason, error) {
+    this.streams.delete(view.local);
+    view.status = 'closed';
+    view.closeReason = reason;
+    view.readyDeferred.reject(error ?? new StatecastError(410, 'STREAM_CLOSED', `stream ${view.stream} was closed (${reason})`));
+    const removed = [...view.view.values()];
+    view.view = new Map();
+    view.list = null;
+    view.canonical = new Map();
+    this.gc();
+    if (removed.length) {
+      const event = { stream: view.stream, view, cause: 'closed', added: [], updated: [], removed };
+      emit(view.listeners, event);
+    }
+  }
+
+  onSubscribed(msg) {
+    const view = [...this.streams.values()].find((v) => v.rid === msg.rid);
+    if (!view) {
+      // Nobody waits for it (its view closed, or a newer subscribe replaced it): end it.
+      if (this.online && (msg.part == null || msg.last)) {
+        this.transmit({ type: 'unsubscribe', subscription: msg.subscription, rid: ++this.nextRid });
+      }
+      return;
+    }
+    if (msg.snapshot) (view.parts ??= []).push(...msg.snapshot);
+    if (msg.part != null && !msg.last) return;
+    const rows = view.parts ?? [];
+    view.parts = null;
+    view.rid = null;
+    view.subscription = msg.subscription;
+    const since = view.since;
+    view.since = null;
+    if (since !== null && msg.seq > since && view.options.snapshot) {
+      // The log no longer reaches back to `since`: take a fresh snapshot (the rows shown stay until it comes).
+      view.seq = null;
+      this.transmit({ type: 'unsubscribe', subscription: msg.subscription, rid: ++this.nextRid });
+      this.sendStreamSubscribe(view);
+      return;
+    }
+    if (canonicalJson(msg.scope ?? null) !== canonicalJson(view.scope) || !view.predicate) {
+      view.scope = msg.scope ?? null;
+      this.compileView(view);
+    }
+    const type = view.type();
+    const dirty = new Set();
+    if (msg.snapshot || view.seq === null) {
+      for (const k of view.canonical.keys()) dirty.add(k);
+      view.canonical = new Map();
+      for (const r of rows) {
+        const row = { _type: type, ...r };
+        const k = rowKey(row._type, row.id);
+        view.canonical.set(k, row);
+        dirty.add(k);
+      }
+    }
+    for (const k of view.view.keys()) dirty.add(rowKey(type, this.resolve(type, k)));
+    view.seq = msg.seq;
+    for (const k of this.retireInView(view)) dirty.add(k);
+    view.status = 'ready';
+    const first = !view.everReady;
+    view.everReady = true;
+    this.recomputeStream(view, dirty, 'subscribed', true);
+    this.retiredSome = false;
+    this.gc();
+    if (first) view.readyDeferred.resolve(view);
+  }
+
+  onEvent(msg) {
+    const view = [...this.streams.values()].find((v) => v.subscription === msg.subscription);
+    if (!view || view.seq === null) return;
+    if (msg.prev !== view.seq) {
+      if (msg.seq <= view.seq) return; // already applied
+      // A gap: resume from the last seq applied.
+      this.transmit({ type: 'unsubscribe', subscription: view.subscription, rid: ++this.nextRid });
+      this.sendStreamSubscribe(view);
+      return;
+    }
+    view.seq = msg.seq;
+    const type = view.type();
+    const k = rowKey(type, msg.id);
+    const dirty = new Set(this.retireInView(view));
+    const cur = view.canonical.get(k);
+    if (!cur || !(cur._version > msg.seq)) {
+      if (msg.action === 'delete') view.canonical.delete(k);
+      else view.canonical.set(k, { ...(cur ?? { _type: type, id: msg.id }), ...(msg.data ?? {}), _version: msg.seq });
+      dirty.add(k);
+    }
+    this.recomputeStream(view, dirty, 'event');
+    if (this.retiredSome) {
+      this.retiredSome = false;
+      this.gc();
+    }
+  }
+
+  /**
+   * Confirmed writes whose seq the view has reached are in its canonical
+   * rows: retire them there. Returns the row keys they name.
+   */
+  retireInView(view) {
+    const vk = `stream:${view.local}`;
+    const keys = [];
+    for (const w of this.queue) {
+      if (w.response && !w.retiredIn.has(vk) && w.response.seq <= view.seq) {
+        w.retiredIn.add(vk);
+        this.retiredSome = true;
+        for (const op of w.ops) keys.push(rowKey(op.instanceType, this.resolve(op.instanceType, op.instanceId)));
+      }
+    }
+    return keys;
+  }
+
+  onStreamUnsubscribed(msg) {
+    if (msg.reason === 'CLIENT_REQUEST') return; // the answer to our own unsubscribe
+    const view = [...this.streams.values()].find((v) => v.subscription === msg.subscription);
+    if (view) this.dropStream(view, msg.reason ?? 'UNKNOWN', null);
+  }
+
+  /** Marks the rows a write names for the stream views to decide again. */
+  markWrite(w) {
+    if (this.streams.size === 0) return;
+    for (const op of w.ops) this.streamDirty.add(rowKey(op.instanceType, this.resolve(op.instanceType, op.instanceId)));
+  }
+
+  refreshStreams(cause) {
+    if (this.streams.size === 0) {
+      this.streamDirty.clear();
+      return;
+    }
+    const dirty = this.streamDirty;
+    this.streamDirty = new Set();
+    for (const view of this.streams.values()) this.recomputeStream(view, dirty, cause);
+  }
+
+  /** Decides `dirty` rows of a stream view again and tells its listeners what changed. */
+  recomputeStream(view, dirty, cause, whole = false) {
+    if (view.status === 'closed' || (!view.everReady && !whole)) return;
+    const type = view.type();
+    const prefix = `${type}:`;
+    const added = [];
+    const updated = [];
+    const removed = [];
+    const done = new Set();
+    const visit = (k) => {
+      if (!k.startsWith(prefix)) return;
+      const id = Number(k.slice(prefix.length));
+      const real = this.resolve(type, id);
+      const rk = rowKey(type, real);
+      if (done.has(rk)) return;
+      done.add(rk);
+      const key = real < 0 ? real : (this.keyMap.get(rk) ?? real);
+      const prev = view.view.get(key);
+      let next = this.decideStreamRow(view, type, rk, real, key);
+      if (next && prev && shallowEqual(prev, next)) next = prev;
+      if (next === prev) return;
+      if (next) {
+        if (!prev) {
+          if (key < view.maxKey) view.sorted = false;
+          else view.maxKey = key;
+        }
+        view.view.set(key, Object.freeze(next));
+        (prev ? updated : added).push(next);
+      } else {
+        view.view.delete(key);
+        removed.push(prev);
+      }
+    };
+    for (const k of dirty) visit(k);
+    if (whole) {
+      for (const w of this.queue) for (const op of w.ops) if (op.instanceType === type) visit(rowKey(type, this.resolve(type, op.instanceId)));
+    }
+    if (added.length + updated.length + removed.length === 0 && cause !== 'subscribed') return;
+    view.list = null;
+    const event = { stream: view.stream, view, cause, added, updated, removed };
+    emit(view.listeners, event);
+  }
+
+  /** One row of a stream view as the app sees it, or undefined when it is not in the view. */
+  decideStreamRow(view, type, k, id, key) {
+    const reported = view.canonical.get(k);
+    const copy = this.canonicalRow(k);
+    const known = reported ? reported._version : (view.seq ?? 0);
+    const newer = copy !== undefined && copy._version > known;
+    let value;
+    if (reported && copy) value = copy._version > reported._version ? { ...reported, ...copy } : { ...copy, ...reported };
+    else value = reported ?? copy;
+    let pending = false;
+    const vk = `stream:${view.local}`;
+    for (const w of this.queue) {
+      if (!w.optimistic || w.retiredIn.has(vk)) continue;
+      for (const op of w.ops) {
+        if (op.instanceType !== type || this.resolve(type, op.instanceId) !== id) continue;
+        pending = true;
+        if (op.operation === 'save') {
+          if (value) value = { ...value, ...this.resolveRefs(type, op.data ?? {}) };
+        } else if (op.operation === 'delete') value = undefined;
+        else if (op.operation === 'create' && !value) {
+          value = { _type: type, id, _version: 0, ...this.defaults(type), ...this.resolveRefs(type, op.data ?? {}) };
+          const channel = w.context.slice(0, w.context.lastIndexOf('/'));
+          const edge = this.edgeFor(channel, op.parentType, op.relationName);
+          if (edge) value[edge.field] = this.resolve(op.parentType, op.parentId);
+        }
+      }
+    }
+    let member = reported !== undefined;
+    if (pending || newer) {
+      if (!value) member = false;
+      else if (view.predicate && view.predicate.fields.every((f) => f in value)) member = view.predicate.matches(value);
+    }
+    if (!member || !value) return undefined;
+    let row = value;
+    if (view.options.fields) {
+      row = { _type: type, id: value.id, _version: value._version };
+      for (const f of view.options.fields) if (f in value) row[f] = value[f];
+    }
+    return { ...row, _type: type, _key: key, _pending: pending };
+  }
+
   // ---- views ---------------------------------------------------------------
 
   /** Recomputes the views (of one context, or all) and tells listeners what changed. */
@@ -988,6 +1568,7 @@ export class Replica {
         emit(this.changeListeners, event);
       }
     }
+    this.refreshStreams(cause);
   }
 
   recompute(ctx, cause) {

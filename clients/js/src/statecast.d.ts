@@ -60,7 +60,10 @@ export interface WriteResult {
 /**
  * A write's outcome: resolves when the server confirms it, rejects with a
  * `StatecastError` when it is refused, its dependency fails, its context
- * closes or it times out. Never left hanging.
+ * closes or it times out. Never left hanging. A timed-out write (408
+ * `TIMEOUT`) stays queued and pending in the views: it may still be applied,
+ * so it is resent with its writeId and the server's answer settles the views
+ * (and the `write` event).
  */
 export interface WriteHandle extends Promise<WriteResult> {
   readonly writeId: number;
@@ -79,7 +82,7 @@ export interface BatchHandle extends WriteHandle {
 export interface WriteOptions {
   /** false: don't show the write until the server confirms it (Apollo's IGNORE). Default true. */
   optimistic?: boolean;
-  /** Milliseconds before the write fails with TIMEOUT (default: the client's `writeTimeout`). */
+  /** Milliseconds before the handle rejects with TIMEOUT (default: the client's `writeTimeout`); the write stays queued. */
   timeout?: number;
   /** Refuse (409 VERSION_CONFLICT) unless the row is still at this version. */
   ifVersion?: number;
@@ -153,13 +156,84 @@ export class Context<E extends object = EntityMap> {
   close(): void;
 }
 
+/** What a stream view subscribes to, as the stream `subscribe` takes it. */
+export interface StreamOptions {
+  /** `{job: 1, name__icontains: 'bug'}`: exact, iexact, contains, icontains, startswith, in, gt, gte, lt, lte, isnull. */
+  filters?: Record<string, unknown>;
+  /** Full-payload streams: project rows to these fields. */
+  fields?: string[];
+  /** Only the row with this id. */
+  id?: Id;
+  /** Only these actions (default: all). */
+  actions?: Array<'create' | 'update' | 'delete'>;
+  /** Start from the rows that match now (default false: the view fills with the changes that follow). */
+  snapshot?: boolean;
+}
+
+/** What changed in a stream view. */
+export interface StreamChangeEvent {
+  stream: string;
+  view: StreamView;
+  cause: 'subscribed' | 'event' | 'write' | 'confirm' | 'reject' | 'state' | 'delta' | 'closed';
+  added: ViewRow[];
+  updated: ViewRow[];
+  removed: ViewRow[];
+}
+
+/**
+ * A live view of a stream: the snapshot kept current by its events, with the
+ * client's pending writes on top. A row a pending write touches (or that a
+ * context holds newer) is in the view when it passes the stream's filters —
+ * the client's, merged under the scope the server reports — decided with the
+ * server's lookups; other rows are in it when the server reported them. A
+ * reconnect resumes it with `since` (a fresh snapshot when the server's log no
+ * longer reaches back).
+ */
+export class StreamView<T = Record<string, unknown>> {
+  /** The stream's name. */
+  readonly stream: string;
+  readonly status: 'loading' | 'ready' | 'closed';
+  readonly closeReason: string | null;
+  /** The server's subscription id on the current connection. */
+  readonly subscription: string | null;
+  /** The seq of the last `subscribed` or event applied. */
+  readonly seq: number | null;
+  /** The scope the server forces (from `subscribed.scope`). */
+  readonly scope: Record<string, unknown> | null;
+  /** Resolves at the first `subscribed`; rejects if the subscribe is refused. */
+  readonly ready: Promise<StreamView<T>>;
+  /** The rows in key order. */
+  rows(): ViewRow<T>[];
+  /** The row with this id (or key). */
+  get(id: Id): ViewRow<T> | undefined;
+  isPending(id: Id): boolean;
+  /** The stream's entity type (from the schema). */
+  type(): string | undefined;
+  onChange(fn: (event: StreamChangeEvent) => void): () => void;
+  /** Stops the view (its server subscription is unsubscribed). */
+  close(): void;
+}
+
+/** Compiled stream filters, decided as the server decides them. */
+export interface CompiledFilters {
+  /** The fields the filters read. */
+  readonly fields: string[];
+  matches(row: Record<string, unknown>): boolean;
+}
+
+/** Compiles stream filters for a type's fields (as `welcome.schema` lists them); throws a TypeError naming a key the server would refuse. */
+export function compileFilters(filters: Record<string, unknown>, fields: Array<{ name: string; kind: string; nullable?: boolean }>): CompiledFilters;
+/** `scope` merged over `client` as the server merges them (the scope wins per field and lookup). */
+export function mergeFilters(scope: Record<string, unknown> | null, client: Record<string, unknown>): Record<string, unknown>;
+
 /** A refusal or failure, with the code and reason as on the wire. */
 export class StatecastError extends Error {
   constructor(code: number, reason: string, message?: string, extra?: { field?: string; op?: number; writeId?: number; context?: string });
   /**
    * 400, 401, 403, 404, 409, 413, 429, 500, 503 from the server; from the client:
    * 408 `TIMEOUT`, 410 `CONTEXT_CLOSED`, 400 `DEPENDENCY_FAILED`, 499 `CLIENT_CLOSED`,
-   * 409 `USER_CHANGED` (a write restored from `storage` was made by another user).
+   * 409 `USER_CHANGED` (a write restored from `storage` was made by another user),
+   * 410 `STREAM_CLOSED` (a stream view's `ready` when it closes first).
    */
   readonly code: number;
   /** Machine-readable: `DENIED`, `INVALID_DATA`, `NOT_FOUND`, `TIMEOUT`, … */
@@ -257,8 +331,10 @@ export class StatecastClient<E extends object = EntityMap> {
   connect(): Promise<Welcome>;
   /** Closes for good; unsettled writes fail with CLIENT_CLOSED. */
   close(): void;
-  /** Subscribes to `channel/anchorId` (the same context on later calls). */
+  /** Subscribes to `channel/anchorId` (the same context on later calls; a new one after `close`). */
   subscribe(channel: string, anchorId: Id): Context<E>;
+  /** Opens a live view of a stream. */
+  stream<T = Record<string, unknown>>(name: string, options?: StreamOptions): StreamView<T>;
   context(name: string): Context<E> | undefined;
   contexts(): Context<E>[];
   /** The writes not answered yet, in order. */
@@ -298,7 +374,10 @@ export class Replica<E extends object = EntityMap> {
   readonly schema: SchemaInfo | null;
   readonly contexts: Map<string, Context<E>>;
   subscribe(channel: string, anchorId: Id): Context<E>;
+  /** Stops holding a context at once; its unsubscribe carries a rid, so late answers never touch a reopened one. */
   unsubscribe(context: string): void;
+  readonly streams: Map<number, StreamView>;
+  stream<T = Record<string, unknown>>(name: string, options?: StreamOptions): StreamView<T>;
   /** After `welcome`: retire what it reports applied, resubscribe (with `since`), resend in order. */
   connected(welcome: Pick<Welcome, 'epoch'> & Partial<Welcome>): void;
   /** The connection is gone: every unsettled write will be sent again. */

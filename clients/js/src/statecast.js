@@ -6,6 +6,9 @@ import {
   Context,
   Replica,
   StatecastError,
+  StreamView,
+  compileFilters,
+  mergeFilters,
   MINTED_END,
   MINTED_MIN,
   deferred,
@@ -14,7 +17,19 @@ import {
   rowKey,
 } from './replica.js';
 
-export { Context, Replica, StatecastError, MINTED_END, MINTED_MIN, mintId, newClientId, rowKey };
+export {
+  Context,
+  Replica,
+  StatecastError,
+  StreamView,
+  MINTED_END,
+  MINTED_MIN,
+  compileFilters,
+  mergeFilters,
+  mintId,
+  newClientId,
+  rowKey,
+};
 
 /** The protocol version this client speaks. */
 export const PROTOCOL = 1;
@@ -120,6 +135,17 @@ export class StatecastClient {
   /** Subscribes to `channel/anchorId` (once; later calls return the same context). */
   subscribe(channel, anchorId) {
     return this.replica.subscribe(channel, anchorId);
+  }
+
+  /**
+   * Opens a live view of stream `name`: `{filters, fields, id, actions,
+   * snapshot}` as the stream subscribe takes them. The view's rows are the
+   * snapshot kept current by events, with this client's pending writes on
+   * top; a reconnect resumes it with `since` (a fresh snapshot when the
+   * server's log no longer reaches back).
+   */
+  stream(name, options = {}) {
+    return this.replica.stream(name, options);
   }
 
   /** A subscribed context by name (`"job/1"`). */

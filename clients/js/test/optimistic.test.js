@@ -17,10 +17,13 @@ function subscribed(options) {
 
 const writes = (sent) => sent.filter((f) => f.type === 'write');
 
+const noRid = ({ rid, ...f }) => f;
+
 test('subscribe sends a subscribe frame and the state fills the view in order', async () => {
   const { replica, sent, server } = setup();
   const ctx = replica.subscribe('job', 1);
-  assert.deepEqual(sent, [{ type: 'subscribe', channel: 'job', anchorId: 1 }]);
+  assert.deepEqual(sent.map(noRid), [{ type: 'subscribe', channel: 'job', anchorId: 1 }]);
+  assert.ok(sent.every((f) => Number.isInteger(f.rid)), 'every subscribe carries a rid');
   assert.equal(ctx.status, 'loading');
   server.state('job/1');
   assert.equal(ctx.status, 'ready');
@@ -293,8 +296,8 @@ test('a pending save that changes the parent moves the row between views', async
   assert.equal(j2.get('Task', 1), undefined);
 });
 
-test('a timeout ends a write with a clear error instead of hanging', async () => {
-  const { replica, ctx, clock } = subscribed({ writeTimeout: 5_000 });
+test('a timeout rejects the handle with TIMEOUT; the write stays queued and pending until the server answers', async () => {
+  const { replica, ctx, clock, server, sent } = subscribed({ writeTimeout: 5_000 });
   replica.disconnected();
   const h = ctx.save('Task', 1, { status: 'done' });
   clock.advance(4_999);
@@ -303,11 +306,20 @@ test('a timeout ends a write with a clear error instead of hanging', async () =>
   const r = await settle(h);
   assert.equal(r.error.code, 408);
   assert.equal(r.error.reason, 'TIMEOUT');
-  assert.match(r.error.message, /never sent/);
-  assert.equal(ctx.get('Task', 1).status, 'todo', 'rolled back');
-  const fast = ctx.save('Task', 1, { status: 'done' }, { timeout: 10 });
-  clock.advance(10);
-  assert.equal((await settle(fast)).error.reason, 'TIMEOUT');
+  assert.match(r.error.message, /stays queued/);
+  assert.equal(ctx.get('Task', 1).status, 'done', 'still shown: it may yet be applied');
+  assert.equal(ctx.get('Task', 1)._pending, true);
+  assert.equal(replica.pendingWrites().length, 1);
+  sent.length = 0;
+  replica.connected(server.welcome());
+  const resent = writes(sent);
+  assert.deepEqual(resent.map((w) => w.writeId), [h.writeId], 'resent with its writeId after the reconnect');
+  server.state();
+  server.delta('job/1', [{ op: 'update', _type: 'Task', id: 1, status: 'done' }], { writeId: h.writeId });
+  server.ok(h.writeId);
+  assert.equal(ctx.get('Task', 1).status, 'done');
+  assert.equal(ctx.get('Task', 1)._pending, false);
+  assert.equal(replica.pendingWrites().length, 0);
 });
 
 test('writes made while offline queue, show, and go out in order after the welcome', async () => {
@@ -392,14 +404,15 @@ test('a new epoch asks for a whole state (no since)', () => {
   replica.disconnected();
   server.epoch = 'epoch-2';
   replica.connected(server.welcome());
-  assert.deepEqual(sent, [{ type: 'subscribe', channel: 'job', anchorId: 1 }]);
+  assert.deepEqual(sent.map(noRid), [{ type: 'subscribe', channel: 'job', anchorId: 1 }]);
+  assert.ok(sent.every((f) => Number.isInteger(f.rid)), 'every subscribe carries a rid');
 });
 
 test('a gap in prev resubscribes with since, ignores deltas until the state, then goes on', () => {
   const { ctx, sent, server } = subscribed();
   server.prev.set('job/1', 99); // the next delta names a prev the client never saw
   server.delta('job/1', [{ op: 'update', _type: 'Task', id: 1, name: 'Lost' }]);
-  assert.deepEqual(sent, [{ type: 'subscribe', channel: 'job', anchorId: 1, since: 10, epoch: EPOCH }]);
+  assert.deepEqual(sent.map(noRid), [{ type: 'subscribe', channel: 'job', anchorId: 1, since: 10, epoch: EPOCH }]);
   assert.equal(ctx.get('Task', 1).name, 'Task 1', 'the gapped delta is not applied');
   assert.equal(ctx.status, 'loading');
   server.delta('job/1', [{ op: 'update', _type: 'Task', id: 2, name: 'Ignored' }]);

@@ -1331,6 +1331,7 @@ impl Hub {
             subscription: sub.wire.to_string(),
             stream: sub.stream.name.clone(),
             seq,
+            scope: sub.scope.as_deref().cloned(),
             snapshot,
             part: None,
             last: None,

@@ -343,7 +343,8 @@ impl Session {
                 let route = route_of(&stream, &filters, self.inner.config.stream_index);
                 let actions = req.actions.as_deref().map_or(Actions::ALL, Actions::of);
                 let projection = req.projection;
-                let sub = StreamSub::new(id, self.id, stream, filters, actions, projection, route);
+                let mut sub = StreamSub::new(id, self.id, stream, filters, actions, projection, route);
+                sub.scope = req.scope.map(Arc::new);
                 self.inner.hub.send(HubMsg::StreamSubscribe(Box::new(StreamSubscribeRequest {
                     sub,
                     rid: req.rid,
@@ -496,6 +497,8 @@ struct StreamAsk {
     snapshot: bool,
     since: Option<(crate::ids::Seq, Option<String>)>,
     rid: Rid,
+    /// The policy's scope in wire form (for `subscribed.scope`), when it has one.
+    scope: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 fn policy_wire_error(e: crate::policy::PolicyError) -> WireError {
@@ -520,16 +523,17 @@ async fn scoped_filters(
     cx: &PolicyContext<'_>,
     request: &StreamRequest<'_>,
     client: &Filters,
-) -> Result<CompiledFilters, WireError> {
+) -> Result<(CompiledFilters, Filters), WireError> {
     let allowed = stream.policy.has_permission(cx, request).await.map_err(policy_wire_error)?;
     if !allowed {
         return Err(WireError::new(ErrorReason::Denied, format!("you may not use stream `{}`", stream.name)));
     }
     let scope = stream.policy.scope(cx, request).await.map_err(policy_wire_error)?;
-    scope.merged_over(client).compile(entity).map_err(|e| {
+    let compiled = scope.merged_over(client).compile(entity).map_err(|e| {
         tracing::error!(stream = %stream.name, error = %e, "a stream's scope does not fit its type");
         WireError::internal(format!("the scope of stream `{}` is invalid", stream.name))
-    })
+    })?;
+    Ok((compiled, scope))
 }
 
 /// Filters are held and decided for every change of the stream's type: their
@@ -602,8 +606,10 @@ async fn check_stream_subscribe(
     let ids: Vec<crate::ids::Id> = sub.id.into_iter().collect();
     let request = StreamRequest { stream: &stream.name, ty: &stream.ty, filters: &client, ids: &ids };
     let cx = PolicyContext::new(&*inner.store, user);
-    let filters = scoped_filters(&stream, entity, &cx, &request, &client).await?;
+    let (filters, scope) = scoped_filters(&stream, entity, &cx, &request, &client).await?;
+    let scope = (!scope.is_empty()).then(|| scope.iter().map(|f| (f.key(), f.value.clone())).collect());
     let ask = StreamAsk {
+        scope,
         actions: sub.actions,
         projection,
         snapshot: sub.snapshot,
@@ -655,7 +661,7 @@ async fn get_rows(inner: &Inner, user: &User, g: &Get) -> Result<Vec<Arc<crate::
     let client = Filters::new();
     let request = StreamRequest { stream: &stream.name, ty: &stream.ty, filters: &client, ids: &g.ids };
     let cx = PolicyContext::new(&*inner.store, user);
-    let filters = scoped_filters(&stream, entity, &cx, &request, &client).await?;
+    let (filters, _) = scoped_filters(&stream, entity, &cx, &request, &client).await?;
     let mut ids = g.ids.clone();
     ids.sort_unstable();
     ids.dedup();

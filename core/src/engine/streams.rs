@@ -77,6 +77,8 @@ pub(crate) struct StreamSub {
     pub last_seq: Seq,
     /// The routing slot (0 = id, then index fields) and the values it is fixed to.
     pub route: Option<(usize, Vec<IndexKey>)>,
+    /// The scope the policy forced, as `subscribed.scope` reports it.
+    pub scope: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     shape: u32,
 }
 
@@ -101,6 +103,7 @@ impl StreamSub {
             projection,
             last_seq: 0,
             route,
+            scope: None,
             shape: 0,
         }
     }

@@ -459,6 +459,11 @@ pub struct Subscribed {
     pub subscription: String,
     pub stream: String,
     pub seq: Seq,
+    /// The filters the server forces for this user (the stream's scope, in
+    /// the wire form of `filters`), so a client deciding rows for its view
+    /// never shows one the scope excludes. Absent when the stream has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<serde_json::Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Vec<Arc<Row>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,6 +10,8 @@
 //! The full-disk test mounts a small tmpfs, so it needs root (CI runs as
 //! root); elsewhere it says it is skipped.
 
+#![allow(clippy::print_stderr)] // progress and skip notes for the person running the tests
+
 mod common;
 
 use common::*;

@@ -177,8 +177,9 @@ struct SqliteWriter {
 
 #[cfg(feature = "sqlite")]
 struct SqliteDb {
-    /// How to open the writer connection again after a failed transaction.
-    connect: SqliteConnectOptions,
+    /// How to open the writer connection again after a failed transaction
+    /// (boxed: the options are large and only read after a failure).
+    connect: Box<SqliteConnectOptions>,
     writer: tokio::sync::Mutex<SqliteWriter>,
     readers: SqlitePool,
     wal: PathBuf,
@@ -341,7 +342,7 @@ impl SqlStore {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let db = SqliteDb {
-            connect: connect.clone(),
+            connect: Box::new(connect.clone()),
             writer: tokio::sync::Mutex::new(SqliteWriter { conn, next: reserved + 1, reserved, closed: false }),
             readers,
             wal: PathBuf::from(wal),

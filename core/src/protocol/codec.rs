@@ -261,6 +261,20 @@ mod tests {
     }
 
     #[test]
+    fn json_numbers_round_trip() {
+        // Found by fuzzing: without serde_json's `float_roundtrip`, this parsed to an f64
+        // that printed and parsed back as another one.
+        for text in
+            [r#"{"type":"ping","rid":18446744076795315015}"#, r#"{"type":"ping","rid":2.2250738585072011e-308}"#]
+        {
+            let frame = Frame { kind: FrameKind::Text, data: Bytes::from(text) };
+            let msg = Codec::Json.decode_client(&frame).expect("decodes");
+            let again = Codec::Json.decode_client(&Codec::Json.encode(&msg).expect("encodes")).expect("decodes again");
+            assert_eq!(msg, again);
+        }
+    }
+
+    #[test]
     fn both_codecs_refuse_trailing_bytes() {
         let ping = json!({"type": "ping"});
         let mut bin = rmp_serde::to_vec_named(&ping).expect("encodes");

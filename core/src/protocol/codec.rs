@@ -115,9 +115,15 @@ impl Codec {
 /// characters), with every float finite: JSON has no NaN or infinity, and
 /// `serde_json` would turn them into `null` (so `ifVersion: NaN` would read as
 /// no `ifVersion` at all).
+/// Nesting is limited as in JSON (`serde_json` refuses a 128th level), so a
+/// value one codec accepts can be sent to a peer on the other.
 fn parse_msgpack(data: &[u8]) -> Result<Value, String> {
     let mut rest = data;
-    let value = Finite::deserialize(&mut rmp_serde::Deserializer::new(&mut rest)).map_err(|e| e.to_string())?;
+    let value = {
+        let mut de = rmp_serde::Deserializer::new(&mut rest);
+        de.set_max_depth(128);
+        Finite::deserialize(&mut de).map_err(|e| e.to_string())?
+    };
     match rest.len() {
         0 => Ok(value.0),
         n => Err(format!("{n} trailing bytes after the message")),
@@ -271,6 +277,29 @@ mod tests {
             let msg = Codec::Json.decode_client(&frame).expect("decodes");
             let again = Codec::Json.decode_client(&Codec::Json.encode(&msg).expect("encodes")).expect("decodes again");
             assert_eq!(msg, again);
+        }
+    }
+
+    #[test]
+    fn both_codecs_nest_equally_deep() {
+        // Found by fuzzing: MessagePack took values nested deeper than JSON can parse,
+        // so a row stored from a MessagePack client could not reach a JSON one.
+        for depth in 120..135 {
+            let json = format!(r#"{{"type":"ping","rid":{}null{}}}"#, "[".repeat(depth), "]".repeat(depth));
+            let mut bin = vec![0x82, 0xa4];
+            bin.extend(b"type");
+            bin.push(0xa4);
+            bin.extend(b"ping");
+            bin.push(0xa3);
+            bin.extend(b"rid");
+            bin.extend(std::iter::repeat_n(0x91, depth));
+            bin.push(0xc0);
+            let from_json = Codec::Json.decode_client(&Frame { kind: FrameKind::Text, data: Bytes::from(json) });
+            let from_msgpack = Codec::MsgPack.decode_client(&Frame { kind: FrameKind::Binary, data: Bytes::from(bin) });
+            assert_eq!(from_json.is_ok(), from_msgpack.is_ok(), "depth {depth}");
+            if let (Ok(a), Ok(b)) = (from_json, from_msgpack) {
+                assert_eq!(a, b);
+            }
         }
     }
 

@@ -63,6 +63,11 @@ fn model(mut stream: &[u8], limit: usize) -> (Vec<Incoming>, FramesEnd) {
         if len > limit * 2 {
             return (out, FramesEnd::TooLarge);
         }
+        if rest.is_empty() && len > 0 {
+            // tokio-util's codec has taken the length prefix off the buffer: a stream that
+            // ends right after one ends cleanly (the announced frame is dropped).
+            return (out, FramesEnd::Finished);
+        }
         if rest.len() < len {
             return (out, FramesEnd::Truncated);
         }

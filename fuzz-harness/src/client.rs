@@ -61,6 +61,10 @@ fn schema() -> SchemaInfo {
             ("Job".to_owned(), HashMap::new()),
             ("User".to_owned(), HashMap::new()),
         ]),
+        // No field kinds, streams or defaults: the program drives contexts only.
+        entities: HashMap::new(),
+        streams: HashMap::new(),
+        defaults: HashMap::new(),
     }
 }
 

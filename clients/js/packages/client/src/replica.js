@@ -614,6 +614,8 @@ export class Replica {
     this.storage = options.storage ?? null;
     this.savedUser = null;
     this.storageKey = options.storageKey ?? 'statecast';
+    /** origin → outcome of the last settled writes that carried an origin. */
+    this.settled = new Map();
     if (this.storage) this.restore();
   }
 
@@ -1046,7 +1048,27 @@ export class Replica {
       response: null,
       error: null,
       deferred: d,
+      origin: options.origin ?? null,
     };
+  }
+
+  /**
+   * What became of the write made with `options.origin` (a key its maker
+   * chose, e.g. a tab's): `{write}` while it is queued, `{result}` or
+   * `{error}` once settled (remembered for the last 200 settled origins,
+   * persisted with the queue), else undefined — so a write handed over again
+   * after a crash of the tab that queued it is neither lost nor doubled.
+   */
+  originOf(origin) {
+    const w = this.queue.find((x) => x.origin === origin && !x.settled);
+    if (w) return { write: w };
+    return this.settled.get(origin);
+  }
+
+  rememberOrigin(w) {
+    if (w.origin == null) return;
+    this.settled.set(w.origin, w.error ? { error: { code: w.error.code, reason: w.error.reason, message: w.error.message, field: w.error.field, op: w.error.op, writeId: w.writeId } } : { result: w.response });
+    while (this.settled.size > 200) this.settled.delete(this.settled.keys().next().value);
   }
 
   // ---- the persisted queue ---------------------------------------------------
@@ -1074,7 +1096,9 @@ export class Replica {
           after: w.after,
           optimistic: w.optimistic,
           everSent: w.everSent,
+          origin: w.origin ?? undefined,
         })),
+      settled: [...this.settled],
     };
     try {
       this.storage.setItem(this.storageKey, JSON.stringify(saved));
@@ -1097,12 +1121,14 @@ export class Replica {
     this.nextWriteId = Math.max(this.nextWriteId, saved.nextWriteId ?? 1);
     this.nextTempId = Math.min(this.nextTempId, saved.nextTempId ?? -1);
     for (const [k, v] of saved.idMap ?? []) this.idMap.set(k, v);
+    for (const [k, v] of saved.settled ?? []) this.settled.set(k, v);
     for (const s of saved.writes ?? []) {
       const d = deferred();
       d.promise.catch(() => {}); // nobody from before the reload awaits it; the `write` event tells its fate
       const w = this.newWrite(s.writeId, s.context, s.operation, s.ops, { optimistic: s.optimistic }, d);
       w.after = s.after ?? [];
       w.everSent = s.everSent === true;
+      w.origin = s.origin ?? null;
       w.restored = true;
       this.queue.push(w);
       const slash = s.context.lastIndexOf('/');
@@ -1196,6 +1222,7 @@ export class Replica {
     };
     const single = w.operation === 'create' ? (msg.instanceId ?? created[0]?.id) : undefined;
     if (single !== undefined) w.response.id = single;
+    this.rememberOrigin(w);
     // Every live context has received all deltas up to this seq (they come before the answer).
     for (const ctx of this.contexts.values()) {
       if (ctx.status === 'ready' || (ctx.seq !== null && ctx.seq >= msg.seq)) w.retiredIn.add(ctx.name);
@@ -1228,6 +1255,7 @@ export class Replica {
       x.settled = true;
       x.status = 'refused';
       x.error = failed.get(x.writeId);
+      this.rememberOrigin(x);
       this.emitWrite(x);
       x.deferred.reject(x.error);
     }
@@ -1262,6 +1290,7 @@ export class Replica {
       optimistic: w.optimistic,
       status: w.status,
     };
+    if (w.origin != null) out.origin = w.origin;
     if (w.response) out.result = w.response;
     if (w.error) out.error = w.error;
     return out;

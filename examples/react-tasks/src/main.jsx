@@ -6,7 +6,7 @@
 // Query: ?token=alice (else a sign-in form) &ws=ws://127.0.0.1:7100/ws (else
 // port 7100 of this host) &job=1.
 
-import { StrictMode, memo, useState, useSyncExternalStore } from 'react';
+import { StrictMode, memo, useLayoutEffect, useRef, useState, useSyncExternalStore } from 'react';
 import { createRoot } from 'react-dom/client';
 import { TabClient } from '@statecast/client';
 import { StatecastProvider, useClient, useConnection, useContext, useStream, useWrites } from '@statecast/react';
@@ -71,6 +71,39 @@ const TaskRow = memo(
   (a, b) => a.task === b.task,
 );
 
+/** Long lists render only the rows in sight (rows have a fixed height); short ones render whole. */
+const ROW_HEIGHT = 40;
+const WINDOW_FROM = 300;
+const OVERSCAN = 10;
+
+function TaskList({ tasks, job }) {
+  const box = useRef(null);
+  const [scroll, setScroll] = useState({ top: 0, height: 800 });
+  useLayoutEffect(() => {
+    if (box.current) setScroll((s) => (s.height === box.current.clientHeight ? s : { ...s, height: box.current.clientHeight || 800 }));
+  }, [tasks.length > WINDOW_FROM]);
+  if (tasks.length <= WINDOW_FROM) {
+    return (
+      <ul className="tasks">
+        {tasks.map((t) => (
+          <TaskRow key={t._key} task={t} job={job} />
+        ))}
+      </ul>
+    );
+  }
+  const start = Math.max(0, Math.floor(scroll.top / ROW_HEIGHT) - OVERSCAN);
+  const end = Math.min(tasks.length, Math.ceil((scroll.top + scroll.height) / ROW_HEIGHT) + OVERSCAN);
+  return (
+    <div className="tasks-window" ref={box} onScroll={(e) => setScroll({ top: e.currentTarget.scrollTop, height: e.currentTarget.clientHeight })}>
+      <ul className="tasks windowed" data-count={tasks.length} style={{ paddingTop: start * ROW_HEIGHT, paddingBottom: (tasks.length - end) * ROW_HEIGHT }}>
+        {tasks.slice(start, end).map((t) => (
+          <TaskRow key={t._key} task={t} job={job} />
+        ))}
+      </ul>
+    </div>
+  );
+}
+
 function JobBoard({ jobId }) {
   const job = useContext('job', jobId);
   const [name, setName] = useState('');
@@ -90,11 +123,7 @@ function JobBoard({ jobId }) {
         <input aria-label="new task" placeholder="New task" value={name} onChange={(e) => setName(e.target.value)} />
         <button type="submit">Add</button>
       </form>
-      <ul className="tasks">
-        {tasks.map((t) => (
-          <TaskRow key={t._key} task={t} job={job} />
-        ))}
-      </ul>
+      <TaskList tasks={tasks} job={job} />
     </section>
   );
 }

@@ -90,8 +90,9 @@ test('references show names, a refused delete takes its button away, minted ids 
     // A task with a minted (16-digit) id: its tree node keeps one line.
     const id = await p.evaluate(() => window.statecastInspector.ctx.create('Task', { name: 'A task with a long id' }).id);
     assert.ok(id >= 2 ** 52);
-    const node = p.locator('.tree .node', { hasText: 'A task with a long id' });
+    const node = p.locator('.tree .node:not(.pending)', { hasText: 'A task with a long id' });
     await node.waitFor();
+    await p.waitForFunction(() => window.statecastInspector.client.pendingWrites().length === 0);
     const box = await node.boundingBox();
     const line = await node.evaluate((el) => Number.parseFloat(getComputedStyle(el).lineHeight) || 20);
     assert.ok(box.height < line * 1.6, `one line: ${box.height}px`);

@@ -8,19 +8,27 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { launchBrowser, startServer } from './support.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { REPO, launchBrowser, launchPersistent, startServer } from './support.js';
+import { serve } from '../../../examples/serve.mjs';
 
 let server;
 let browser;
+/** The client's modules on a static origin of their own, which stays up while the server is down. */
+let site;
 
 before(async () => {
   server = await startServer();
   browser = await launchBrowser();
+  site = await serve(join(REPO, 'clients/js/packages/client/src'));
 });
 
 after(async () => {
   await browser?.close();
   await server?.stop();
+  await site?.close();
 });
 
 /** A tab of the server's origin running a TabClient as alice (`locks` as given). */
@@ -105,7 +113,7 @@ test("StatecastClient.open with storage 'indexeddb': an offline write survives a
   const context = await browser.newContext();
   try {
     const page = await context.newPage();
-    await page.goto(`${server.http}/healthz`);
+    await page.goto(`${site.url}/`); // any page of that origin (a 404 is enough)
     const start = (ws) =>
       page.evaluate(async (ws) => {
         const { StatecastClient } = await import('/statecast.js');
@@ -132,5 +140,48 @@ test("StatecastClient.open with storage 'indexeddb': an offline write survives a
     assert.equal(names.filter((n) => n === 'IDB offline').length, 1, String(names));
   } finally {
     await context.close();
+  }
+});
+
+test('a TabClient write made offline survives a browser restart and is confirmed once', { timeout: 90_000 }, async () => {
+  const profile = mkdtempSync(join(tmpdir(), 'statecast-profile-'));
+  const open = async (ctx) => {
+    const page = ctx.pages()[0] ?? (await ctx.newPage());
+    await page.goto(`${site.url}/`); // any page of that origin (a 404 is enough)
+    await page.evaluate(async (ws) => {
+      const { TabClient } = await import('/statecast.js');
+      window.tabs = new TabClient({ url: ws, token: 'alice', name: 'restart-test', maxReconnectDelay: 500 });
+      window.job = window.tabs.subscribe('job', 1);
+      window.tabs.connect().catch(() => {});
+    }, server.ws);
+    await page.waitForFunction(() => window.tabs.role === 'leader');
+    return page;
+  };
+  let ctx;
+  try {
+    ctx = await launchPersistent(profile);
+    let page = await open(ctx);
+    await page.waitForFunction(() => window.job.status === 'ready');
+    await server.kill();
+    await page.waitForFunction(() => window.tabs.status === 'reconnecting');
+    await page.evaluate(() => {
+      window.job.create('Task', { name: 'Across a browser restart' }).catch(() => {});
+    });
+    await page.waitForFunction(() => window.tabs.pendingWrites().length === 1);
+    await page.waitForTimeout(300); // the IndexedDB commit
+    await ctx.close(); // the browser ends
+    ctx = null;
+    ctx = await launchPersistent(profile);
+    page = await open(ctx);
+    assert.equal(await page.evaluate(() => window.tabs.pendingWrites().length), 1, 'the write is back from IndexedDB');
+    await server.restart();
+    await page.waitForFunction(() => window.tabs.status === 'open' && window.tabs.pendingWrites().length === 0, null, { timeout: 20_000 });
+    await ctx.close();
+    ctx = null;
+    const names = await serverNames();
+    assert.equal(names.filter((n) => n === 'Across a browser restart').length, 1, String(names));
+  } finally {
+    await ctx?.close();
+    rmSync(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   }
 });

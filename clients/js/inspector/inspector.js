@@ -612,7 +612,7 @@ function renderFieldChoices() {
   }
   box.replaceChildren(
     h('span', { class: 'muted' }, 'fields (none checked = all)'),
-    streamFields(name).map((f) => h('label', {}, h('input', { type: 'checkbox', name: 'field', value: f.name }), ` ${f.name}`)),
+    ...streamFields(name).map((f) => h('label', {}, h('input', { type: 'checkbox', name: 'field', value: f.name }), ` ${f.name}`)),
   );
 }
 

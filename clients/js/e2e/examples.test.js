@@ -103,7 +103,8 @@ for (const example of ['react-tasks', 'svelte-tasks']) {
     const pendingCount = (page) => page.locator('.pending li').count();
 
     test('alice and bob see each other’s writes; StrictMode and job changes leave one subscription each', { timeout: 90_000 }, async () => {
-      const subsBefore = await metric('statecast_subscriptions');
+      // Pages of earlier tests are gone: their subscriptions end with their sockets.
+      await until('no subscription left from earlier tests', async () => (await metric('statecast_subscriptions')) === 0 && (await metric('statecast_stream_subscriptions')) === 0);
       const alice = await app('alice');
       const bob = await app('bob');
       try {
@@ -120,8 +121,9 @@ for (const example of ['react-tasks', 'svelte-tasks']) {
         }
         await alice.page.locator('.tasks li[data-name="Write docs"]').waitFor();
         await new Promise((r) => setTimeout(r, 1_500)); // past the linger: job 2 is let go
-        // Each page holds job/1 once (StrictMode mounted everything twice).
-        assert.equal((await metric('statecast_subscriptions')) - subsBefore, 2);
+        // Each page holds job/1 and my-tasks once (StrictMode mounted everything twice).
+        assert.equal(await metric('statecast_subscriptions'), 2);
+        assert.equal(await metric('statecast_stream_subscriptions'), 2);
         assert.deepEqual([...alice.errors, ...bob.errors], []);
       } finally {
         await alice.close();

@@ -588,6 +588,14 @@ export class TabClient {
     }
     if (known?.result) return d.resolve(known.result);
     if (known?.error) return d.reject(errorOf(known.error));
+    if (!this.client.schema) {
+      // A new leader before its first welcome: where a row goes comes with the schema.
+      this.client.connect().then(
+        () => this.leaderWrite(req, d),
+        (e) => d.reject(e),
+      );
+      return;
+    }
     const { ctx, release } = this.hold(req.channel, req.anchorId);
     let handle;
     try {

@@ -119,6 +119,8 @@ export interface WriteInfo {
   status: 'pending' | 'sent' | 'retrying' | 'confirmed' | 'refused';
   result?: WriteResult;
   error?: StatecastError;
+  /** The key a TabClient's tab gave the write (it keeps a write single across a change of leader). */
+  origin?: string;
 }
 
 /** A subscribed context: canonical rows from the server, and the view the app reads. */
@@ -269,7 +271,7 @@ export interface ClientOptions {
    * with the same storage resends them (subscribing their contexts). Default:
    * none — a new client mints a new client id.
    */
-  storage?: { getItem(key: string): string | null; setItem(key: string, value: string): void };
+  storage?: { getItem(key: string): string | null; setItem(key: string, value: string): void; whenDurable?(): Promise<void> | null };
   /** The key in `storage` (default `statecast:` + the url). */
   storageKey?: string;
   /** The clock, in ms (default `Date.now`). */
@@ -321,6 +323,8 @@ export type ClientStatus = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'cl
 /** A connection to a Statecast server that keeps subscribing, writing and resending across reconnects. */
 export class StatecastClient<E extends object = EntityMap> {
   constructor(options: ClientOptions);
+  /** A client whose `storage` may be `'indexeddb'` (loaded before it starts). */
+  static open<E extends object = EntityMap>(options: Omit<ClientOptions, 'storage'> & { storage?: ClientOptions['storage'] | 'indexeddb' }): Promise<StatecastClient<E>>;
   readonly url: string;
   readonly status: ClientStatus;
   /** This client's write queue id (32 hex digits), the same across reconnects. */
@@ -401,3 +405,62 @@ export function newClientId(): string;
 export function mintId(): Id;
 /** The map key of a row: `"Task:4"`. */
 export function rowKey(type: string, id: Id): string;
+
+/** A `localStorage`-like storage kept in IndexedDB (loaded into memory by `open`). */
+export class IdbStorage {
+  static open(name?: string): Promise<IdbStorage>;
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+  /** Resolves when every `setItem` so far is committed; null when none is outstanding. */
+  whenDurable(): Promise<void> | null;
+  close(): void;
+}
+
+export interface TabClientOptions extends Omit<ClientOptions, 'storage'> {
+  /** `'indexeddb'` (the default where IndexedDB exists) or a `localStorage`-like object. */
+  storage?: ClientOptions['storage'] | 'indexeddb';
+  /** What the tabs share: the lock, the BroadcastChannel and the storage key (default `statecast:` + the url). */
+  name?: string;
+  /** `false`: elect the leader over BroadcastChannel heartbeats even where the Web Locks API exists. */
+  locks?: false;
+}
+
+/** A context of a TabClient: the same reading and writing API as Context. */
+export interface TabContext<E extends object = EntityMap> extends Pick<Context<E>, 'name' | 'channel' | 'anchorId' | 'status' | 'closeReason' | 'rows' | 'get' | 'isPending' | 'anchor' | 'tree' | 'onChange' | 'save' | 'delete' | 'batch' | 'close'> {
+  readonly ready: Promise<TabContext<E>>;
+  create<K extends keyof E & string>(type: K, data?: Partial<E[K]>, options?: CreateOptions): CreateHandle;
+}
+
+/** A stream view of a TabClient. */
+export interface TabStream<T = Record<string, unknown>> extends Pick<StreamView<T>, 'stream' | 'status' | 'closeReason' | 'rows' | 'get' | 'isPending' | 'type' | 'onChange' | 'close'> {
+  readonly ready: Promise<TabStream<T>>;
+}
+
+/**
+ * One client for the tabs of an app: one client id and one queue; the
+ * leading tab (Web Locks, else BroadcastChannel heartbeats) holds the socket,
+ * the others send their writes through it and render the views it sends.
+ */
+export class TabClient<E extends object = EntityMap> {
+  constructor(options: TabClientOptions);
+  readonly role: 'electing' | 'leader' | 'follower';
+  readonly status: ClientStatus;
+  readonly clientId: string | null;
+  readonly user: Welcome['user'] | null;
+  readonly schema: SchemaInfo | null;
+  connect(): Promise<TabClient<E>>;
+  close(): void;
+  subscribe(channel: string, anchorId: Id): TabContext<E>;
+  stream(name: string, options?: StreamOptions): TabStream;
+  context(name: string): TabContext<E> | undefined;
+  contexts(): TabContext<E>[];
+  pendingWrites(): WriteInfo[];
+  on(event: 'change', fn: (event: ChangeEvent) => void): () => void;
+  on(event: 'write', fn: (write: WriteInfo) => void): () => void;
+  on(event: 'pending', fn: (pending: WriteInfo[]) => void): () => void;
+  on(event: 'status', fn: (status: ClientStatus) => void): () => void;
+  on(event: 'role', fn: (role: 'leader' | 'follower') => void): () => void;
+  on(event: 'error', fn: (error: StatecastError) => void): () => void;
+  on(event: 'welcome', fn: (welcome: Welcome) => void): () => void;
+}

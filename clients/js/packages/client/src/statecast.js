@@ -16,6 +16,10 @@ import {
   newClientId,
   rowKey,
 } from './replica.js';
+import { IdbStorage } from './idb.js';
+
+export { IdbStorage };
+export { TabClient, TabContext, TabStream } from './tabs.js';
 
 export {
   Context,
@@ -54,6 +58,9 @@ const DEFAULTS = {
 export class StatecastClient {
   constructor(options) {
     if (!options?.url) throw new TypeError('StatecastClient needs options.url (ws://host:port/ws)');
+    if (options.storage === 'indexeddb') {
+      throw new TypeError("storage: 'indexeddb' loads before the client starts: use `await StatecastClient.open(options)` or a TabClient");
+    }
     this.options = { ...DEFAULTS, ...options };
     this.url = options.url;
     this.token = options.token ?? '';
@@ -80,6 +87,18 @@ export class StatecastClient {
     this.ticker = null;
     this.listeners = { status: new Set(), frame: new Set(), error: new Set(), welcome: new Set() };
     this.firstWelcome = null;
+  }
+
+  /**
+   * Makes a client whose `storage` may be `'indexeddb'` (the queue is loaded
+   * from IndexedDB first; each write is sent only once the queue holding it
+   * is committed there). Other options as the constructor takes them.
+   */
+  static async open(options) {
+    if (options?.storage !== 'indexeddb') return new StatecastClient(options);
+    const key = options.storageKey ?? `statecast:${options.url}`;
+    const storage = await IdbStorage.open(key);
+    return new StatecastClient({ ...options, storage, storageKey: key });
   }
 
   /** The client's id (one write queue): 32 hex digits, the same across reconnects. */
@@ -272,7 +291,33 @@ export class StatecastClient {
   }
 
   sendFrame(frame) {
-    if (this.ws && this.replica.online) this.sendRaw(this.ws, frame);
+    if (!this.ws || !this.replica.online) return;
+    const storage = this.replica.storage;
+    if (!this.outbox && typeof storage?.whenDurable !== 'function') {
+      this.sendRaw(this.ws, frame);
+      return;
+    }
+    // An asynchronous storage (IndexedDB): frames wait, in order, until the
+    // queue that holds their writes is committed (it is saved right after a
+    // write is queued, in the same task).
+    if (!this.outbox) {
+      this.outbox = [];
+      queueMicrotask(() => this.drain());
+    }
+    this.outbox.push({ ws: this.ws, frame });
+  }
+
+  async drain() {
+    while (this.outbox?.length) {
+      const batch = this.outbox;
+      this.outbox = [];
+      const durable = this.replica.storage?.whenDurable?.();
+      if (durable) await durable;
+      for (const { ws, frame } of batch) {
+        if (ws === this.ws && this.replica.online) this.sendRaw(ws, frame);
+      }
+    }
+    this.outbox = null;
   }
 
   sendRaw(ws, frame) {

@@ -14,6 +14,23 @@ const RETRYABLE = new Set(['OUTCOME_UNKNOWN', 'UNAVAILABLE', 'RATE_LIMITED']);
 /** View row → the canonical (or replayed) row it was made from, to reuse it while that row is unchanged. */
 const SOURCE = new WeakMap();
 
+/** A row list of a view → its positions by view key, made when a row is first replaced in place. */
+const POSITIONS = new WeakMap();
+
+/** A copy of `list` with the row at view key `vk` replaced by `v` (positions kept). */
+function replaceIn(list, vk, v) {
+  let at = POSITIONS.get(list);
+  if (!at) {
+    at = new Map(list.map((r, i) => [rowKey(r._type, r._key), i]));
+  }
+  const i = at.get(vk);
+  if (i === undefined) return null;
+  const out = list.slice();
+  out[i] = v;
+  POSITIONS.set(out, at);
+  return out;
+}
+
 /** A refused or failed write (or subscription): `code` and `reason` as on the wire. */
 export class StatecastError extends Error {
   constructor(code, reason, message, extra = {}) {
@@ -298,7 +315,14 @@ export class Context {
   /** The rows of the view in order (of one type, if given). */
   rows(type) {
     this.list ??= [...this.view.values()];
-    return type === undefined ? this.list : this.list.filter((r) => r._type === type);
+    if (type === undefined) return this.list;
+    this.typed ??= new Map();
+    let list = this.typed.get(type);
+    if (!list) {
+      list = this.list.filter((r) => r._type === type);
+      this.typed.set(type, list);
+    }
+    return list;
   }
 
   /** The view row with this id or key (a temp id keeps finding its row after the swap). */
@@ -614,6 +638,8 @@ export class Replica {
     this.storage = options.storage ?? null;
     this.savedUser = null;
     this.storageKey = options.storageKey ?? 'statecast';
+    /** origin → outcome of the last settled writes that carried an origin. */
+    this.settled = new Map();
     if (this.storage) this.restore();
   }
 
@@ -897,6 +923,9 @@ export class Replica {
     this.streamDirty.add(k);
     const cur = ctx.canonical.get(k);
     if (cur && !(seq > cur._version)) return; // already as new as this change
+    // What changed, for a recompute in proportion to it: updates of held rows keep the view's shape.
+    if (op === 'update' && cur) (ctx.dirty ??= new Set()).add(k);
+    else ctx.structural = true;
     if (op === 'create') ctx.canonical.set(k, cur ? { ...cur, ...row } : row);
     else if (op === 'update') {
       if (cur) ctx.canonical.set(k, { ...cur, ...row });
@@ -1046,7 +1075,27 @@ export class Replica {
       response: null,
       error: null,
       deferred: d,
+      origin: options.origin ?? null,
     };
+  }
+
+  /**
+   * What became of the write made with `options.origin` (a key its maker
+   * chose, e.g. a tab's): `{write}` while it is queued, `{result}` or
+   * `{error}` once settled (remembered for the last 200 settled origins,
+   * persisted with the queue), else undefined — so a write handed over again
+   * after a crash of the tab that queued it is neither lost nor doubled.
+   */
+  originOf(origin) {
+    const w = this.queue.find((x) => x.origin === origin && !x.settled);
+    if (w) return { write: w };
+    return this.settled.get(origin);
+  }
+
+  rememberOrigin(w) {
+    if (w.origin == null) return;
+    this.settled.set(w.origin, w.error ? { error: { code: w.error.code, reason: w.error.reason, message: w.error.message, field: w.error.field, op: w.error.op, writeId: w.writeId } } : { result: w.response });
+    while (this.settled.size > 200) this.settled.delete(this.settled.keys().next().value);
   }
 
   // ---- the persisted queue ---------------------------------------------------
@@ -1074,7 +1123,9 @@ export class Replica {
           after: w.after,
           optimistic: w.optimistic,
           everSent: w.everSent,
+          origin: w.origin ?? undefined,
         })),
+      settled: [...this.settled],
     };
     try {
       this.storage.setItem(this.storageKey, JSON.stringify(saved));
@@ -1097,12 +1148,14 @@ export class Replica {
     this.nextWriteId = Math.max(this.nextWriteId, saved.nextWriteId ?? 1);
     this.nextTempId = Math.min(this.nextTempId, saved.nextTempId ?? -1);
     for (const [k, v] of saved.idMap ?? []) this.idMap.set(k, v);
+    for (const [k, v] of saved.settled ?? []) this.settled.set(k, v);
     for (const s of saved.writes ?? []) {
       const d = deferred();
       d.promise.catch(() => {}); // nobody from before the reload awaits it; the `write` event tells its fate
       const w = this.newWrite(s.writeId, s.context, s.operation, s.ops, { optimistic: s.optimistic }, d);
       w.after = s.after ?? [];
       w.everSent = s.everSent === true;
+      w.origin = s.origin ?? null;
       w.restored = true;
       this.queue.push(w);
       const slash = s.context.lastIndexOf('/');
@@ -1196,6 +1249,7 @@ export class Replica {
     };
     const single = w.operation === 'create' ? (msg.instanceId ?? created[0]?.id) : undefined;
     if (single !== undefined) w.response.id = single;
+    this.rememberOrigin(w);
     // Every live context has received all deltas up to this seq (they come before the answer).
     for (const ctx of this.contexts.values()) {
       if (ctx.status === 'ready' || (ctx.seq !== null && ctx.seq >= msg.seq)) w.retiredIn.add(ctx.name);
@@ -1228,6 +1282,7 @@ export class Replica {
       x.settled = true;
       x.status = 'refused';
       x.error = failed.get(x.writeId);
+      this.rememberOrigin(x);
       this.emitWrite(x);
       x.deferred.reject(x.error);
     }
@@ -1262,6 +1317,7 @@ export class Replica {
       optimistic: w.optimistic,
       status: w.status,
     };
+    if (w.origin != null) out.origin = w.origin;
     if (w.response) out.result = w.response;
     if (w.error) out.error = w.error;
     return out;
@@ -1581,6 +1637,15 @@ export class Replica {
         for (const op of w.ops) this.replay(ctx, rows, touched, op);
       }
     }
+    const dirty = ctx.dirty;
+    const fast = cause === 'delta' && dirty && !ctx.structural && ctx.hadPending === false && rows.changed.size === 0 && ctx.status !== 'closed';
+    ctx.dirty = null;
+    ctx.structural = false;
+    if (fast) {
+      const event = this.recomputeRows(ctx, dirty, cause);
+      if (event !== undefined) return event;
+    }
+    ctx.hadPending = rows.changed.size > 0 || touched.size > 0;
     const before = ctx.view;
     const view = new Map();
     const added = [];
@@ -1616,8 +1681,56 @@ export class Replica {
     }
     ctx.view = view;
     ctx.list = null; // rebuilt on the next read
+    ctx.typed = null;
     if (added.length + updated.length + removed.length === 0 && cause !== 'state') return null;
     return { context: ctx.name, cause, added, updated, removed };
+  }
+
+  /**
+   * A delta that only updated rows the view holds, with no pending write on
+   * this context before or now: the view keeps its shape, so only those rows
+   * are made again and replaced in place (in the lists already read, too) —
+   * work in proportion to the delta, not to the context. Undefined when a row
+   * is not where it was expected (the caller then recomputes everything).
+   */
+  recomputeRows(ctx, dirty, cause) {
+    const view = ctx.view;
+    const updated = [];
+    const keyed = this.keyMap.size > 0;
+    const next = [];
+    for (const k of dirty) {
+      const r = ctx.canonical.get(k);
+      if (!r) return undefined;
+      const key = r.id < 0 ? r.id : keyed ? (this.keyMap.get(k) ?? r.id) : r.id;
+      const vk = key === r.id ? k : rowKey(r._type, key);
+      const prev = view.get(vk);
+      if (prev === undefined || prev._pending) return undefined;
+      if (SOURCE.get(prev) === r) continue;
+      let v = { ...r, _key: key, _pending: false };
+      if (shallowEqual(prev, v)) {
+        SOURCE.set(prev, r);
+        continue;
+      }
+      Object.freeze(v);
+      SOURCE.set(v, r);
+      next.push([vk, v]);
+    }
+    let list = ctx.list;
+    const typed = ctx.typed;
+    for (const [vk, v] of next) {
+      view.set(vk, v); // an existing key keeps its position
+      updated.push(v);
+      if (list) list = replaceIn(list, vk, v);
+      const t = typed?.get(v._type);
+      if (t) {
+        const out = replaceIn(t, vk, v);
+        if (out) typed.set(v._type, out);
+        else typed.delete(v._type);
+      }
+    }
+    ctx.list = list;
+    if (updated.length === 0) return null;
+    return { context: ctx.name, cause, added: [], updated, removed: [] };
   }
 
   /** Replays one op of a pending write over a context's rows. */

@@ -675,13 +675,15 @@ impl ClientState {
             return self.refuse(resp.write_id, error);
         }
         let seq = resp.seq.unwrap_or(0);
-        self.alias_created(&resp.created);
+        let moved = self.alias_created(Some(resp.write_id), &resp.created);
         let outcome =
             WriteOutcome { write_id: resp.write_id, seq, created: resp.created.clone(), duplicate: resp.duplicate };
         let p = &mut self.pending[i];
         p.settled = true;
         p.confirmed = Some(seq);
         let mut effects = vec![Effect::Settled { write_id: resp.write_id, result: Ok(outcome) }];
+        effects.extend(self.recompute_all(&moved));
+        let p = &mut self.pending[i];
         let wait = !p.retired
             && self.contexts.get(&p.context).is_some_and(|c| c.loaded && c.seq < seq && !p.touches.is_empty());
         let write_id = p.write_id;
@@ -720,13 +722,37 @@ impl ClientState {
         }
     }
 
-    fn alias_created(&mut self, created: &[CreatedId]) {
+    /// Records the real ids of the rows `write_id` created under temp ids,
+    /// and returns the keys whose rows moved (to recompute).
+    ///
+    /// Only temp ids that write minted are taken: an answer naming another
+    /// would re-key an unrelated row. A row a context already holds under its
+    /// real id (a state that listed it before the answer came) moves to the
+    /// temp key, so that children naming either id find it.
+    fn alias_created(&mut self, write_id: Option<i64>, created: &[CreatedId]) -> Vec<RowKey> {
+        let mut moved = Vec::new();
         for c in created {
-            if let Some(temp) = c.temp_id {
-                self.aliases.insert(RowKey::new(c.ty.as_str(), c.id), temp);
-                self.temp_real.insert((c.ty.clone(), temp), c.id);
+            let Some(temp) = c.temp_id else { continue };
+            let temp_key = RowKey::new(c.ty.as_str(), temp);
+            let minted = self
+                .pending
+                .iter()
+                .any(|p| Some(p.write_id) == write_id && p.creates.iter().any(|(k, _)| *k == temp_key));
+            if !minted || temp == c.id {
+                continue;
             }
+            let real_key = RowKey::new(c.ty.as_str(), c.id);
+            self.aliases.insert(real_key.clone(), temp);
+            self.temp_real.insert((c.ty.clone(), temp), c.id);
+            for ctx in self.contexts.values_mut() {
+                if let Some(row) = ctx.canonical.remove(&real_key) {
+                    ctx.canonical.entry(temp_key.clone()).or_insert(row);
+                }
+            }
+            moved.push(real_key);
+            moved.push(temp_key);
         }
+        moved
     }
 
     fn remove_write(&mut self, write_id: i64) -> Vec<Effect> {
@@ -898,8 +924,7 @@ impl ClientState {
         let write_id = parts.iter().find_map(|d| d.write_id);
         let created: Vec<CreatedId> = parts.iter().flat_map(|d| d.created.clone()).collect();
         // A temp id is replaced in place: the real row takes the temp key and its position.
-        self.alias_created(&created);
-        let mut dirty = Vec::new();
+        let mut dirty = self.alias_created(write_id, &created);
         for change in parts.iter().flat_map(|d| d.changes.iter()) {
             let key = self.stable(&change.ty, change.id);
             let pending_order =

@@ -702,9 +702,16 @@ export class Replica {
     return refs;
   }
 
-  mapCreated(created) {
+  /**
+   * Records the real ids of the rows write `w` created under temp ids. Only
+   * temp ids that write minted are taken: an answer naming another would
+   * re-key an unrelated row.
+   */
+  mapCreated(w, created) {
+    const minted = (c) =>
+      w?.ops.some((op) => op.operation === 'create' && op.instanceType === c._type && op.instanceId === c.tempId);
     for (const c of created ?? []) {
-      if (c.tempId == null || c.tempId === c.id) continue;
+      if (c.tempId == null || c.tempId === c.id || !minted(c)) continue;
       this.idMap.set(rowKey(c._type, c.tempId), c.id);
       this.keyMap.set(rowKey(c._type, c.id), c.tempId);
     }
@@ -910,7 +917,7 @@ export class Replica {
     }
     for (const ch of msg.changes ?? []) this.applyChange(ctx, msg.seq, ch);
     ctx.seq = msg.seq;
-    this.mapCreated(msg.created);
+    this.mapCreated(msg.writeId == null ? undefined : this.find(msg.writeId), msg.created);
     if (msg.writeId != null) this.find(msg.writeId)?.retiredIn.add(ctx.name);
     this.gc();
     this.refresh('delta', ctx);
@@ -1234,7 +1241,7 @@ export class Replica {
   confirm(w, msg) {
     w.settled = true;
     w.status = 'confirmed';
-    this.mapCreated(msg.created);
+    this.mapCreated(w, msg.created);
     this.markWrite(w);
     // Every live stream view has received its events up to this seq (they come before the answer).
     for (const view of this.streams.values()) {

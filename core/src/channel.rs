@@ -41,7 +41,7 @@ pub struct TreeEdge {
 }
 
 /// A checked channel declaration: a name, an anchor type, the relations
-/// that form its tree, what clients may write in it, and its [`Policy`](crate::Policy).
+/// that form its tree, what clients may write in it, and its [`Policy`].
 /// A context is a channel bound to one anchor id (`"job/1"` on the wire).
 ///
 /// ```

@@ -369,7 +369,11 @@ async fn repl(conn: Conn) -> ExitCode {
                 if msg["type"] == "welcome" {
                     welcomed = true;
                 }
-                println!("{msg}");
+                // JSON as the server sent it (its field order); MessagePack as JSON.
+                match std::str::from_utf8(&frame.data) {
+                    Ok(text) if codec == Codec::Json => println!("{text}"),
+                    _ => println!("{msg}"),
+                }
                 if !welcomed && msg["type"] == "error" {
                     return fail(3, "the server refused the hello");
                 }

@@ -23,15 +23,28 @@ pub struct SlowConsumer {
     pub closed: bool,
 }
 
-/// One subscriber of job/1 that never reads while a writer saves 400 KB
-/// notes; RSS is sampled after every write.
-pub async fn slow_consumer(srv: &Server, writes: usize) -> Result<SlowConsumer, BoxError> {
+/// One subscriber of job/1 that never reads (or, with `reads`, one that
+/// keeps up: the baseline, whose RSS growth is the store's and the
+/// allocator's, not the outbox's) while a writer saves 400 KB notes; RSS is
+/// sampled after every write.
+pub async fn slow_consumer(srv: &Server, writes: usize, reads: bool) -> Result<SlowConsumer, BoxError> {
     let target = srv.target.clone();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = proc_stats::rss_bytes(srv.pid());
     let mut slow = Client::connect(Kind::Ws, &target).await?;
     slow.hello("bob").await?;
     slow.subscribe("job", 1).await?;
+    let mut slow = match reads {
+        true => {
+            let (tx, mut rx) = slow.split();
+            tokio::spawn(async move {
+                let _tx = tx;
+                while rx.recv_timeout(Duration::from_secs(30)).await.is_ok() {}
+            });
+            None
+        }
+        false => Some(slow),
+    };
     let mut writer = Client::connect(Kind::Ws, &target).await?;
     writer.hello("alice").await?;
     writer.subscribe("job", 1).await?;
@@ -44,8 +57,22 @@ pub async fn slow_consumer(srv: &Server, writes: usize) -> Result<SlowConsumer, 
         writer.write(w).await?;
         rss_peak = rss_peak.max(proc_stats::rss_bytes(srv.pid()));
     }
-    // The slow one's socket: closed by the server (4008) long before now.
-    let closed = matches!(slow.recv_frame(Duration::from_secs(5)).await, Err(_) | Ok(None));
+    // The slow one's socket: closed by the server (4008) long before now; what
+    // the kernel buffered comes first, then the end.
+    let mut closed = false;
+    if let Some(c) = slow.as_mut() {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            match c.recv_frame(Duration::from_secs(2)).await {
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(_)) => {}
+            }
+        }
+    }
     drop(slow);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = proc_stats::rss_bytes(srv.pid());

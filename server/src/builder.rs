@@ -7,6 +7,7 @@ use statecast_core::{Authenticator, Channel, Engine, EngineConfig, Schema, Store
 use statecast_transport_quic::{CertInfo, QuicConfig, QuicTransport};
 use statecast_transport_ws::{WsConfig, WsTransport};
 use std::net::SocketAddr;
+use std::time::Duration;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -332,10 +333,23 @@ impl RunningServer {
                 Some(failure)
             }
         };
-        self.shutdown().await;
         match failure {
-            None => Ok(()),
-            Some(failure) => Err(ServerError::StoreFailed(failure)),
+            None => {
+                self.shutdown().await;
+                Ok(())
+            }
+            Some(failure) => {
+                // Draining may wait on a store that no longer answers (a
+                // stuck device, an engine's worker retrying a full disk): it
+                // gets a deadline, and what is durable is on disk already.
+                if tokio::time::timeout(STORE_FAILED_DRAIN, self.shutdown()).await.is_err() {
+                    tracing::error!(
+                        deadline = ?STORE_FAILED_DRAIN,
+                        "draining after the store failed did not finish in time; stopping anyway"
+                    );
+                }
+                Err(ServerError::StoreFailed(failure))
+            }
         }
     }
 
@@ -347,6 +361,9 @@ impl RunningServer {
         while self.tasks.join_next().await.is_some() {}
     }
 }
+
+/// How long a server whose store failed drains before it stops regardless.
+const STORE_FAILED_DRAIN: Duration = Duration::from_secs(5);
 
 async fn wait_for_signal() {
     #[cfg(unix)]

@@ -13,9 +13,12 @@ mod assets {
     pub const INDEX_HTML: &str = include_str!("../../clients/js/inspector/index.html");
     pub const INSPECTOR_JS: &str = include_str!("../../clients/js/inspector/inspector.js");
     pub const INSPECTOR_CSS: &str = include_str!("../../clients/js/inspector/inspector.css");
-    pub const STATECAST_JS: &str = include_str!("../../clients/js/src/statecast.js");
-    pub const REPLICA_JS: &str = include_str!("../../clients/js/src/replica.js");
-    pub const STATECAST_D_TS: &str = include_str!("../../clients/js/src/statecast.d.ts");
+    pub const STATECAST_JS: &str = include_str!("../../clients/js/packages/client/src/statecast.js");
+    pub const REPLICA_JS: &str = include_str!("../../clients/js/packages/client/src/replica.js");
+    pub const STATECAST_D_TS: &str = include_str!("../../clients/js/packages/client/src/statecast.d.ts");
+    pub const TABS_JS: &str = include_str!("../../clients/js/packages/client/src/tabs.js");
+    pub const IDB_JS: &str = include_str!("../../clients/js/packages/client/src/idb.js");
+    pub const STORE_JS: &str = include_str!("../../clients/js/packages/client/src/store.js");
 }
 
 /// The placeholder in `index.html` that becomes the WebSocket path.
@@ -75,6 +78,9 @@ pub fn inspector_routes(ws_path: &str) -> Router {
         .route("/inspector.css", get(|| asset("text/css; charset=utf-8", assets::INSPECTOR_CSS)))
         .route("/statecast.js", get(|| module("text/javascript; charset=utf-8", assets::STATECAST_JS)))
         .route("/replica.js", get(|| module("text/javascript; charset=utf-8", assets::REPLICA_JS)))
+        .route("/tabs.js", get(|| module("text/javascript; charset=utf-8", assets::TABS_JS)))
+        .route("/idb.js", get(|| module("text/javascript; charset=utf-8", assets::IDB_JS)))
+        .route("/store.js", get(|| module("text/javascript; charset=utf-8", assets::STORE_JS)))
         .route("/statecast.d.ts", get(|| module("application/typescript; charset=utf-8", assets::STATECAST_D_TS)))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
 }

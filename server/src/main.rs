@@ -9,7 +9,7 @@
 
 use clap::Parser;
 use statecast_core::Store;
-use statecast_server::builder::ServerBuilder;
+use statecast_server::builder::{ServerBuilder, ServerError};
 use statecast_server::config::{Args, Command};
 use statecast_server::http::HttpEndpoints;
 use statecast_server::{
@@ -129,7 +129,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = ServerBuilder::new(schema.clone())
         .channels(demo::channels(&schema))
         .streams(demo::streams(&schema))
-        .store(store)
+        .store(store.clone())
         .authenticator(auth)
         .engine_config(config.engine_config())
         .http_endpoints(HttpEndpoints { inspector: config.inspector, metrics: config.metrics })
@@ -187,7 +187,19 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     for quic in server.quic_listeners() {
         println!("{}", quic_listening_line(quic.addr));
     }
-    server.run_until_signal().await?;
-    eprintln!("statecast-server: stopped cleanly");
-    Ok(())
+    match server.run_until_signal().await {
+        Ok(()) => {
+            eprintln!("statecast-server: stopped cleanly");
+            Ok(())
+        }
+        Err(e @ ServerError::StoreFailed(_)) => {
+            // Exit now, with the store still held: dropping it would run its
+            // engine's teardown (joining worker threads, a last journal
+            // flush) against the failed device, which can block for good.
+            // What was durable is on disk; a restart recovers it.
+            eprintln!("statecast-server: {e}");
+            std::process::exit(1)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

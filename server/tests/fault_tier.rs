@@ -12,6 +12,8 @@
 //! A run is seeded: a failure prints the seed and the history. Replay one
 //! with `STATECAST_FAULT_SEED=<seed>`; `STATECAST_FAULT_SEEDS=<n>` runs more.
 
+#![allow(clippy::print_stderr)] // progress and skip notes for the person running the tests
+
 mod common;
 
 use common::*;

@@ -23,9 +23,12 @@ async fn the_inspector_and_its_modules_are_served_beside_the_websocket() {
     assert_eq!(header(&page, "content-type"), Some("text/html; charset=utf-8"));
     assert!(page.contains(r#"<meta name="statecast-ws-path" content="/ws">"#), "{page}");
     for (path, ty, needle) in [
-        ("/inspector.js", "text/javascript", "import { StatecastClient } from './statecast.js'"),
+        ("/inspector.js", "text/javascript", "import { StatecastClient, compileFilters } from './statecast.js'"),
         ("/statecast.js", "text/javascript", "export class StatecastClient"),
         ("/replica.js", "text/javascript", "export class Replica"),
+        ("/tabs.js", "text/javascript", "export class TabClient"),
+        ("/idb.js", "text/javascript", "export class IdbStorage"),
+        ("/store.js", "text/javascript", "export function contextSource"),
         ("/inspector.css", "text/css", ".pending"),
         ("/statecast.d.ts", "application/typescript", "export class StatecastClient"),
     ] {

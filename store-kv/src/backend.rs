@@ -60,4 +60,12 @@ pub trait KvBackend: Send + Sync + Sized + 'static {
 
     /// Makes every applied batch durable (fsync). Blocking.
     fn sync(&self) -> Result<(), String>;
+
+    /// An error the engine has latched, if any: an engine that refuses every
+    /// later operation once one I/O failed (sled) says so here, so the store
+    /// fails as after a failed flush instead of answering each call with 503
+    /// for ever.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }

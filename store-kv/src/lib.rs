@@ -90,6 +90,10 @@ struct Shared<B> {
     stopping: AtomicBool,
     flushes: AtomicU64,
     fail_flushes: AtomicBool,
+    /// Seqs after the last change log entry found at open, up to the
+    /// reservation: numbers of commits an earlier run began but whose log
+    /// entry did not survive it. See [`Shared::applied`].
+    torn: std::ops::RangeInclusive<Seq>,
 }
 
 /// A [`Store`] on an embedded key-value engine. See the crate docs.
@@ -193,6 +197,7 @@ impl<B: KvBackend> KvStore<B> {
             stopping: AtomicBool::new(false),
             flushes: AtomicU64::new(0),
             fail_flushes: AtomicBool::new(false),
+            torn: last + 1..=reserved,
         });
         let flusher = runtime.spawn(run_flusher(shared.clone()));
         Ok(KvStore { shared, flusher: parking_lot::Mutex::new(Some(flusher)) })
@@ -248,6 +253,12 @@ async fn run_flusher<B: KvBackend>(shared: Arc<Shared<B>>) {
 
 impl<B: KvBackend> Shared<B> {
     fn failure(&self) -> Option<Arc<str>> {
+        if let Some(failure) = self.durable.failure() {
+            return Some(failure);
+        }
+        let latched = self.kv.failure()?;
+        tracing::error!(engine = B::NAME, error = %latched, "the engine failed; the store refuses further commits");
+        self.durable.fail(&format!("the {} engine failed: {latched}", B::NAME));
         self.durable.failure()
     }
 
@@ -448,10 +459,21 @@ impl<B: KvBackend> Shared<B> {
         if let Some(msg) = self.failure() {
             return Err(StoreError::FlushFailed(msg.to_string()));
         }
-        match self.kv.get(&keys::applied(key))? {
-            Some(v) => codec::decode("applied record", v.as_ref()).map(Some),
-            None => Ok(None),
+        let Some(v) = self.kv.get(&keys::applied(key))? else {
+            return Ok(None);
+        };
+        let record: AppliedRecord = codec::decode("applied record", v.as_ref())?;
+        // A commit's keys go in one batch, but an engine may recover only
+        // part of a batch that an I/O error interrupted (sled after a full
+        // disk: seen keeping the small applied record and losing the row).
+        // A record whose commit left no log entry is such a part: the write
+        // was never confirmed (its fate was unknown), so it is not applied,
+        // and its resend runs again and replaces this record.
+        if self.torn.contains(&record.seq) {
+            tracing::warn!(engine = B::NAME, seq = record.seq, "ignoring the applied record of a torn commit");
+            return Ok(None);
         }
+        Ok(Some(record))
     }
 }
 

@@ -4,6 +4,7 @@
 use statecast_core::store::StoreError;
 use statecast_store_kv::{KeyRange, KvBackend, KvIter, KvOp, KvStore, OpenError};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 pub use statecast_store_kv::KvOptions as SledOptions;
 
@@ -16,6 +17,9 @@ const TREE: &str = "statecast";
 /// One sled tree, as the embedded store engine's [`KvBackend`].
 pub struct SledBackend {
     tree: sled::Tree,
+    /// The first I/O error any call met. sled latches it (its own flusher
+    /// may meet it first): every later call fails with it, reads included.
+    io_failure: Arc<OnceLock<String>>,
     // Dropped last: the tree above belongs to it.
     _db: sled::Db,
 }
@@ -23,15 +27,23 @@ pub struct SledBackend {
 fn backend(e: sled::Error) -> StoreError {
     match e {
         sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
-        // A full disk, a failing device: 503, not 500 (a failed write also
-        // fails the store, which then stops the server; see store-kv).
+        // A full disk, a failing device: 503, not 500 (it also fails the
+        // store, which then stops the server; see store-kv).
         sled::Error::Io(_) => StoreError::Unavailable(format!("the sled engine failed I/O: {e}")),
         _ => StoreError::Backend(e.to_string()),
     }
 }
 
-fn items(iter: sled::Iter) -> KvIter<'static, sled::IVec> {
-    Box::new(iter.map(|item| item.map_err(backend)))
+/// Maps an error, latching it first when it is an I/O error.
+fn latching(io_failure: &OnceLock<String>, e: sled::Error) -> StoreError {
+    if matches!(e, sled::Error::Io(_)) {
+        let _ = io_failure.set(e.to_string());
+    }
+    backend(e)
+}
+
+fn items(iter: sled::Iter, io_failure: Arc<OnceLock<String>>) -> KvIter<'static, sled::IVec> {
+    Box::new(iter.map(move |item| item.map_err(|e| latching(&io_failure, e))))
 }
 
 impl KvBackend for SledBackend {
@@ -60,19 +72,19 @@ impl KvBackend for SledBackend {
             e => OpenError::Failed(backend(e)),
         })?;
         let tree = db.open_tree(TREE).map_err(|e| OpenError::Failed(backend(e)))?;
-        Ok(Self { tree, _db: db })
+        Ok(Self { tree, io_failure: Arc::default(), _db: db })
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
-        self.tree.get(key).map_err(backend)
+        self.tree.get(key).map_err(|e| latching(&self.io_failure, e))
     }
 
     fn range(&self, range: KeyRange) -> KvIter<'_, sled::IVec> {
-        items(self.tree.range(range))
+        items(self.tree.range(range), self.io_failure.clone())
     }
 
     fn prefix(&self, prefix: &[u8]) -> KvIter<'_, sled::IVec> {
-        items(self.tree.scan_prefix(prefix))
+        items(self.tree.scan_prefix(prefix), self.io_failure.clone())
     }
 
     fn apply(&self, ops: Vec<KvOp>) -> Result<(), StoreError> {
@@ -83,10 +95,17 @@ impl KvBackend for SledBackend {
                 KvOp::Delete(k) => batch.remove(k),
             }
         }
-        self.tree.apply_batch(batch).map_err(backend)
+        self.tree.apply_batch(batch).map_err(|e| latching(&self.io_failure, e))
     }
 
     fn sync(&self) -> Result<(), String> {
-        self.tree.flush().map(drop).map_err(|e| e.to_string())
+        self.tree.flush().map(drop).map_err(|e| {
+            let _ = self.io_failure.set(e.to_string());
+            e.to_string()
+        })
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.io_failure.get().cloned()
     }
 }

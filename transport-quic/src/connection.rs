@@ -10,7 +10,7 @@
 //! Closing maps the core close codes one to one onto QUIC application error
 //! codes (see [`app_code`]); the reason travels as the close's reason phrase.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use quinn::{RecvStream, SendStream};
 use statecast_core::transport::{
@@ -70,12 +70,15 @@ const MAX_REASON: usize = 123;
 
 /// The reader's framing: frames up to `wire_limit` bytes.
 pub(crate) fn framed_read(recv: RecvStream, settings: &ConnSettings) -> FramedRead<RecvStream, LengthDelimitedCodec> {
-    let codec = LengthDelimitedCodec::builder()
+    FramedRead::with_capacity(recv, read_codec(settings), settings.read_buffer_size)
+}
+
+fn read_codec(settings: &ConnSettings) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
         .length_field_type::<u32>()
         .big_endian()
         .max_frame_length(settings.wire_limit())
-        .new_codec();
-    FramedRead::with_capacity(recv, codec, settings.read_buffer_size)
+        .new_codec()
 }
 
 /// The writer's framing. It does not police sizes (the peer's reader does),
@@ -350,20 +353,69 @@ async fn read_loop(mut reader: Reader, incoming: mpsc::Sender<Incoming>, limit: 
                 return ReadEnd::Gone;
             }
         };
-        if data.is_empty() {
+        let (Some(item), Some(tx)) = (incoming_item(data, limit), incoming.as_ref()) else {
             continue;
-        }
-        let Some(tx) = incoming.as_ref() else {
-            continue;
-        };
-        let item = if data.len() > limit {
-            Incoming::TooLarge { size: data.len(), limit }
-        } else {
-            Incoming::Frame(Frame::binary(data.freeze()))
         };
         if tx.send(item).await.is_err() {
             incoming = None;
         }
+    }
+}
+
+/// What one frame read becomes: nothing (a zero-length frame), the frame, or
+/// a report of a frame over the limit.
+fn incoming_item(data: BytesMut, limit: usize) -> Option<Incoming> {
+    if data.is_empty() {
+        None
+    } else if data.len() > limit {
+        Some(Incoming::TooLarge { size: data.len(), limit })
+    } else {
+        Some(Incoming::Frame(Frame::binary(data.freeze())))
+    }
+}
+
+/// How the reader's framing ended in [`decode_frames`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramesEnd {
+    /// The bytes ended on a frame boundary.
+    Finished,
+    /// The bytes ended inside a frame.
+    Truncated,
+    /// A length prefix beyond twice the frame limit (the connection closes with 1009).
+    TooLarge,
+}
+
+/// The reader's framing and frame classification over bytes that arrive in
+/// `chunks`, then the end of the stream: what a connection hands the engine.
+/// For fuzzing and tests; not an API.
+#[doc(hidden)]
+pub fn decode_frames(
+    config: &crate::QuicConfig,
+    chunks: &[&[u8]],
+) -> Result<(Vec<Incoming>, FramesEnd), statecast_core::transport::TransportError> {
+    use tokio_util::codec::Decoder;
+    let settings = config.validate()?;
+    let mut codec = read_codec(&settings);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    let mut push = |data| out.extend(incoming_item(data, settings.frame_limit));
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(data)) => push(data),
+                Ok(None) => break,
+                Err(err) if is_too_large(&err) => return Ok((out, FramesEnd::TooLarge)),
+                Err(err) => unreachable!("the length codec fails only on a long frame: {err}"),
+            }
+        }
+    }
+    match codec.decode_eof(&mut buf) {
+        Ok(Some(data)) => unreachable!("a whole frame was left undecoded ({} bytes)", data.len()),
+        Ok(None) => Ok((out, FramesEnd::Finished)),
+        Err(err) if is_too_large(&err) => Ok((out, FramesEnd::TooLarge)),
+        Err(_) => Ok((out, FramesEnd::Truncated)),
     }
 }
 

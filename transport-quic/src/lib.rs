@@ -29,6 +29,8 @@ mod tls;
 pub use client::{DEFAULT_PORT, connect};
 pub use config::{DEFAULT_FRAME_LIMIT, MAX_FRAME_LIMIT, QuicClientConfig, QuicConfig, ServerTls, Trust};
 pub use connection::app_code;
+#[doc(hidden)]
+pub use connection::{FramesEnd, decode_frames};
 pub use server::QuicTransport;
 pub use tls::{
     ALPN, CertError, CertInfo, DEV_CERT_FILE, DEV_KEY_FILE, ensure_self_signed, fingerprint, install_crypto_provider,

@@ -4,7 +4,7 @@
 // The numbers go to docs/BENCHMARKS.md.
 
 import { readFileSync } from 'node:fs';
-import { Replica } from '../src/replica.js';
+import { Replica } from '../packages/client/src/replica.js';
 
 const ROWS = 10_000;
 const PENDING = 100;

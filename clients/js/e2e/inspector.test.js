@@ -65,7 +65,7 @@ test('two pages see each other’s writes', async () => {
     assert.ok(Number(id) >= 2 ** 52, `a client-minted id, got ${id}`);
     await cellShows(alice.page, id, 'name', 'Plan the launch party');
     assert.equal(await alice.page.locator('tr[data-type="Task"]', { hasText: 'Plan the launch party' }).count(), 1);
-    await cellShows(alice.page, id, 'created_by', '2');
+    await cellShows(alice.page, id, 'created_by', '#2'); // bob: a user row alice's page does not hold
     // bob's page showed the row at once as pending, then canonical under the same key.
     const events = await bob.page.evaluate(() => window.statecastInspector.events);
     const keyed = events.flatMap((e) => [...e.added, ...e.updated]).filter((k) => k.startsWith(`Task:${id}:`));

@@ -88,6 +88,25 @@ async function launch(server, addr) {
   server.http = url.replace(/^ws:/, 'http:').replace(/\/ws$/, '');
 }
 
+const ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/** Chromium on a profile directory of its own (`dir`) that outlives the browser: a restart opens it again. */
+export function launchPersistent(dir) {
+  return chromium.launchPersistentContext(dir, {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: ARGS,
+  });
+}
+
 /** Headless Debian Chromium ($CHROMIUM, else /usr/bin/chromium) with the flags this machine needs. */
 export function launchBrowser() {
   return chromium.launch({

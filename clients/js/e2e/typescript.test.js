@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { REPO, serverBin } from './support.js';
 
 const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
-const client = join(REPO, 'clients/js/src/statecast.js');
+const client = join(REPO, 'clients/js/packages/client/src/statecast.js');
 
 const usage = `
 import { Replica, StatecastClient, StatecastError, isPending, type ChangeEvent, type ViewRow } from ${JSON.stringify(client)};

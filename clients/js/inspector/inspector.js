@@ -2,7 +2,7 @@
 // create and delete through the JavaScript client, and read the raw frames.
 // Plain DOM, no build step; the server serves this file as is.
 
-import { StatecastClient } from './statecast.js';
+import { StatecastClient, compileFilters } from './statecast.js';
 
 const $ = (id) => document.getElementById(id);
 const MAX_FRAMES = 500;
@@ -21,6 +21,10 @@ const app = {
   frames: [],
   writes: new Map(),
   events: [], // compact change events, for tests
+  refusedDeletes: new Map(), // "Type:id" → the refusal of a delete of that row (the policy's answer)
+  view: null, // the open stream view
+  stopView: null,
+  streamEvents: [], // what the streams page logged, for tests
 };
 window.statecastInspector = app;
 
@@ -42,7 +46,34 @@ function h(tag, attrs = {}, ...children) {
 }
 
 const show = (v) => (v === null || v === undefined ? '—' : typeof v === 'object' ? JSON.stringify(v) : String(v));
-const label = (row) => `${row._type} #${row.id}${row.name !== undefined ? ` ${row.name}` : ''}`;
+/** A minted id (16 digits) shortened to its last six, for narrow places; the whole id goes in a title. */
+const shortId = (id) => (Math.abs(id) >= 1e9 ? `…${String(id).slice(-6)}` : String(id));
+const label = (row) => `${row._type} #${shortId(row.id)}${row.name !== undefined ? ` ${row.name}` : ''}`;
+
+/** The row `type`/`id` from any context or stream view the client holds (or the signed-in user). */
+function knownRow(type, id) {
+  const client = app.client;
+  if (!client) return undefined;
+  for (const ctx of client.contexts()) {
+    const row = ctx.get(type, id);
+    if (row) return row;
+  }
+  if (app.view && app.view.type() === type) {
+    const row = app.view.get(id);
+    if (row) return row;
+  }
+  const user = client.user;
+  if (user && user.id === id && client.schema?.types?.[type] && type === 'User') return user;
+  return undefined;
+}
+
+/** A reference as the referenced row's name (and id); the bare id when the row is not held here. */
+function refText(field, id) {
+  if (id === null || id === undefined) return '—';
+  const row = field.target ? knownRow(field.target, id) : undefined;
+  const name = row?.name ?? row?.title;
+  return name !== undefined ? `${name} (#${shortId(id)})` : `#${id}`;
+}
 
 // ---- sign in ---------------------------------------------------------------
 
@@ -56,13 +87,18 @@ async function signIn(token) {
   if (app.client) app.client.close();
   app.ctx = null;
   app.stopCtx?.();
+  app.view?.close();
+  app.view = null;
+  app.refusedDeletes.clear();
   const client = new StatecastClient({ url: wsUrl, token });
   app.client = client;
   client.on('status', (s) => {
     if (app.client === client) setStatus(s);
   });
   client.on('frame', (f) => {
-    if (app.client === client) addFrame(f);
+    if (app.client !== client) return;
+    addFrame(f);
+    streamFrame(f);
   });
   client.on('write', (w) => {
     if (app.client === client) trackWrite(w);
@@ -74,6 +110,7 @@ async function signIn(token) {
     const welcome = await client.connect();
     $('user').textContent = `signed in as ${welcome.user.name ?? ''} (user ${welcome.user.id})`;
     fillChannels(welcome.schema);
+    fillStreams(welcome.schema);
     return true;
   } catch (e) {
     $('user').textContent = '';
@@ -153,7 +190,7 @@ function renderTree(ctx) {
     h(
       'li',
       {},
-      h('span', { class: `node${row._pending ? ' pending' : ''}`, title: `version ${row._version}` }, label(row), statusTag(row)),
+      h('span', { class: `node${row._pending ? ' pending' : ''}`, title: `${row._type} #${row.id} · version ${row._version}` }, label(row), statusTag(row)),
       Object.entries(children).map(([relation, kids]) =>
         h('ul', {}, h('li', { class: 'relation' }, h('span', { class: 'muted' }, `${relation} (${kids.length})`), h('ul', {}, kids.map(node)))),
       ),
@@ -193,9 +230,7 @@ function renderTables(ctx) {
           row._pending ? h('span', { class: 'badge', title: 'a write to this row is not confirmed yet' }, 'pending') : null),
         fields.map((f) => cell(ctx, row, f, ops.has('save') && !f.readOnly)),
         h('td', { class: 'num' }, String(row._version)),
-        h('td', { class: 'actions' }, ops.has('delete')
-          ? h('button', { class: 'danger small', type: 'button', title: `delete ${type} #${row.id}`, onclick: () => run(ctx.delete(type, row.id)) }, 'delete')
-          : null),
+        h('td', { class: 'actions' }, deleteControl(ctx, type, row, ops)),
       ),
     );
     return h(
@@ -228,6 +263,19 @@ function renderTables(ctx) {
   restoreEdit();
 }
 
+/**
+ * The delete button of a row, unless deleting it is not declared writable, or
+ * the policy already refused a delete of this row (then its answer is shown).
+ */
+function deleteControl(ctx, type, row, ops) {
+  if (!ops.has('delete')) return null;
+  const refused = app.refusedDeletes.get(`${type}:${row.id}`);
+  if (refused) {
+    return h('span', { class: 'denied', title: refused.message, 'data-denied': `${refused.code} ${refused.reason}` }, `may not delete (${refused.code} ${refused.reason})`);
+  }
+  return h('button', { class: 'danger small', type: 'button', title: `delete ${type} #${row.id}`, onclick: () => run(ctx.delete(type, row.id)) }, 'delete');
+}
+
 function fieldTitle(f) {
   const parts = [f.kind + (f.target ? ` → ${f.target}` : '')];
   if (f.nullable) parts.push('nullable');
@@ -244,7 +292,7 @@ function cell(ctx, row, field, editable) {
     td.append(editor(ctx, row, field));
     return td;
   }
-  td.append(show(value));
+  td.append(field.kind === 'reference' ? refText(field, value) : show(value));
   if (editable) {
     td.title = 'click to edit';
     td.tabIndex = 0;
@@ -419,7 +467,15 @@ function trackWrite(w) {
     w.result ? h('span', { class: 'muted' }, ` → seq ${w.result.seq}${w.result.duplicate ? ' (duplicate)' : ''}`) : null,
     err ? h('div', { class: 'refusal' }, h('code', {}, `${err.code} ${err.reason}`), ` ${err.message}`) : null,
   ).childNodes);
-  if (w.status === 'refused') notice('refused', `${err.code} ${err.reason}`, `write #${w.writeId} (${describeOps(w)}) was refused: ${err.message}`);
+  if (w.status === 'refused') {
+    // A delete the policy refused: that row's delete button gives way to the answer.
+    if (w.operation === 'delete' && err.code === 403) {
+      for (const op of w.ops) app.refusedDeletes.set(`${op.instanceType}:${op.instanceId}`, err);
+      render();
+    }
+    const what = w.operation === 'delete' && err.code === 403 ? 'you may not delete this row' : 'refused';
+    notice('refused', `${err.code} ${err.reason}`, `write #${w.writeId} (${describeOps(w)}) was ${what === 'refused' ? 'refused' : `refused — ${what}`}: ${err.message}`);
+  }
 }
 
 function notice(kind, title, message) {
@@ -509,6 +565,199 @@ function refilterFrames() {
   });
 }
 
+
+// ---- the streams page ------------------------------------------------------
+
+const LOOKUPS = ['exact', 'iexact', 'contains', 'icontains', 'startswith', 'in', 'gt', 'gte', 'lt', 'lte', 'isnull'];
+const MAX_STREAM_EVENTS = 300;
+
+function showPage(page) {
+  for (const b of document.querySelectorAll('#pages .tab')) b.setAttribute('aria-pressed', String(b.dataset.page === page));
+  $('streams-page').hidden = page !== 'streams';
+  $('contexts-page').hidden = page !== 'contexts';
+  $('picker').hidden = page !== 'contexts';
+  const url = new URL(location.href);
+  if (page === 'streams') url.searchParams.set('page', 'streams');
+  else url.searchParams.delete('page');
+  history.replaceState(null, '', url);
+}
+
+function streamInfo(name) {
+  return app.client?.schema?.streams?.find((s) => s.name === name);
+}
+
+function streamFields(name) {
+  const info = streamInfo(name);
+  return info ? (app.client.schema?.types?.[info.type]?.fields ?? []) : [];
+}
+
+function fillStreams(schema) {
+  const select = $('stream');
+  const streams = schema?.streams ?? [];
+  select.replaceChildren(...streams.map((st) => h('option', { value: st.name }, `${st.name} (${st.type}, ${st.payload ?? 'id'} payload)`)));
+  select.disabled = streams.length === 0;
+  $('open-stream').disabled = streams.length === 0;
+  $('stream-filters').replaceChildren();
+  renderFieldChoices();
+}
+
+function renderFieldChoices() {
+  const name = $('stream').value;
+  const info = streamInfo(name);
+  const box = $('stream-fields');
+  if (!info) return box.replaceChildren();
+  if (info.payload !== 'full') {
+    box.replaceChildren(h('span', { class: 'muted' }, 'fields: id payload (the server sends ids only)'));
+    return;
+  }
+  box.replaceChildren(
+    h('span', { class: 'muted' }, 'fields (none checked = all)'),
+    ...streamFields(name).map((f) => h('label', {}, h('input', { type: 'checkbox', name: 'field', value: f.name }), ` ${f.name}`)),
+  );
+}
+
+function addFilterRow(field, lookup, value) {
+  const fields = streamFields($('stream').value);
+  const fieldSelect = h('select', { name: 'filter-field', 'aria-label': 'filter field' },
+    h('option', { value: 'id' }, 'id'), fields.map((f) => h('option', { value: f.name, selected: f.name === field }, f.name)));
+  const lookupSelect = h('select', { name: 'filter-lookup', 'aria-label': 'lookup' }, LOOKUPS.map((l) => h('option', { value: l, selected: l === lookup }, l)));
+  const valueInput = h('input', { name: 'filter-value', 'aria-label': 'filter value', placeholder: 'value (in: a, b)', size: 14, value: value ?? '' });
+  const row = h('div', { class: 'inline filter' }, fieldSelect, lookupSelect, valueInput,
+    h('button', { type: 'button', class: 'link', title: 'remove this filter', onclick: () => row.remove() }, '×'));
+  $('stream-filters').append(row);
+  return row;
+}
+
+/** A typed filter value from the text typed, by the field's kind. */
+function filterValue(field, lookup, raw) {
+  const kind = field === 'id' ? 'int' : streamFields($('stream').value).find((f) => f.name === field)?.kind;
+  if (lookup === 'isnull') return raw.trim() !== 'false';
+  const one = (t) => {
+    const v = t.trim();
+    if (v === 'null') return null;
+    if (['int', 'reference', 'id'].includes(kind)) return Number.parseInt(v, 10);
+    if (kind === 'float') return Number.parseFloat(v);
+    if (kind === 'bool') return v === 'true';
+    if (kind === 'json') {
+      try {
+        return JSON.parse(v);
+      } catch {
+        return v;
+      }
+    }
+    return v;
+  };
+  return lookup === 'in' ? raw.split(',').map(one) : one(raw);
+}
+
+function streamOptions() {
+  const filters = {};
+  for (const row of $('stream-filters').querySelectorAll('.filter')) {
+    const field = row.querySelector('[name=filter-field]').value;
+    const lookup = row.querySelector('[name=filter-lookup]').value;
+    const key = lookup === 'exact' ? field : `${field}__${lookup}`;
+    filters[key] = filterValue(field, lookup, row.querySelector('[name=filter-value]').value);
+  }
+  const form = $('stream-form');
+  const actions = [...form.querySelectorAll('input[name=action]:checked')].map((i) => i.value);
+  const fields = [...form.querySelectorAll('input[name=field]:checked')].map((i) => i.value);
+  const options = { filters, snapshot: $('stream-snapshot').checked };
+  if (actions.length < 3) options.actions = actions;
+  if (fields.length) options.fields = fields;
+  return options;
+}
+
+function openStream() {
+  const client = app.client;
+  const name = $('stream').value;
+  if (!client || !name) return;
+  const options = streamOptions();
+  const info = streamInfo(name);
+  try {
+    // The server's lookups, checked here first (the server checks again).
+    compileFilters(options.filters, streamFields(name));
+  } catch (e) {
+    notice('error', '400 INVALID_FILTER', e.message);
+    return;
+  }
+  app.stopView?.();
+  app.view?.close();
+  const view = client.stream(name, options);
+  app.view = view;
+  logStreamEvent({ kind: 'subscribe', text: `${name} ${JSON.stringify(options)}` });
+  app.stopView = view.onChange((e) => {
+    if (app.view !== view) return;
+    if (e.cause === 'write' || e.cause === 'reject' || e.cause === 'confirm') {
+      const ids = (list) => list.map((r) => r.id).join(', ');
+      const parts = [];
+      if (e.added.length) parts.push(`in: ${ids(e.added)}`);
+      if (e.updated.length) parts.push(`changed: ${ids(e.updated)}`);
+      if (e.removed.length) parts.push(`out: ${ids(e.removed)}`);
+      if (parts.length) logStreamEvent({ kind: e.cause === 'write' ? 'pending' : e.cause, text: parts.join(' · ') });
+    }
+    renderStreamRows();
+  });
+  view.ready.then(
+    () => {
+      if (app.view !== view) return;
+      $('stream-state').textContent = `subscribed (${view.subscription}) at seq ${view.seq}`;
+      renderStreamRows();
+    },
+    (e) => {
+      if (app.view !== view) return;
+      $('stream-state').textContent = `refused: ${e.code} ${e.reason}`;
+      notice('error', `${e.code} ${e.reason}`, e.message || `the ${name} stream refused the subscription`);
+      logStreamEvent({ kind: 'refused', text: `${e.code} ${e.reason} ${e.message ?? ''}` });
+      renderStreamRows();
+    },
+  );
+  $('stream-state').textContent = info ? 'subscribing…' : '';
+  renderStreamRows();
+}
+
+function renderStreamRows() {
+  const view = app.view;
+  const table = $('stream-rows');
+  if (!view) return table.replaceChildren();
+  const rows = view.rows();
+  $('stream-count').textContent = `${rows.length} row${rows.length === 1 ? '' : 's'}${view.status === 'closed' ? ` · closed (${view.closeReason})` : ''}`;
+  const fields = streamFields(view.stream).filter((f) => !view.options.fields || view.options.fields.includes(f.name));
+  const shown = fields.filter((f) => rows.some((r) => r[f.name] !== undefined));
+  const head = h('tr', {}, h('th', {}, 'id'), shown.map((f) => h('th', { title: fieldTitle(f) }, f.name)), h('th', {}, 'version'));
+  const body = rows.map((row) =>
+    h('tr', { class: row._pending ? 'pending' : '', 'data-stream-row': row.id },
+      h('td', { class: 'id' }, String(row.id), row._pending ? h('span', { class: 'badge', title: 'a pending write moves or changes this row' }, 'pending') : null),
+      shown.map((f) => h('td', { 'data-field': f.name }, f.kind === 'reference' ? refText(f, row[f.name]) : show(row[f.name]))),
+      h('td', { class: 'num' }, row._version !== undefined ? String(row._version) : '—')));
+  table.replaceChildren(h('thead', {}, head), h('tbody', {}, body));
+}
+
+function logStreamEvent(e) {
+  const entry = { ...e, at: new Date() };
+  app.streamEvents.push(entry);
+  if (app.streamEvents.length > MAX_STREAM_EVENTS) app.streamEvents.shift();
+  const list = $('stream-events');
+  list.append(h('li', { class: `sev ${e.kind}`, 'data-kind': e.kind },
+    h('span', { class: 'time' }, entry.at.toTimeString().slice(0, 8)), ' ',
+    h('span', { class: `tag ev-${e.kind}` }, e.kind), ' ', e.text));
+  while (list.children.length > MAX_STREAM_EVENTS) list.firstElementChild.remove();
+  list.scrollTop = list.scrollHeight;
+}
+
+/** The server's events for the open view (from the frames), logged as they come. */
+function streamFrame({ dir, text }) {
+  if (dir !== 'in' || !app.view || !text.startsWith('{"type":"event"') && !text.includes('"type":"event"')) return;
+  let msg;
+  try {
+    msg = JSON.parse(text);
+  } catch {
+    return;
+  }
+  if (msg.type !== 'event' || msg.subscription !== app.view.subscription) return;
+  const data = msg.data ? ` ${JSON.stringify(msg.data)}` : '';
+  logStreamEvent({ kind: msg.action, text: `#${msg.id} seq ${msg.seq}${data}` });
+}
+
 // ---- wiring ----------------------------------------------------------------
 
 $('signin').addEventListener('submit', async (e) => {
@@ -529,6 +778,20 @@ $('picker').addEventListener('submit', (e) => {
 });
 
 $('frame-filter').addEventListener('input', refilterFrames);
+for (const b of document.querySelectorAll('#pages .tab')) b.addEventListener('click', () => showPage(b.dataset.page));
+$('stream').addEventListener('change', () => {
+  $('stream-filters').replaceChildren();
+  renderFieldChoices();
+});
+$('add-filter').addEventListener('click', () => addFilterRow());
+$('stream-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  openStream();
+});
+$('clear-events').addEventListener('click', () => {
+  app.streamEvents = [];
+  $('stream-events').replaceChildren();
+});
 $('clear-frames').addEventListener('click', () => {
   app.frames = [];
   $('frames').replaceChildren();
@@ -540,6 +803,7 @@ $('clear-writes').addEventListener('click', () => {
 
 // `?token=alice&channel=job&anchor=1` signs in and opens the context at once.
 const params = new URLSearchParams(location.search);
+showPage(params.get('page') === 'streams' ? 'streams' : 'contexts');
 if (params.get('anchor')) $('anchor').value = params.get('anchor');
 if (params.get('token')) {
   $('token').value = params.get('token');

@@ -4,7 +4,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { StatecastClient } from '../src/statecast.js';
+import { StatecastClient } from '../packages/client/src/statecast.js';
 import { EPOCH, schema, settle, task } from './helpers.js';
 
 /** A WebSocket double: the test plays the server through it. */

@@ -2,7 +2,7 @@
 // fake clock, and a fake server that numbers states and deltas like the real one.
 
 import { readFileSync } from 'node:fs';
-import { Replica } from '../src/replica.js';
+import { Replica } from '../packages/client/src/replica.js';
 
 /** `statecast-server schema` output (what `welcome.schema` carries). */
 export const schema = JSON.parse(readFileSync(new URL('./demo-schema.json', import.meta.url), 'utf8'));

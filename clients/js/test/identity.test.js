@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Replica } from '../src/replica.js';
+import { Replica } from '../packages/client/src/replica.js';
 import { schema, job, task } from './helpers.js';
 
 /** A deterministic generator (mulberry32). */

@@ -4,7 +4,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MINTED_END, MINTED_MIN, Replica, StatecastError } from '../src/replica.js';
+import { MINTED_END, MINTED_MIN, Replica, StatecastError } from '../packages/client/src/replica.js';
 import { EPOCH, flush, ids, settle, setup, task } from './helpers.js';
 
 function subscribed(options) {

@@ -6,7 +6,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Replica, rowKey } from '../src/replica.js';
+import { Replica, rowKey } from '../packages/client/src/replica.js';
 import { EPOCH, schema, task } from './helpers.js';
 
 /** A small seeded PRNG (mulberry32). */

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { Replica, compileFilters } from '../src/replica.js';
+import { Replica, compileFilters } from '../packages/client/src/replica.js';
 
 const SPEC = new URL('../../../spec/', import.meta.url).pathname;
 const read = (file) => JSON.parse(readFileSync(file, 'utf8'));

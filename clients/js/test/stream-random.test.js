@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Replica, rowKey } from '../src/replica.js';
+import { Replica, rowKey } from '../packages/client/src/replica.js';
 import { schema, task } from './helpers.js';
 
 const STATUSES = ['todo', 'doing', 'done'];

@@ -772,6 +772,12 @@ impl Hub {
     }
 
     fn register_subscriber(&mut self, req: SubscribeRequest) {
+        // A connection already over its outbox bound would refuse the state:
+        // close it as a slow consumer before spending the encoding on it.
+        let over = self.conns.get(&req.conn).is_some_and(|e| e.outbox.queued_bytes() > e.outbox.limits().bytes);
+        if over {
+            return self.send_failed(req.conn, SendError::Full);
+        }
         if let Some(Slot::Live(ctx)) = self.contexts.get_mut(&req.context) {
             ctx.subscribers.insert(req.conn);
         }
@@ -805,7 +811,11 @@ impl Hub {
     }
 
     fn backfilled(&mut self, req: SubscribeRequest, upto: Seq, entries: Option<Vec<LogEntry>>) {
-        if !self.conns.contains_key(&req.conn) {
+        // Gone, or unsubscribed while the log was read: registering it now
+        // would leave a subscriber nobody removes.
+        let still_held = self.conns.get(&req.conn).is_some_and(|e| e.subs.lock().contains(&req.context));
+        if !still_held {
+            self.unpark(req.conn);
             return self.drop_if_unused(&req.context);
         }
         let conn = req.conn;

@@ -461,6 +461,38 @@ impl CompiledFilters {
         })
     }
 
+    /// Checks a row against where the hub looks for it: when the filters match
+    /// `row`, every routing slot (the id, then any field of `ty`) whose values
+    /// they fix holds the row's value, and so do the ids or the reference a
+    /// snapshot reads by. `Err` says which would miss the row. For fuzzing;
+    /// not an API.
+    #[doc(hidden)]
+    pub fn check_routing(&self, ty: &EntityType, row: &Row) -> Result<(), String> {
+        if !self.matches(row) {
+            return Ok(());
+        }
+        let slots = std::iter::once(None).chain(ty.fields.iter().map(|f| Some(f.name.as_str())));
+        for field in slots {
+            if let Some(keys) = self.fixed_values(field) {
+                let key = IndexKey::of_row(row, field);
+                if !key.as_ref().is_some_and(|k| keys.contains(k)) {
+                    return Err(format!("slot {field:?} is fixed to {keys:?}; the matching row routes as {key:?}"));
+                }
+            }
+        }
+        if let Some(ids) = self.fixed_ids()
+            && !ids.contains(&row.id)
+        {
+            return Err(format!("the snapshot reads ids {ids:?}; the matching row is #{}", row.id));
+        }
+        if let Some((field, ids)) = self.fixed_reference(ty)
+            && !row.get_i64(field).is_some_and(|v| ids.contains(&v))
+        {
+            return Err(format!("the snapshot reads `{field}` in {ids:?}; the matching row has {}", row.get(field)));
+        }
+        Ok(())
+    }
+
     /// The ids the filters fix (`id` or `id__in`), if any.
     pub(crate) fn fixed_ids(&self) -> Option<Vec<Id>> {
         let keys = self.fixed_values(None)?;

@@ -93,6 +93,8 @@ pub struct TestServer {
     dir: DataDir,
     extra_args: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// The thread that reads the stderr pipe to its end.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     /// `ws://127.0.0.1:PORT/ws`, from the listening line.
     pub url: String,
     pub addr: SocketAddr,
@@ -146,6 +148,7 @@ impl TestServer {
             dir: DataDir::Owned(dir),
             extra_args: extra.iter().map(|s| (*s).to_owned()).collect(),
             stderr: Arc::default(),
+            stderr_reader: None,
             url: String::new(),
             quic_url: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -176,6 +179,7 @@ impl TestServer {
             dir,
             extra_args,
             stderr: Arc::default(),
+            stderr_reader: None,
             url: String::new(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             quic_url: None,
@@ -203,7 +207,7 @@ impl TestServer {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("piped stderr");
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        self.stderr_reader = Some(std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err_pipe.read(&mut buf) {
                 if n == 0 {
@@ -211,7 +215,7 @@ impl TestServer {
                 }
                 sink.lock().expect("stderr buffer").push_str(&String::from_utf8_lossy(&buf[..n]));
             }
-        });
+        }));
 
         // Stdout is read to the end on its own thread, so the server never blocks on a full pipe.
         let (lines_tx, lines_rx) = mpsc::channel::<String>();
@@ -310,6 +314,10 @@ impl TestServer {
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
+                // Everything it wrote before exiting is in `stderr()` once this returns.
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -331,11 +339,27 @@ impl TestServer {
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
+                // Everything it wrote before exiting is in `stderr()` once this returns.
+                if let Some(reader) = self.stderr_reader.take() {
+                    let _ = reader.join();
+                }
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Like [`Self::http_get`], or `None` when nothing listens or answers
+    /// (the server is stopping).
+    pub async fn try_http_get(&self, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(self.addr).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        tokio::time::timeout(RECV_TIMEOUT, s.read_to_end(&mut out)).await.ok()?.ok()?;
+        (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
     }
 
     /// `GET path` on the server's port (HTTP/1.1, connection closed): the whole response.
@@ -534,9 +558,22 @@ impl Client {
     /// Subscribes to `channel/anchor`; returns the `state`.
     pub async fn subscribe(&mut self, channel: &str, anchor: i64) -> Value {
         self.send(json!({"type": "subscribe", "channel": channel, "anchorId": anchor})).await;
-        let state = self.recv().await;
+        let mut state = self.recv().await;
         assert_eq!(state["type"], "state", "subscribe {channel}/{anchor}: {state}");
         assert_eq!(state["context"], format!("{channel}/{anchor}"));
+        // A state over the frame limit comes in parts: gather them into one.
+        let mut part = 0;
+        while state["last"] == false {
+            let next = self.recv().await;
+            part += 1;
+            assert_eq!(next["type"], "state", "part {part} of {channel}/{anchor}: {next}");
+            assert_eq!(next["part"], part, "parts arrive in order: {next}");
+            let more = next["instances"].as_array().cloned().unwrap_or_default();
+            if let Some(rows) = state["instances"].as_array_mut() {
+                rows.extend(more);
+            }
+            state["last"] = next["last"].clone();
+        }
         state
     }
 

@@ -61,6 +61,7 @@ macro_rules! kv_store_tests {
             durability::seq_continues_above_the_reservation_after_reopen,
             durability::the_change_log_is_trimmed_to_its_capacity,
             durability::a_smaller_log_capacity_trims_the_backlog_at_the_next_commit,
+            durability::the_applied_record_of_a_torn_commit_is_not_reported,
             durability::a_closed_store_refuses_commits,
             durability::open_needs_a_tokio_runtime,
             crash::crash_child,

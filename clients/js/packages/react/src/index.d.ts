@@ -1,0 +1,19 @@
+// Types of @statecast/react.
+import type { ReactNode, ReactElement } from 'react';
+import type { ClientStatus, EntityMap, Id, StreamOptions, ViewRow } from '@statecast/client';
+import type { ClientLike, ContextSnapshot, SourceOptions, StreamSnapshot, WritesSnapshot } from '@statecast/client/store';
+
+export type { ContextSnapshot, WritesSnapshot, RefusedWrite, ViewStatus } from '@statecast/client/store';
+
+export function StatecastProvider(props: { client: ClientLike<any>; children?: ReactNode }): ReactElement;
+export function useClient<E extends object = EntityMap>(): ClientLike<E>;
+/** The live view of `channel/anchorId`; a new object after every change. */
+export function useContext<E extends object = EntityMap>(channel: string, anchorId: Id, options?: SourceOptions): ContextSnapshot<E>;
+export const useStatecastContext: typeof useContext;
+export function useStream<T = Record<string, unknown>>(
+  name: string,
+  options?: StreamOptions,
+  sourceOptions?: SourceOptions,
+): { status: StreamSnapshot<T>['status']; rows: ViewRow<T>[]; error: string | null };
+export function useWrites(): WritesSnapshot;
+export function useConnection(): ClientStatus;

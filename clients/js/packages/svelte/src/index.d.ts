@@ -1,0 +1,16 @@
+// Types of @statecast/svelte.
+import type { Readable } from 'svelte/store';
+import type { ClientStatus, EntityMap, Id, StreamOptions, ViewRow } from '@statecast/client';
+import type { ClientLike, ContextSnapshot, SourceOptions, StreamSnapshot, WritesSnapshot } from '@statecast/client/store';
+
+export type { ContextSnapshot, WritesSnapshot, RefusedWrite, ViewStatus } from '@statecast/client/store';
+
+export function contextStore<E extends object = EntityMap>(client: ClientLike<E>, channel: string, anchorId: Id, options?: SourceOptions): Readable<ContextSnapshot<E>>;
+export function streamStore<T = Record<string, unknown>>(
+  client: ClientLike,
+  name: string,
+  options?: StreamOptions,
+  sourceOptions?: SourceOptions,
+): Readable<{ status: StreamSnapshot<T>['status']; rows: ViewRow<T>[]; error: string | null }>;
+export function writesStore(client: ClientLike): Readable<WritesSnapshot>;
+export function connectionStore(client: ClientLike): Readable<ClientStatus>;

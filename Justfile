@@ -33,10 +33,14 @@ bench *ARGS:
 lint:
     cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+# The API docs, warnings as errors (what CI checks).
+doc:
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --all-features
+
 # Format the code.
 fmt:
     cargo fmt --all
 
-# What CI runs: format check, lints, tests.
+# What CI runs: format check, lints, docs, tests.
 ci:
     .ci/run

@@ -620,3 +620,70 @@ async fn wss_through_a_tls_proxy_with_a_ca_file() {
         other => panic!("an untrusted certificate must be refused, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test]
+async fn the_repl_sends_each_line_and_prints_every_frame() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start();
+    let mut repl = tokio::process::Command::new(support::cli_binary())
+        .args(["repl", &server.url, "--token", "alice"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("repl");
+    let mut stdin = repl.stdin.take().expect("stdin");
+    let lines = [
+        r#"{"type":"subscribe","channel":"job","anchorId":1}"#,
+        "",
+        "# a comment line is not sent",
+        "not json",
+        r#"{"type":"write","operation":"save","instanceType":"Task","instanceId":1,"data":{"status":"doing"},"context":"job/1"}"#,
+        r#"{"type":"write","operation":"save","instanceType":"Task","instanceId":1,"data":{"name":"Mine"},"context":"job/1"}"#,
+    ];
+    stdin.write_all(lines.join("\n").as_bytes()).await.expect("write stdin");
+    drop(stdin); // end of input: the repl waits for the answers, then exits
+    let out = tokio::time::timeout(Duration::from_secs(20), repl.wait_with_output())
+        .await
+        .expect("the repl exits after the answers")
+        .expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("not sent"), "a line that is not JSON is refused: {stderr}");
+    let frames: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    // The save sent right after the subscribe may be carried by the state
+    // itself (then no delta comes) or by a delta tagged with its writeId.
+    let types: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).filter(|t| *t != "delta").collect();
+    assert_eq!(types, ["welcome", "state", "writeResponse", "writeResponse"], "{frames:?}");
+    let welcome = &frames[0];
+    let id = welcome["connectionId"].as_str().expect("connectionId");
+    assert!(id.starts_with('c') && id[1..].parse::<u64>().is_ok(), "connection ids are c1, c2, …: {id}");
+    assert_eq!(welcome["user"]["name"], "alice");
+    assert_eq!(frames[1]["context"], "job/1");
+    let task1_doing = frames.iter().any(|f| {
+        let rows = if f["type"] == "state" { &f["instances"] } else { &f["changes"] };
+        rows.as_array().is_some_and(|r| r.iter().any(|row| row["id"] == 1 && row["status"] == "doing"))
+    });
+    assert!(task1_doing, "the save shows in the state or a delta: {frames:?}");
+    let answers: Vec<&Value> = frames.iter().filter(|f| f["type"] == "writeResponse").collect();
+    assert_eq!(
+        (answers[0]["writeId"].as_i64(), answers[0]["success"].as_bool()),
+        (Some(1), Some(true)),
+        "writeIds added"
+    );
+    assert_eq!((answers[1]["writeId"].as_i64(), answers[1]["success"].as_bool()), (Some(2), Some(false)));
+    assert_eq!(answers[1]["error"]["reason"], "DENIED");
+
+    let refused = tokio::process::Command::new(support::cli_binary())
+        .args(["repl", &server.url, "--token", "mallory"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run");
+    assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("UNAUTHENTICATED"));
+}

@@ -40,7 +40,29 @@ pub struct TreeEdge {
     pub order_by: Option<String>,
 }
 
-/// A checked channel declaration.
+/// A checked channel declaration: a name, an anchor type, the relations
+/// that form its tree, what clients may write in it, and its [`Policy`].
+/// A context is a channel bound to one anchor id (`"job/1"` on the wire).
+///
+/// ```
+/// use statecast_core::{Channel, Op, Schema};
+///
+/// let schema = Schema::builder()
+///     .entity("Job", |t| { t.string("name"); })
+///     .entity("Task", |t| { t.reference("job", "Job"); t.string("name"); })
+///     .entity("Note", |t| { t.reference("task", "Task"); t.string("text"); })
+///     .relation("Job", "tasks", "Task", "job")
+///     .relation("Task", "notes", "Note", "task")
+///     .build()?;
+/// let job = Channel::builder("job", "Job")
+///     .include("tasks.notes") // a job, its tasks and their notes
+///     .writable("Task", [Op::Save, Op::Create, Op::Delete])
+///     .writable("Note", [Op::Create])
+///     // .policy(MyPolicy): without one, every subscribe and write is denied
+///     .build(&schema)?;
+/// assert!(job.is_writable("Task", Op::Delete) && !job.is_writable("Note", Op::Delete));
+/// # Ok::<(), statecast_core::SchemaError>(())
+/// ```
 #[derive(Clone)]
 pub struct Channel {
     pub name: String,

@@ -1,5 +1,5 @@
 //! Statecast core: the data model, schema, channels, the wire protocol and the
-//! sync engine, over the [`Store`](store::Store) and [`Transport`](transport::Transport) traits.
+//! sync engine, over the [`Store`] and [`Transport`] traits.
 //!
 //! `core` owns every rule; stores only store and transports only move frames.
 

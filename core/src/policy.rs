@@ -57,7 +57,31 @@ impl<'a> PolicyContext<'a> {
     }
 }
 
-/// The hooks of a channel. Every one defaults to deny.
+/// The hooks of a channel. Every one defaults to deny. A hook reads the
+/// store through its [`PolicyContext`]; the rows it reads are checked again
+/// at commit (a concurrent change makes the write run its checks again).
+///
+/// ```
+/// use statecast_core::{EntityType, Fields, Policy, PolicyContext, PolicyError, Row};
+///
+/// /// Anyone signed in reads and adds tasks; the assignee moves `status`.
+/// struct Tasks;
+///
+/// #[async_trait::async_trait]
+/// impl Policy for Tasks {
+///     async fn has_permission(&self, _: &PolicyContext<'_>, _anchor: &Row) -> Result<bool, PolicyError> {
+///         Ok(true)
+///     }
+///     async fn can_create(&self, _: &PolicyContext<'_>, _: &EntityType, _: &Row, _: &Fields) -> Result<bool, PolicyError> {
+///         Ok(true)
+///     }
+///     async fn can_save(&self, cx: &PolicyContext<'_>, task: &Row, data: &Fields) -> Result<bool, PolicyError> {
+///         let mine = task.get_i64("assignee") == Some(cx.user().id);
+///         Ok(mine && data.keys().all(|k| k == "status"))
+///     }
+///     // can_delete is not written: nobody deletes.
+/// }
+/// ```
 #[async_trait]
 pub trait Policy: Send + Sync + 'static {
     /// May the user subscribe to the context anchored on `anchor`?

@@ -502,7 +502,32 @@ fn check_relation(types: &BTreeMap<String, EntityType>, rel: &Relation) -> Resul
     Ok(())
 }
 
-/// A checked schema.
+/// A checked schema: entity types with typed fields, and the relations
+/// (named has-many through a reference field) that channels nest.
+///
+/// ```
+/// use statecast_core::{OnDelete, Schema, ServerValue};
+///
+/// let schema = Schema::builder()
+///     .entity("User", |t| {
+///         t.string("name").len(1, 200);
+///     })
+///     .entity("Job", |t| {
+///         t.string("name");
+///     })
+///     .entity("Task", |t| {
+///         t.reference("job", "Job").on_delete(OnDelete::Cascade);
+///         t.string("name").len(1, 200);
+///         t.string("status").one_of(["todo", "doing", "done"]).default("todo");
+///         t.reference("created_by", "User").nullable().server_value(ServerValue::UserId);
+///         t.timestamp("created_at").nullable().server_value(ServerValue::Now);
+///     })
+///     .relation("Job", "tasks", "Task", "job") // Job.tasks, through Task.job
+///     .build()?;
+/// assert!(schema.entity("Task").is_some_and(|t| t.field("created_by").is_some_and(|f| f.read_only)));
+/// assert_eq!(schema.relation("Job", "tasks").map(|r| r.field.as_str()), Some("job"));
+/// # Ok::<(), statecast_core::SchemaError>(())
+/// ```
 #[derive(Debug, Serialize)]
 pub struct Schema {
     pub types: BTreeMap<String, EntityType>,

@@ -80,17 +80,16 @@ async fn engine_with(config: EngineConfig) -> Engine {
         .config(config)
         .build()
         .expect("engine");
-    let seed: Write = serde_json::from_value(json!({
-        "writeId": 1, "operation": "batch", "ops": [
-            {"operation": "create", "instanceType": "Job", "instanceId": 1, "data": {"name": "one"}},
-            {"operation": "create", "instanceType": "Job", "instanceId": 2, "data": {"name": "two"}},
-            {"operation": "create", "instanceType": "Task", "instanceId": 1, "parentType": "Job", "parentId": 1, "relationName": "tasks", "data": {"name": "a"}},
-            {"operation": "create", "instanceType": "Task", "instanceId": 2, "parentType": "Job", "parentId": 1, "relationName": "tasks", "data": {"name": "b"}},
-            {"operation": "create", "instanceType": "Task", "instanceId": 3, "parentType": "Job", "parentId": 2, "relationName": "tasks", "data": {"name": "c"}},
-            {"operation": "create", "instanceType": "Note", "instanceId": 1, "parentType": "Task", "parentId": 3, "relationName": "notes", "data": {"text": "n"}}
-        ]
-    }))
-    .expect("seed");
+    let task = |id, job, name| Write::create("Task").id(id).under("Job", job, "tasks").set("name", name);
+    let seed = Write::batch([
+        Write::create("Job").id(1).set("name", "one"),
+        Write::create("Job").id(2).set("name", "two"),
+        task(1, 1, "a"),
+        task(2, 1, "b"),
+        task(3, 2, "c"),
+        Write::create("Note").id(1).under("Task", 3, "notes").set("text", "n"),
+    ])
+    .write_id(1);
     engine.write(Actor::System, seed).await.expect("seed write");
     engine
 }
@@ -346,16 +345,7 @@ async fn reparenting_moves_a_subtree_between_contexts() {
     let (mut one, mut two) = (Client::connect(&engine, "ben").await, Client::connect(&engine, "ben").await);
     one.subscribe(1).await;
     two.subscribe(2).await;
-    let moved = engine
-        .write(
-            Actor::System,
-            serde_json::from_value(
-                json!({"writeId": 2, "operation": "save", "instanceType": "Task", "instanceId": 3, "data": {"job": 1}}),
-            )
-            .expect("w"),
-        )
-        .await
-        .expect("move");
+    let moved = engine.write(Actor::System, Write::save("Task", 3).set("job", 1).write_id(2)).await.expect("move");
     let gone = two.recv().await;
     assert_eq!(
         gone["changes"],
@@ -389,16 +379,7 @@ async fn deleting_the_anchor_ends_the_context_and_cascades() {
     let engine = engine().await;
     let mut c = Client::connect(&engine, "ann").await;
     c.subscribe(2).await;
-    engine
-        .write(
-            Actor::System,
-            serde_json::from_value(
-                json!({"writeId": 3, "operation": "delete", "instanceType": "Job", "instanceId": 2}),
-            )
-            .expect("w"),
-        )
-        .await
-        .expect("delete");
+    engine.write(Actor::System, Write::delete("Job", 2).write_id(3)).await.expect("delete");
     let u = c.recv().await;
     assert_eq!((u["type"].as_str(), u["reason"].as_str()), (Some("unsubscribed"), Some("ANCHOR_DELETED")), "{u}");
     assert!(engine.store().get("Note", 1).await.expect("get").is_none(), "cascade removed the note");
@@ -867,4 +848,83 @@ async fn a_write_right_after_subscribe_is_answered_after_the_state_that_carries_
         assert_eq!(response["success"], true, "{response}");
         assert_eq!(c.recv().await["type"], "pong", "answers stay in order");
     }
+}
+
+/// Fields the server sets (`ServerValue::Now`, `UserId`) are filled for a
+/// system write as for a user's, unless the system write gives a value.
+#[tokio::test]
+async fn server_values_are_set_for_system_writes_too() {
+    use statecast_core::ServerValue;
+    let schema = Schema::builder()
+        .entity("User", |t| {
+            t.string("name");
+        })
+        .entity("Board", |t| {
+            t.string("title");
+        })
+        .entity("Card", |t| {
+            t.reference("board", "Board").on_delete(OnDelete::Cascade);
+            t.string("text");
+            t.timestamp("created_at").nullable().server_value(ServerValue::Now);
+            t.reference("created_by", "User").nullable().server_value(ServerValue::UserId);
+        })
+        .relation("Board", "cards", "Card", "board")
+        .build()
+        .expect("schema");
+    struct Open;
+    #[async_trait::async_trait]
+    impl Policy for Open {
+        async fn has_permission(&self, _: &PolicyContext<'_>, _: &Row) -> Result<bool, PolicyError> {
+            Ok(true)
+        }
+        async fn can_create(
+            &self,
+            _: &PolicyContext<'_>,
+            _: &EntityType,
+            _: &Row,
+            _: &Fields,
+        ) -> Result<bool, PolicyError> {
+            Ok(true)
+        }
+    }
+    let channel = Channel::builder("board", "Board")
+        .include("cards")
+        .writable("Card", [Op::Create])
+        .policy(Open)
+        .build(&schema)
+        .expect("channel");
+    let store = Arc::new(MemoryStore::new(schema.clone()));
+    let engine =
+        Engine::builder(schema, store).channel(channel).authenticator(DevTokens::new()).build().expect("engine");
+    let given = "2020-01-02T03:04:05.000Z";
+    engine
+        .write(
+            Actor::System,
+            Write::batch([
+                Write::create("User").id(1).set("name", "ann"),
+                Write::create("Board").id(1).set("title", "b"),
+                Write::create("Card").id(1).under("Board", 1, "cards").set("text", "seeded"),
+                Write::create("Card").id(2).set("board", 1).set("text", "dated").set("created_at", given),
+            ]),
+        )
+        .await
+        .expect("system write");
+    let seeded = engine.store().get("Card", 1).await.expect("get").expect("card 1");
+    let at = seeded.get("created_at").as_str().expect("a system create gets created_at, not null").to_owned();
+    assert!(humantime::parse_rfc3339(&at).is_ok(), "an RFC 3339 time: {at}");
+    assert_eq!(seeded.get("created_by"), &Value::Null, "no user made a system write");
+    let dated = engine.store().get("Card", 2).await.expect("get").expect("card 2");
+    assert_eq!(dated.get("created_at"), &json!(given), "a system write may give its own value");
+    let ann = User::new(1, "ann");
+    let r = engine
+        .write(
+            Actor::User(ann),
+            Write::create("Card").under("Board", 1, "cards").set("text", "mine").context("board/1").write_id(1),
+        )
+        .await
+        .expect("user write");
+    let id = r.instance_id.expect("created id");
+    let mine = engine.store().get("Card", id).await.expect("get").expect("card");
+    assert!(mine.get("created_at").is_string(), "{mine:?}");
+    assert_eq!(mine.get("created_by"), &json!(1));
 }

@@ -14,6 +14,11 @@ pub struct ServerAuth {
 }
 
 impl ServerAuth {
+    /// Dev tokens (tried first) and/or JWTs, for a server of your own.
+    pub fn new(dev: Option<DevTokens>, jwt: Option<JwtHs256>) -> Self {
+        Self { dev, jwt }
+    }
+
     /// The authenticator `config` calls for; `dev_tokens` are used only where the mode allows them.
     pub fn for_config(config: &Config, dev_tokens: DevTokens) -> Self {
         Self {

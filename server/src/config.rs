@@ -277,6 +277,20 @@ pub enum Command {
         #[arg(long)]
         ts: bool,
     },
+    /// Print a JWT (HS256) signed with the secret serving uses (the variable
+    /// --jwt-secret-env names, default STATECAST_JWT_SECRET, or the config
+    /// file's `jwt_secret`), with the --jwt-issuer / --jwt-audience claims.
+    Token {
+        /// The user id (the token's `sub`), a positive number.
+        #[arg(long, value_name = "ID")]
+        sub: i64,
+        /// How long the token is valid: 30m, 1h, 7d, …
+        #[arg(long, value_name = "DURATION")]
+        ttl: String,
+        /// The user's name (the token's `name`).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// The config file: the same keys as the flags, in snake_case, plus `jwt_secret`.

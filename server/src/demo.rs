@@ -2,10 +2,10 @@
 //! "Complete Channel" example (jobs, tasks, project members) made concrete.
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
+use serde_json::Value;
 use statecast_core::channel::{Channel, Op};
 use statecast_core::engine::{Actor, Engine};
-use statecast_core::protocol::v1::{Operation, Write, WriteOp};
+use statecast_core::protocol::v1::Write;
 use statecast_core::row::{Fields, Row};
 use statecast_core::schema::{EntityType, OnDelete, Schema, SchemaError, ServerValue};
 use statecast_core::store::StoreError;
@@ -220,66 +220,42 @@ pub async fn seed_if_empty(engine: &Engine, jobs: u32) -> Result<bool, SeedError
 /// benchmark) are "Job N" in project Apollo, owned by alice and bob in turn,
 /// with no tasks; `jobs` is clamped to [`DEMO_JOBS_RANGE`].
 pub fn seed_write(jobs: u32) -> Write {
-    let mut ops: Vec<WriteOp> = Vec::new();
+    let mut ops: Vec<Write> = Vec::new();
     for (id, name, is_admin) in USERS {
-        ops.push(create("User", id, json!({"name": name, "is_admin": is_admin})));
+        ops.push(Write::create("User").id(id).set("name", name).set("is_admin", is_admin));
     }
-    ops.push(create("Project", 1, json!({"name": "Apollo"})));
-    ops.push(create("ProjectMember", 1, json!({"project": 1, "user": 1})));
-    ops.push(create("ProjectMember", 2, json!({"project": 1, "user": 2})));
-    ops.push(create("Job", 1, json!({"name": "Launch", "project": 1, "owner": 1})));
-    ops.push(create("Job", 2, json!({"name": "Ops", "project": 1, "owner": 2})));
+    ops.push(Write::create("Project").id(1).set("name", "Apollo"));
+    ops.push(Write::create("ProjectMember").id(1).set("project", 1).set("user", 1));
+    ops.push(Write::create("ProjectMember").id(2).set("project", 1).set("user", 2));
+    let job = |id: Id, name: String, owner: Id| {
+        Write::create("Job").id(id).set("name", name).set("project", 1).set("owner", owner)
+    };
+    ops.push(job(1, "Launch".into(), 1));
+    ops.push(job(2, "Ops".into(), 2));
     let jobs = jobs.clamp(*DEMO_JOBS_RANGE.start(), *DEMO_JOBS_RANGE.end());
-    for job in 3..=Id::from(jobs) {
-        let owner = if job % 2 == 1 { 1 } else { 2 };
-        ops.push(create("Job", job, json!({"name": format!("Job {job}"), "project": 1, "owner": owner})));
+    for id in 3..=Id::from(jobs) {
+        ops.push(job(id, format!("Job {id}"), if id % 2 == 1 { 1 } else { 2 }));
     }
-    ops.push(create_task(1, 1, json!({"name": "Write docs", "assignee": 1, "created_by": 1})));
-    ops.push(create_task(2, 1, json!({"name": "Fix bug", "assignee": 2, "created_by": 2})));
-    ops.push(create_task(3, 2, json!({"name": "Rotate keys", "assignee": 1, "created_by": 2})));
-    Write {
-        write_id: 1,
-        operation: Operation::Batch,
-        context: None,
-        instance_type: None,
-        instance_id: None,
-        parent_type: None,
-        parent_id: None,
-        relation_name: None,
-        data: None,
-        if_version: None,
-        after: Vec::new(),
-        ops,
-        rid: None,
-    }
-}
-
-fn create(ty: &str, id: Id, data: Value) -> WriteOp {
-    WriteOp {
-        operation: Operation::Create,
-        instance_type: ty.to_owned(),
-        instance_id: Some(id),
-        parent_type: None,
-        parent_id: None,
-        relation_name: None,
-        data: data.as_object().cloned(),
-        if_version: None,
-    }
-}
-
-/// A task created as a child of its job through `Job.tasks`, as clients do.
-fn create_task(id: Id, job: Id, data: Value) -> WriteOp {
-    WriteOp {
-        parent_type: Some("Job".to_owned()),
-        parent_id: Some(job),
-        relation_name: Some("tasks".to_owned()),
-        ..create("Task", id, data)
-    }
+    // Tasks are created as children of their job through `Job.tasks`, as clients do.
+    let task = |id: Id, job: Id, name: &str, assignee: Id, created_by: Id| {
+        Write::create("Task")
+            .id(id)
+            .under("Job", job, "tasks")
+            .set("name", name)
+            .set("assignee", assignee)
+            .set("created_by", created_by)
+    };
+    ops.push(task(1, 1, "Write docs", 1, 1));
+    ops.push(task(2, 1, "Fix bug", 2, 2));
+    ops.push(task(3, 2, "Rotate keys", 1, 2));
+    Write::batch(ops).write_id(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use statecast_core::protocol::v1::Operation;
     use statecast_core::row::fields;
     use statecast_core::store::{MemoryStore, NewId, Store, Transaction, TxOp};
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod schema_export;
+pub mod token;
 
 pub use auth::ServerAuth;
 pub use builder::{QuicListener, RunningServer, ServerBuilder, ServerError};

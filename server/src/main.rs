@@ -1,7 +1,8 @@
 //! The `statecast-server` binary: the demo app (by default) on the embedded
 //! fjall store (or sled, SQLite, PostgreSQL), served over WebSocket and QUIC,
 //! until SIGINT/SIGTERM; `statecast-server schema [--ts]` prints the demo
-//! schema as JSON or TypeScript.
+//! schema as JSON or TypeScript; `statecast-server token --sub 1 --ttl 1h`
+//! prints a JWT signed with the secret serving uses.
 
 // A binary talks to its user: the listening line on stdout, the rest on stderr.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -42,6 +43,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    let token = match &args.command {
+        Some(Command::Token { sub, ttl, name }) => Some((*sub, ttl.clone(), name.clone())),
+        _ => None,
+    };
     let config = match Config::load(args, |name| std::env::var(name).ok()) {
         Ok(c) => c,
         Err(e) => {
@@ -49,6 +54,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some((sub, ttl, name)) = token {
+        // A token signed as serving would check it: the same secret, issuer and audience.
+        return match statecast_server::token::issue(&config, sub, &ttl, name.as_deref()) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("statecast-server token: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     statecast_server::init_tracing(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -141,7 +159,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if config.mode == Mode::Demo {
         eprintln!("  dev tokens: alice, bob, dave (members of project Apollo: alice, bob), carol (admin)");
         eprintln!(
-            "  try: websocat {}  then  {{\"type\":\"hello\",\"protocol\":1,\"token\":\"alice\"}}",
+            "  try: cargo run -p statecast-client --bin statecast -- repl {} --token alice  then  {{\"type\":\"subscribe\",\"channel\":\"job\",\"anchorId\":1}}",
             server.ws_urls().first().map_or("", String::as_str)
         );
     }

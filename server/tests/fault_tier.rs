@@ -389,6 +389,7 @@ impl Drop for SmallDisk {
 
 /// One seeded run against a fresh server; with `disk`, on that disk, which
 /// fills up once during the run.
+#[allow(clippy::print_stderr)] // a helper of the tests: the seed's summary for a failing run
 async fn run_seed(seed: u64, disk: Option<&SmallDisk>) -> Result<(), String> {
     let mut rng = Rng(seed);
     let flush_delay = match StoreKind::from_env() {

@@ -26,6 +26,10 @@
 
 mod codec;
 mod db;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod tables;
 
 pub use tables::MigrationError;
@@ -49,11 +53,13 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 #[cfg(feature = "postgres")]
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use postgres::{notify_commit, run_listener};
 #[cfg(feature = "sqlite")]
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlite::{SqliteDb, reset_writer};
 #[cfg(feature = "sqlite")]
-use sqlx::{Connection as _, SqliteConnection};
+use sqlx::Connection as _;
+#[cfg(feature = "postgres")]
+use sqlx::postgres::PgPool;
 
 /// Settings of a [`SqlStore`].
 #[derive(Clone, Debug)]
@@ -109,83 +115,8 @@ pub enum SqlError {
     Store(#[from] StoreError),
 }
 
-/// Replaces the writer connection after a transaction failed on it. A failed
-/// `COMMIT` (a full disk) can leave SQLite's transaction open and the driver's
-/// transaction depth above zero, so the connection would refuse every later
-/// `BEGIN`: a fresh connection starts clean, and closing the old one rolls
-/// back whatever it still held. If the new one can't be opened now, the old
-/// one stays and the next commit tries again.
-#[cfg(feature = "sqlite")]
-async fn reset_writer(db: &SqliteDb, conn: &mut SqliteConnection) {
-    match SqliteConnection::connect_with(&db.connect).await {
-        Ok(fresh) => {
-            let old = std::mem::replace(conn, fresh);
-            if let Err(e) = old.close().await {
-                tracing::debug!(error = %e, "closing the failed SQLite writer connection");
-            }
-            tracing::info!("the SQLite writer connection was reopened after a failed transaction");
-        }
-        Err(e) => tracing::warn!(error = %e, "can't reopen the SQLite writer connection yet"),
-    }
-}
-
-/// The fingerprint the tables were last migrated to, if they exist.
-#[cfg(feature = "postgres")]
-async fn stored_fingerprint(conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>) -> Option<String> {
-    let sql = format!("SELECT value FROM {META} WHERE key = $1");
-    // Outside a transaction: a missing table is an answer ("migrate"), not an error.
-    let rows = Conn::Postgres(conn).fetch(&sql, vec![Bind::Text(Some(tables::SCHEMA_KEY.into()))], &[Col::Text]).await;
-    rows.ok()?.first().and_then(|r| r[0].as_str().map(str::to_owned))
-}
-
-/// Migrates the tables under an advisory lock (processes starting at once
-/// migrate one after the other), and records the fingerprint.
-#[cfg(feature = "postgres")]
-async fn migrate_postgres(
-    conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
-    schema: &Schema,
-    pg_schema: Option<&str>,
-    fingerprint: &str,
-    target: &str,
-) -> Result<(), SqlError> {
-    use sqlx::Connection as _;
-    let mut tx = conn.begin().await.map_err(|e| SqlError::Store(backend(e)))?;
-    let mut c = Conn::Postgres(&mut tx);
-    if let Some(ns) = pg_schema {
-        c.run(&format!("CREATE SCHEMA IF NOT EXISTS {}", db::quote(ns)))
-            .await
-            .map_err(|e| SqlError::Store(backend(e)))?;
-    }
-    c.run("SELECT pg_advisory_xact_lock(7312252160533)").await.map_err(|e| SqlError::Store(backend(e)))?;
-    for note in tables::migrate(&mut c, schema).await? {
-        tracing::info!(db = %target, "{note}");
-    }
-    meta_set(&mut c, tables::SCHEMA_KEY, fingerprint.to_owned()).await.map_err(|e| SqlError::Store(backend(e)))?;
-    tx.commit().await.map_err(|e| SqlError::Store(backend(e)))?;
-    Ok(())
-}
-
-#[cfg(feature = "sqlite")]
-struct SqliteWriter {
-    conn: SqliteConnection,
-    /// The seq the next commit takes.
-    next: Seq,
-    /// The highest seq covered by a durable reservation.
-    reserved: Seq,
-    closed: bool,
-}
-
-#[cfg(feature = "sqlite")]
-struct SqliteDb {
-    /// How to open the writer connection again after a failed transaction
-    /// (boxed: the options are large and only read after a failure).
-    connect: Box<SqliteConnectOptions>,
-    writer: tokio::sync::Mutex<SqliteWriter>,
-    readers: SqlitePool,
-    wal: PathBuf,
-    wal_file: parking_lot::Mutex<Option<Arc<std::fs::File>>>,
-}
-
+// One per store, made once and never moved: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     #[cfg(feature = "sqlite")]
     Sqlite(SqliteDb),
@@ -300,142 +231,10 @@ impl SqlStore {
         Err(SqlError::NoBackend("sqlite"))
     }
 
-    /// Opens (or creates) a SQLite database file. Must be called within a tokio runtime.
-    #[cfg(feature = "sqlite")]
-    pub async fn open_sqlite(
-        path: impl AsRef<Path>,
-        schema: Arc<Schema>,
-        options: SqlOptions,
-    ) -> Result<SqlStore, SqlError> {
-        let path = path.as_ref();
-        let connect = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let where_ = || format!("{}", path.display());
-        let mut conn = SqliteConnection::connect_with(&connect)
-            .await
-            .map_err(|e| SqlError::Connect(format!("can't open SQLite database {}: {e}", where_())))?;
-        let tables = Tables::new(Dialect::Sqlite, &schema);
-        let (epoch, last, reserved) = {
-            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(|e| SqlError::Store(backend(e)))?;
-            let mut c = Conn::Sqlite(&mut tx);
-            let notes = tables::migrate(&mut c, &schema).await?;
-            for note in notes {
-                tracing::info!(db = %where_(), "{note}");
-            }
-            let epoch = meta_epoch(&mut c).await?;
-            let last = meta_u64(&mut c, "last_seq").await?;
-            let reserved = meta_u64(&mut c, "seq_reserved").await?;
-            tx.commit().await.map_err(|e| SqlError::Store(backend(e)))?;
-            (epoch, last, reserved.max(last))
-        };
-        let readers = SqlitePoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect.clone())
-            .await
-            .map_err(|e| SqlError::Connect(format!("can't open SQLite database {}: {e}", where_())))?;
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let db = SqliteDb {
-            connect: Box::new(connect.clone()),
-            writer: tokio::sync::Mutex::new(SqliteWriter { conn, next: reserved + 1, reserved, closed: false }),
-            readers,
-            wal: PathBuf::from(wal),
-            wal_file: parking_lot::Mutex::new(None),
-        };
-        tracing::info!(db = %where_(), %epoch, last_seq = last, reserved, "opened SQLite store");
-        let store = Self::start(schema, tables, epoch, options, Backend::Sqlite(db), last, String::new());
-        // What the WAL holds at open (perhaps left by a crash in the page cache) is made durable now.
-        store.shared.flush().await?;
-        Ok(store)
-    }
-
     /// Connects to a PostgreSQL database.
     #[cfg(not(feature = "postgres"))]
     pub async fn open_postgres(_url: &str, _schema: Arc<Schema>, _options: SqlOptions) -> Result<SqlStore, SqlError> {
         Err(SqlError::NoBackend("postgres"))
-    }
-
-    /// Connects to a PostgreSQL database (`postgres://user:password@host:port/db`).
-    #[cfg(feature = "postgres")]
-    pub async fn open_postgres(url: &str, schema: Arc<Schema>, options: SqlOptions) -> Result<SqlStore, SqlError> {
-        use std::str::FromStr;
-        let mut connect = PgConnectOptions::from_str(url)
-            .map_err(|e| SqlError::Spec(format!("bad PostgreSQL URL: {e}")))?
-            .application_name("statecast");
-        if let Some(ns) = &options.pg_schema {
-            connect = connect.options([("search_path", ns.as_str())]);
-        }
-        let target = format!("{}:{}/{}", connect.get_host(), connect.get_port(), connect.get_database().unwrap_or(""));
-        // One direct connection first: its error names the cause (refused,
-        // bad password, no such database) where the pool would only time out.
-        {
-            use sqlx::Connection as _;
-            let probe = sqlx::PgConnection::connect_with(&connect)
-                .await
-                .map_err(|e| SqlError::Connect(format!("PostgreSQL at {target}: {e}")))?;
-            let _ = probe.close().await;
-        }
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .acquire_timeout(options.acquire_timeout)
-            .test_before_acquire(true)
-            .connect_with(connect)
-            .await
-            .map_err(|e| SqlError::Connect(format!("PostgreSQL at {target}: {e}")))?;
-        let tables = Tables::new(Dialect::Postgres, &schema);
-        let mut conn = pool.acquire().await.map_err(|e| SqlError::Connect(format!("PostgreSQL at {target}: {e}")))?;
-        let fingerprint = tables::fingerprint(Dialect::Postgres, &schema);
-        // Other processes may be committing: when the tables are current, no
-        // DDL runs and no lock is taken.
-        if stored_fingerprint(&mut conn).await.as_deref() != Some(fingerprint.as_str()) {
-            migrate_postgres(&mut conn, &schema, options.pg_schema.as_deref(), &fingerprint, &target).await?;
-        } else {
-            tracing::debug!(db = %target, "the tables are current: no migration");
-        }
-        let (epoch, last, channel) = {
-            use sqlx::Connection as _;
-            let mut tx = conn.begin().await.map_err(|e| SqlError::Store(backend(e)))?;
-            let mut c = Conn::Postgres(&mut tx);
-            let epoch = meta_epoch(&mut c).await?;
-            let rows = c
-                .fetch(
-                    &format!("SELECT last_value, CASE WHEN is_called THEN 1 ELSE 0 END::int8 FROM {SEQ}"),
-                    vec![],
-                    &[Col::Int, Col::Int],
-                )
-                .await
-                .map_err(|e| SqlError::Store(backend(e)))?;
-            let last = rows.first().filter(|r| r[1].as_i64() == Some(1)).map_or(0, |r| u64_of(&r[0]));
-            for (name, want) in [("synchronous_commit", "off"), ("fsync", "off")] {
-                let v = c
-                    .fetch(&format!("SHOW {name}"), vec![], &[Col::Text])
-                    .await
-                    .map_err(|e| SqlError::Store(backend(e)))?;
-                if v.first().and_then(|r| r[0].as_str()) == Some(want) {
-                    tracing::warn!(
-                        setting = name,
-                        "PostgreSQL has {name} = off: a confirmed write may be lost in a crash"
-                    );
-                }
-            }
-            // One NOTIFY channel per schema: stores in other schemas of the database don't wake this one.
-            let ns = c
-                .fetch("SELECT current_schema()::text", vec![], &[Col::Text])
-                .await
-                .map_err(|e| SqlError::Store(backend(e)))?;
-            let channel = format!("statecast_log_{}", ns.first().and_then(|r| r[0].as_str()).unwrap_or("public"));
-            tx.commit().await.map_err(|e| SqlError::Store(backend(e)))?;
-            (epoch, last, channel)
-        };
-        drop(conn);
-        tracing::info!(db = %target, %epoch, last_seq = last, "opened PostgreSQL store");
-        Ok(Self::start(schema, tables, epoch, options, Backend::Postgres(pool), last, channel))
     }
 
     fn start(
@@ -499,68 +298,6 @@ impl Drop for SqlStore {
             listener.abort();
         }
     }
-}
-
-/// PostgreSQL: `LISTEN`s on the store's channel and wakes the tailer on each
-/// notification. `recv` reconnects by itself after a lost connection; the
-/// tailer is woken then too, since notifications sent meanwhile are lost.
-#[cfg(feature = "postgres")]
-async fn run_listener(shared: Arc<Shared>) {
-    use sqlx::postgres::PgListener;
-    let Backend::Postgres(pool) = &shared.backend else { return };
-    let mut listener: Option<PgListener> = None;
-    while !shared.stopping.load(Ordering::SeqCst) {
-        let Some(l) = listener.as_mut() else {
-            match PgListener::connect_with(pool).await {
-                Ok(mut l) => match l.listen(&shared.channel).await {
-                    Ok(()) => {
-                        tracing::debug!(channel = %shared.channel, "listening for commits of other processes");
-                        listener = Some(l);
-                        shared.log_wake.notify_one();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "LISTEN failed; the tailer polls meanwhile");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "can't connect the LISTEN connection; the tailer polls meanwhile");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-            continue;
-        };
-        match l.recv().await {
-            Ok(_) => shared.log_wake.notify_one(),
-            Err(e) => {
-                tracing::warn!(error = %e, "the LISTEN connection failed; reconnecting");
-                listener = None;
-                shared.log_wake.notify_one();
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-}
-
-/// PostgreSQL: wakes the local tailer and, coalesced, sends one `NOTIFY`
-/// (after the commit, outside its transaction) to the tailers of the other
-/// processes. Commits made while one is on its way ride on the next.
-#[cfg(feature = "postgres")]
-fn notify_commit(shared: &Arc<Shared>) {
-    shared.log_wake.notify_one();
-    if shared.notify_pending.swap(true, Ordering::SeqCst) {
-        return;
-    }
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        // Cleared before sending: a commit from now on asks for another one.
-        shared.notify_pending.store(false, Ordering::SeqCst);
-        if let Backend::Postgres(pool) = &shared.backend
-            && let Err(e) = sqlx::query("SELECT pg_notify($1, '')").bind(&shared.channel).execute(pool).await
-        {
-            tracing::debug!(error = %e, "NOTIFY failed; other processes find the commit by polling");
-        }
-    });
 }
 
 async fn meta_get(c: &mut Conn<'_>, key: &str) -> Result<Option<String>, StoreError> {
@@ -821,271 +558,6 @@ impl Shared {
         })
     }
 
-    #[cfg(feature = "sqlite")]
-    async fn commit_sqlite(&self, db: &SqliteDb, tx: &Transaction) -> Result<Committed, CommitError> {
-        let mut w = db.writer.lock().await;
-        if let Some(msg) = self.failure() {
-            return Err(StoreError::FlushFailed(msg.to_string()).into());
-        }
-        if w.closed {
-            return Err(StoreError::Unavailable("the store is closed".into()).into());
-        }
-        let seq = w.next;
-        if seq > w.reserved {
-            let reserved = seq.saturating_add(self.options.seq_block);
-            meta_set(&mut Conn::Sqlite(&mut w.conn), "seq_reserved", reserved.to_string()).await.map_err(backend)?;
-            self.flush().await?;
-            w.reserved = reserved;
-        }
-        let plan = match self.write_sqlite(&mut w.conn, tx, seq).await {
-            Ok(plan) => plan,
-            Err(e) => {
-                if matches!(e, CommitError::Store(_)) {
-                    reset_writer(db, &mut w.conn).await;
-                }
-                return Err(e);
-            }
-        };
-        w.next = seq + 1;
-        self.last_seq.store(seq, Ordering::SeqCst);
-        drop(w);
-        self.wake.notify_one();
-        Ok(plan.committed())
-    }
-
-    /// One SQLite commit's transaction on the writer connection.
-    #[cfg(feature = "sqlite")]
-    async fn write_sqlite(&self, conn: &mut SqliteConnection, tx: &Transaction, seq: Seq) -> Result<Plan, CommitError> {
-        let mut sql_tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
-        let mut c = Conn::Sqlite(&mut sql_tx);
-        let plan = {
-            let mut reader = Reader { tables: &self.tables, conn: &mut c, lock: false, retry: false };
-            plan::plan(&self.schema, &mut reader, tx, seq).await?
-        };
-        self.write_rows(&mut c, &plan).await?;
-        let d = Dialect::Sqlite;
-        if let Some([user, client, write_id, created, at]) = Self::applied_binds(&plan) {
-            let sql = format!(
-                "INSERT INTO {APPLIED} (user_id, client_id, write_id, seq, created, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-            );
-            c.exec(&sql, vec![user, client, write_id, Bind::Int(Some(i64_of(seq))), created, at])
-                .await
-                .map_err(|e| write_error(e, "applied write", 0, false))?;
-        }
-        let sql = format!("INSERT INTO {LOG} (seq, at_ms, changes) VALUES (?1, ?2, ?3)");
-        let binds = vec![
-            Bind::Int(Some(i64_of(seq))),
-            Bind::Int(Some(i64_of(tx.now_ms))),
-            Bind::Text(Some(codec::encode_changes(&plan.changes))),
-        ];
-        c.exec(&sql, binds).await.map_err(backend)?;
-        meta_set(&mut c, "last_seq", seq.to_string()).await.map_err(backend)?;
-        let by_age = self.age_trim_due(tx.now_ms);
-        if let Some(floor) = self.log_floor(&mut c, seq, tx.now_ms, by_age).await.map_err(backend)? {
-            c.exec(&format!("DELETE FROM {LOG} WHERE seq <= {}", d.ph(1)), vec![Bind::Int(Some(i64_of(floor)))])
-                .await
-                .map_err(backend)?;
-            meta_set(&mut c, "log_trimmed", floor.to_string()).await.map_err(backend)?;
-        }
-        sql_tx.commit().await.map_err(|e| match violation(&e) {
-            Some(_) => CommitError::Invalid(e.to_string()),
-            None => CommitError::Store(backend(e)),
-        })?;
-        Ok(plan)
-    }
-
-    #[cfg(feature = "postgres")]
-    async fn commit_postgres(&self, pool: &PgPool, tx: &Transaction) -> Result<Committed, CommitError> {
-        use sqlx::Connection as _;
-        let mut conn = pool.acquire().await.map_err(unavailable)?;
-        let mut sql_tx = conn.begin().await.map_err(backend)?;
-        let mut c = Conn::Postgres(&mut sql_tx);
-        // Planned with seq 0: the real seq is drawn last; rows are stamped then.
-        let mut plan = {
-            let mut reader = Reader { tables: &self.tables, conn: &mut c, lock: true, retry: false };
-            match plan::plan(&self.schema, &mut reader, tx, 0).await {
-                Ok(p) => p,
-                Err(CommitError::Store(_)) if reader.retry => {
-                    return Err(CommitError::Conflict { ty: "(locked rows)".into(), id: 0 });
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        self.write_rows(&mut c, &plan).await?;
-        let seq = self.draw_seq(&mut c, &plan, tx.now_ms).await?;
-        self.in_flight.lock().insert(seq);
-        let result = sql_tx.commit().await;
-        self.settle(seq, result.is_ok());
-        if let Err(e) = result {
-            // A deferred constraint or a serialization failure refused the
-            // commit; anything else (a broken connection, a server shutting
-            // down) leaves its fate unknown: the server may have committed.
-            return Err(match (violation(&e), is_retryable(&e)) {
-                (Some(_), _) if is_database_error(&e) => CommitError::Invalid(e.to_string()),
-                (None, true) => CommitError::Conflict { ty: "(commit)".into(), id: 0 },
-                _ => CommitError::Store(StoreError::OutcomeUnknown(e.to_string())),
-            });
-        }
-        drop(conn);
-        stamp(&mut plan, seq);
-        let by_age = self.age_trim_due(tx.now_ms);
-        if seq.is_multiple_of(64) || by_age {
-            self.trim_log_postgres(pool, seq, tx.now_ms, by_age).await;
-        }
-        Ok(plan.committed())
-    }
-
-    /// The last statement before `COMMIT`: draws the seq, stamps it on every
-    /// written row, and writes the change log entry and the applied record.
-    #[cfg(feature = "postgres")]
-    async fn draw_seq(&self, c: &mut Conn<'_>, plan: &Plan, now_ms: u64) -> Result<Seq, CommitError> {
-        let mut by_type: HashMap<&str, Vec<Id>> = HashMap::new();
-        for change in plan.changes.iter().filter(|c| c.after.is_some()) {
-            by_type.entry(&change.key.ty).or_default().push(change.key.id);
-        }
-        // The transaction id is assigned before the seq is drawn, so a tailer
-        // waiting at a hole knows which transactions could still fill it.
-        let mut sql =
-            format!("WITH x AS (SELECT pg_current_xact_id() AS xid), s AS (SELECT nextval('{SEQ}') AS seq FROM x)");
-        let mut binds = Vec::new();
-        for (i, (ty, ids)) in by_type.iter().enumerate() {
-            let t = self.tables.get(ty).ok_or_else(|| CommitError::Invalid(format!("unknown type `{ty}`")))?;
-            binds.push(Bind::IntArray(ids.clone()));
-            sql.push_str(&format!(
-                ", v{i} AS (UPDATE {q} SET _version = s.seq, _created = CASE WHEN {q}._created = 0 THEN s.seq \
-                 ELSE {q}._created END FROM s WHERE {q}.id = ANY(${n}))",
-                q = t.quoted,
-                n = binds.len()
-            ));
-        }
-        binds.push(Bind::Int(Some(i64_of(now_ms))));
-        binds.push(Bind::Text(Some(codec::encode_changes(&plan.changes))));
-        sql.push_str(&format!(
-            ", l AS (INSERT INTO {LOG} (seq, at_ms, changes) SELECT s.seq, ${}, ${}::jsonb FROM s)",
-            binds.len() - 1,
-            binds.len()
-        ));
-        if let Some(applied) = Self::applied_binds(plan) {
-            let n = binds.len();
-            binds.extend(applied);
-            sql.push_str(&format!(
-                ", a AS (INSERT INTO {APPLIED} (user_id, client_id, write_id, seq, created, at_ms) \
-                 SELECT ${}, ${}, ${}, s.seq, ${}, ${} FROM s)",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5
-            ));
-        }
-        sql.push_str(" SELECT seq FROM s");
-        let rows = c.fetch(&sql, binds, &[Col::Int]).await.map_err(|e| {
-            // A unique violation here is the applied key, recorded meanwhile by
-            // another process: a retry finds the record and answers `duplicate`.
-            let write_id = plan.applied.as_ref().map_or(0, |(k, _)| k.write_id);
-            write_error(e, "applied write", write_id, false)
-        })?;
-        rows.first()
-            .and_then(|r| r[0].as_i64())
-            .map(|s| s as Seq)
-            .ok_or_else(|| CommitError::Store(StoreError::Backend("the seq draw returned nothing".into())))
-    }
-
-    /// Reads the change log after `after` with the snapshot it was read in
-    /// and resolves holes (see [`Hole`]).
-    #[cfg(feature = "postgres")]
-    async fn tail_postgres(&self, pool: &PgPool, after: Seq, limit: usize) -> Result<Tail, StoreError> {
-        let sql = format!(
-            "SELECT l.seq, l.changes::text, pg_snapshot_xmin(pg_current_snapshot())::text::int8, \
-             (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {SEQ})::int8, \
-             (SELECT value FROM {META} WHERE key = 'log_trimmed') \
-             FROM (SELECT 1) AS one LEFT JOIN LATERAL \
-             (SELECT seq, changes FROM {LOG} WHERE seq > $1 ORDER BY seq LIMIT $2) AS l ON true ORDER BY l.seq"
-        );
-        let limit = limit.max(1);
-        let rows = {
-            let mut conn = pool.acquire().await.map_err(unavailable)?;
-            let binds = vec![Bind::Int(Some(i64_of(after))), Bind::Int(Some(i64::try_from(limit).unwrap_or(i64::MAX)))];
-            Conn::Postgres(&mut conn)
-                .fetch(&sql, binds, &[Col::Int, Col::Text, Col::Int, Col::Int, Col::Text])
-                .await
-                .map_err(backend)?
-        };
-        let Some(first) = rows.first() else {
-            return Err(StoreError::Backend("the log read returned nothing".into()));
-        };
-        let (xmin, head) = (first[2].as_i64().unwrap_or(0), u64_of(&first[3]));
-        let floor: Seq = match first[4].as_str() {
-            None => 0,
-            Some(v) => {
-                v.parse().map_err(|_| StoreError::Corrupt(format!("meta `log_trimmed` is not a number: {v:?}")))?
-            }
-        };
-        let mut tail = Tail { entries: Vec::new(), through: after, trimmed: false };
-        if after < floor {
-            tail.trimmed = true;
-            tail.through = floor;
-        }
-        let full = rows.iter().filter(|r| !r[0].is_null()).count() >= limit;
-        for r in rows.iter().filter(|r| !r[0].is_null()) {
-            let seq = u64_of(&r[0]);
-            if seq <= tail.through {
-                continue;
-            }
-            // A gap before a visible entry: a commit still in flight, or an aborted one.
-            while tail.through + 1 < seq {
-                match self.settled(tail.through + 1, seq - 1, xmin, pool).await? {
-                    Some(to) => tail.through = to,
-                    None => return Ok(tail),
-                }
-            }
-            tail.entries.push(LogEntry { seq, changes: codec::decode_changes(seq, r[1].as_str().unwrap_or("[]"))? });
-            tail.through = seq;
-        }
-        // A gap at the end: seqs drawn, none visible after them.
-        if !full && tail.through < head {
-            while tail.through < head {
-                match self.settled(tail.through + 1, head, xmin, pool).await? {
-                    Some(to) => tail.through = to,
-                    None => break,
-                }
-            }
-        }
-        Ok(tail)
-    }
-
-    /// Whether the missing seqs `from..=to` are settled as of a log read whose
-    /// snapshot had `xmin`: the last seq settled, or None to wait. The first
-    /// sight of a hole assigns the transaction id that bounds its drawers (see [`Hole`]).
-    #[cfg(feature = "postgres")]
-    async fn settled(&self, from: Seq, to: Seq, xmin: i64, pool: &PgPool) -> Result<Option<Seq>, StoreError> {
-        let known = *self.hole.lock();
-        let hole = match known {
-            Some(h) if h.from == from => h,
-            _ => {
-                let mut conn = pool.acquire().await.map_err(unavailable)?;
-                let rows = Conn::Postgres(&mut conn)
-                    .fetch("SELECT pg_current_xact_id()::text::int8", vec![], &[Col::Int])
-                    .await
-                    .map_err(backend)?;
-                let xid = rows
-                    .first()
-                    .and_then(|r| r[0].as_i64())
-                    .ok_or_else(|| StoreError::Backend("pg_current_xact_id() returned nothing".into()))?;
-                let h = Hole { from, to, xid };
-                *self.hole.lock() = Some(h);
-                h
-            }
-        };
-        if xmin >= hole.xid {
-            tracing::debug!(from, to = hole.to.min(to), "skipping seqs of aborted commits");
-            *self.hole.lock() = None;
-            Ok(Some(hole.to.min(to)))
-        } else {
-            Ok(None)
-        }
-    }
-
     /// Is an age trim of the change log due? True for one caller a second.
     fn age_trim_due(&self, now_ms: u64) -> bool {
         if self.options.log_max_age.is_none() {
@@ -1117,30 +589,6 @@ impl Shared {
         }
         let floor = floor.min(seq.saturating_sub(1));
         Ok((floor > 0).then_some(floor))
-    }
-
-    #[cfg(feature = "postgres")]
-    async fn trim_log_postgres(&self, pool: &PgPool, seq: Seq, now_ms: u64, by_age: bool) {
-        let mut floor = 0;
-        let result: Result<(), sqlx::Error> = async {
-            use sqlx::Connection as _;
-            let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin().await?;
-            let mut c = Conn::Postgres(&mut tx);
-            let Some(found) = self.log_floor(&mut c, seq, now_ms, by_age).await? else { return Ok(()) };
-            floor = found;
-            c.exec(&format!("DELETE FROM {LOG} WHERE seq <= $1"), vec![Bind::Int(Some(i64_of(floor)))]).await?;
-            let sql = format!(
-                "INSERT INTO {META} (key, value) VALUES ('log_trimmed', $1) ON CONFLICT (key) DO UPDATE \
-                 SET value = GREATEST({META}.value::bigint, excluded.value::bigint)::text"
-            );
-            c.exec(&sql, vec![Bind::Text(Some(floor.to_string()))]).await?;
-            tx.commit().await
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, floor, "couldn't trim the change log; will retry later");
-        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! `statecast`: watch a context live, or send one write, from the command line.
+//! `statecast`: watch a context or a stream live, send one write, or speak
+//! the protocol frame by frame (`repl`), from the command line.
 
 // A command-line tool: stdout carries its output, stderr its errors.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -84,6 +85,14 @@ enum Command {
         #[arg(long)]
         snapshot: bool,
     },
+    /// Speak the protocol by hand: says hello with the token, then sends each
+    /// line of stdin as one frame (JSON; a `write` without `writeId` gets the
+    /// next one) and prints every frame received as one JSON line. At the end
+    /// of stdin it waits for the answers to what it sent, then exits.
+    Repl {
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 fn main() -> ExitCode {
@@ -101,6 +110,7 @@ fn main() -> ExitCode {
             Command::Stream { conn, name, filters, fields, snapshot } => {
                 stream(conn, name, filters, fields, snapshot).await
             }
+            Command::Repl { conn } => repl(conn).await,
         }
     })
 }
@@ -288,6 +298,111 @@ async fn stream(
                 }
                 None => return ExitCode::SUCCESS,
             },
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+/// The `rid` of the ping `repl` sends at the end of stdin: its `pong` comes
+/// after the answers to every frame sent before it.
+const REPL_EOF_RID: &str = "statecast-repl-eof";
+
+async fn repl(conn: Conn) -> ExitCode {
+    use statecast_core::transport::Incoming;
+    use tokio::io::AsyncBufReadExt;
+    let cfg = config(conn);
+    let quic = cfg.url.starts_with("quic://");
+    let codec = if quic { Codec::MsgPack } else { cfg.codec };
+    let connected = if quic {
+        let Some(trust) = cfg.quic_trust.clone() else {
+            return fail(2, "quic:// needs --fingerprint HEX, --ca FILE or --insecure-dev");
+        };
+        statecast_transport_quic::connect(&cfg.url, &statecast_transport_quic::QuicClientConfig::new(trust)).await
+    } else {
+        let ws = statecast_transport_ws::WsClientConfig { ca_file: cfg.tls_ca_file.clone(), ..Default::default() };
+        statecast_transport_ws::connect(&cfg.url, &ws).await
+    };
+    let mut link = match connected {
+        Ok(c) => c,
+        Err(e) => return fail(2, &format!("can't connect to {}: {e}", cfg.url)),
+    };
+    let send = |link: &statecast_core::transport::Connection, msg: &Value| {
+        let frame = codec.encode(msg).map_err(|e| e.message);
+        let outbox = link.outbox.clone();
+        async move { outbox.send(frame?).await.map_err(|e| e.to_string()) }
+    };
+    let client_id: String =
+        (0..32).map(|_| char::from_digit(rand::random_range(0..16u32), 16).unwrap_or('0')).collect();
+    let hello = json!({"type": "hello", "protocol": 1, "token": cfg.token, "clientId": client_id});
+    if let Err(e) = send(&link, &hello).await {
+        return fail(2, &format!("can't say hello: {e}"));
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let (mut stdin_open, mut welcomed, mut next_write_id) = (true, false, 1i64);
+    loop {
+        tokio::select! {
+            incoming = link.incoming.recv() => {
+                let frame = match incoming {
+                    Some(Incoming::Frame(f)) => f,
+                    Some(Incoming::TooLarge { size, limit }) => {
+                        eprintln!("statecast: a frame of {size} bytes was over the limit ({limit}) and dropped");
+                        continue;
+                    }
+                    None => {
+                        return match welcomed {
+                            true => fail(1, "the server closed the connection"),
+                            false => fail(3, "the server closed the connection before `welcome`"),
+                        };
+                    }
+                };
+                let msg = match codec.parse(&frame) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        eprintln!("statecast: a frame that is not {}: {e}", codec.name());
+                        continue;
+                    }
+                };
+                if msg["type"] == "pong" && msg["rid"] == REPL_EOF_RID {
+                    link.outbox.close(statecast_core::transport::close_code::NORMAL, "bye");
+                    return ExitCode::SUCCESS;
+                }
+                if msg["type"] == "welcome" {
+                    welcomed = true;
+                }
+                // JSON as the server sent it (its field order); MessagePack as JSON.
+                match std::str::from_utf8(&frame.data) {
+                    Ok(text) if codec == Codec::Json => println!("{text}"),
+                    _ => println!("{msg}"),
+                }
+                if !welcomed && msg["type"] == "error" {
+                    return fail(3, "the server refused the hello");
+                }
+            }
+            line = lines.next_line(), if stdin_open => {
+                let mut msg = match line {
+                    Ok(Some(line)) if line.trim().is_empty() || line.trim_start().starts_with('#') => continue,
+                    Ok(Some(line)) => match serde_json::from_str::<Value>(&line) {
+                        Ok(v @ Value::Object(_)) => v,
+                        Ok(_) | Err(_) => {
+                            eprintln!("statecast: not sent: each line is one JSON object, e.g. {{\"type\":\"ping\"}}");
+                            continue;
+                        }
+                    },
+                    Ok(None) | Err(_) => {
+                        stdin_open = false;
+                        json!({"type": "ping", "rid": REPL_EOF_RID})
+                    }
+                };
+                if msg["type"] == "write" && msg.get("writeId").is_none() {
+                    msg["writeId"] = json!(next_write_id);
+                }
+                if let Some(id) = msg["writeId"].as_i64() {
+                    next_write_id = next_write_id.max(id + 1);
+                }
+                if let Err(e) = send(&link, &msg).await {
+                    return fail(1, &format!("can't send: {e}"));
+                }
+            }
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
     }

@@ -259,7 +259,30 @@ fn spawn_purger(inner: &Arc<Inner>) {
     });
 }
 
-/// The engine handle (cheap to clone).
+/// The engine handle (cheap to clone): it serves connections handed to it
+/// by transports ([`Engine::accept`]) and writes for app code ([`Engine::write`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use statecast_core::protocol::v1::Write;
+/// use statecast_core::store::MemoryStore;
+/// use statecast_core::{Actor, DevTokens, Engine, Schema, User};
+/// use std::sync::Arc;
+///
+/// let schema = Schema::builder()
+///     .entity("Job", |t| { t.string("name"); })
+///     .build()?;
+/// let store = Arc::new(MemoryStore::new(schema.clone()));
+/// let engine = Engine::builder(schema, store)
+///     .authenticator(DevTokens::new().with("alice", User::new(1, "alice")))
+///     .build()?;
+/// // App code writes through the engine: validated, committed, broadcast.
+/// let done = engine.write(Actor::System, Write::create("Job").id(1).set("name", "Launch")).await?;
+/// assert!(done.success);
+/// assert!(engine.store().get("Job", 1).await?.is_some());
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,

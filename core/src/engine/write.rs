@@ -448,7 +448,7 @@ impl<'a> Checker<'a> {
             };
         }
         let mut fields = entity.check_create_data_as(&data, self.system)?;
-        self.set_server_values(entity, &mut fields);
+        self.set_server_values(entity, &data, &mut fields);
         self.check_fits_frame(&entity.name, &fields)?;
         // Before this create's own temp id counts: a reference resolves only
         // to an earlier op.
@@ -535,11 +535,16 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn set_server_values(&self, entity: &EntityType, fields: &mut Fields) {
+    /// Fills the fields the server sets. A client's write (or app code
+    /// acting as a user) always gets them; a system write gets them too,
+    /// except where it gave a (non-null) value of its own: defaults filled in
+    /// for fields it left out never count as given.
+    fn set_server_values(&self, entity: &EntityType, given: &Fields, fields: &mut Fields) {
         for field in &entity.fields {
+            let given_by_system = self.system && given.get(&field.name).is_some_and(|v| !v.is_null());
             let value = match field.server_value {
                 Some(ServerValue::UserId) if !self.system => Value::from(self.cx.user().id),
-                Some(ServerValue::Now) if !self.system || !fields.contains_key(&field.name) => {
+                Some(ServerValue::Now) if !given_by_system => {
                     Value::from(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string())
                 }
                 _ => continue,

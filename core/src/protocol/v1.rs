@@ -207,6 +207,175 @@ impl Write {
     }
 }
 
+/// Typed constructors for app code, tests and clients: a write reads as what
+/// it does instead of a hand-built JSON object.
+///
+/// ```
+/// use statecast_core::protocol::v1::{Operation, Write};
+///
+/// // Save: change fields of an existing row, within a context.
+/// let save = Write::save("Task", 1).set("status", "done").context("job/1").write_id(7);
+/// assert_eq!((save.operation, save.instance_id, save.write_id), (Operation::Save, Some(1), 7));
+///
+/// // Create under a parent through a relation, with a temp id (or `.id(n)`
+/// // for a client-minted one in [2^52, 2^53); none: the server picks it).
+/// let create = Write::create("Task").under("Job", 1, "tasks").temp_id(-1).set("name", "Ship it");
+/// assert_eq!(create.parent_id, Some(1));
+///
+/// // Delete, guarded by the version the app last saw.
+/// let delete = Write::delete("Task", 3).if_version(12).context("job/1");
+///
+/// // All or nothing: later ops may name an earlier op's temp id.
+/// let batch = Write::batch([
+///     Write::create("Task").under("Job", 1, "tasks").temp_id(-1).set("name", "a"),
+///     Write::save("Task", 2).set("status", "doing"),
+/// ])
+/// .context("job/1")
+/// .after([5]);
+/// assert_eq!(batch.ops.len(), 2);
+///
+/// // The same JSON a client sends:
+/// assert_eq!(
+///     serde_json::to_value(&save).unwrap(),
+///     serde_json::json!({"writeId": 7, "operation": "save", "context": "job/1",
+///                        "instanceType": "Task", "instanceId": 1, "data": {"status": "done"}}),
+/// );
+/// # let _ = delete;
+/// ```
+impl Write {
+    fn op(operation: Operation, ty: Option<String>, id: Option<Id>) -> Self {
+        Write {
+            write_id: 0,
+            operation,
+            context: None,
+            instance_type: ty,
+            instance_id: id,
+            parent_type: None,
+            parent_id: None,
+            relation_name: None,
+            data: None,
+            if_version: None,
+            after: Vec::new(),
+            ops: Vec::new(),
+            rid: None,
+        }
+    }
+
+    /// Changes fields of the row `ty#id` (give them with [`set`](Self::set)).
+    pub fn save(ty: impl Into<String>, id: Id) -> Self {
+        Self::op(Operation::Save, Some(ty.into()), Some(id))
+    }
+
+    /// Creates a row of `ty`; a client's create also names its parent with
+    /// [`under`](Self::under). The server assigns the id unless
+    /// [`temp_id`](Self::temp_id) or [`id`](Self::id) is given.
+    pub fn create(ty: impl Into<String>) -> Self {
+        Self::op(Operation::Create, Some(ty.into()), None)
+    }
+
+    /// Deletes the row `ty#id` (and what cascades from it).
+    pub fn delete(ty: impl Into<String>, id: Id) -> Self {
+        Self::op(Operation::Delete, Some(ty.into()), Some(id))
+    }
+
+    /// One all-or-nothing write of several ops (each a save, create or
+    /// delete made with the constructors above; their `writeId`, `context`,
+    /// `after` and `rid` are not used: give those on the batch).
+    pub fn batch(ops: impl IntoIterator<Item = impl Into<WriteOp>>) -> Self {
+        Write { ops: ops.into_iter().map(Into::into).collect(), ..Self::op(Operation::Batch, None, None) }
+    }
+
+    /// Sets one field's value in `data`.
+    pub fn set(mut self, field: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.data.get_or_insert_with(Fields::new).insert(field.into(), value.into());
+        self
+    }
+
+    /// Sets several fields at once (added to those already set).
+    pub fn fields(mut self, fields: Fields) -> Self {
+        self.data.get_or_insert_with(Fields::new).extend(fields);
+        self
+    }
+
+    /// A create's parent: the row `parent_type#parent_id` and the relation
+    /// (`Job.tasks`) that holds the new row.
+    pub fn under(mut self, parent_type: impl Into<String>, parent_id: Id, relation: impl Into<String>) -> Self {
+        self.parent_type = Some(parent_type.into());
+        self.parent_id = Some(parent_id);
+        self.relation_name = Some(relation.into());
+        self
+    }
+
+    /// A create's temporary id (negative): the answer maps it to the real
+    /// one, and later ops of a batch may name it.
+    pub fn temp_id(mut self, id: Id) -> Self {
+        self.instance_id = Some(id);
+        self
+    }
+
+    /// A create's own id: client-minted in `[2^52, 2^53)` (used verbatim,
+    /// 409 `ID_CONFLICT` when taken), or any positive id for a system write.
+    pub fn id(mut self, id: Id) -> Self {
+        self.instance_id = Some(id);
+        self
+    }
+
+    /// The context (`"job/1"`) the write is made in.
+    pub fn context(mut self, context: impl Into<String>) -> Self {
+        self.context = Some(context.into());
+        self
+    }
+
+    /// The client's write id (the exactly-once key with the user and client id).
+    pub fn write_id(mut self, write_id: i64) -> Self {
+        self.write_id = write_id;
+        self
+    }
+
+    /// Applies only if the target row is at this version (else 409
+    /// `VERSION_CONFLICT`); for a save or a delete.
+    pub fn if_version(mut self, version: Seq) -> Self {
+        self.if_version = Some(version);
+        self
+    }
+
+    /// Write ids of the same client this write depends on: refused with 400
+    /// `DEPENDENCY_FAILED` unless they were applied.
+    pub fn after(mut self, write_ids: impl IntoIterator<Item = i64>) -> Self {
+        self.after.extend(write_ids);
+        self
+    }
+
+    /// A request id, echoed in the answer.
+    pub fn rid(mut self, rid: impl Into<Value>) -> Self {
+        self.rid = Some(rid.into());
+        self
+    }
+
+    /// This write as a `{"type": "write", …}` client message.
+    pub fn into_message(self) -> ClientMessage {
+        ClientMessage::Write(self)
+    }
+}
+
+/// One op of a batch from a single write (its `writeId`, `context`, `after`
+/// and `rid` are dropped). A batch given as an op stays a batch, which the
+/// engine refuses (batches do not nest).
+impl From<Write> for WriteOp {
+    fn from(w: Write) -> Self {
+        WriteOp {
+            operation: w.operation,
+            instance_type: w.instance_type.unwrap_or_default(),
+            instance_id: w.instance_id,
+            parent_type: w.parent_type,
+            parent_id: w.parent_id,
+            relation_name: w.relation_name,
+            data: w.data,
+            if_version: w.if_version,
+        }
+    }
+}
+
 /// The most ops one batch may hold.
 pub const MAX_BATCH_OPS: usize = 1000;
 

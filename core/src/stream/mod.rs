@@ -100,7 +100,25 @@ impl<P: StreamPolicy + ?Sized> StreamPolicy for Arc<P> {
     }
 }
 
-/// A checked stream declaration.
+/// A checked stream declaration: every change to rows of one type that
+/// match a subscriber's filters (merged under the policy's scope).
+///
+/// ```
+/// use statecast_core::stream::AllowAuthenticated;
+/// use statecast_core::{Payload, Schema, Stream};
+///
+/// let schema = Schema::builder()
+///     .entity("Job", |t| { t.string("name"); })
+///     .entity("Task", |t| { t.reference("job", "Job"); t.string("name"); })
+///     .build()?;
+/// let tasks = Stream::builder("tasks", "Task")
+///     .payload(Payload::Full) // whole rows in events (the default: ids only)
+///     .policy(AllowAuthenticated) // without a policy, every subscribe is denied
+///     .index_fields(["job"]) // route changes by job: cost follows the matching subscribers
+///     .build(&schema)?;
+/// assert_eq!(tasks.name, "tasks");
+/// # Ok::<(), statecast_core::SchemaError>(())
+/// ```
 #[derive(Clone)]
 pub struct Stream {
     pub name: String,

@@ -9,6 +9,8 @@
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use statecast_core::Fields;
+use statecast_core::protocol::v1::Write;
 use statecast_server::{LISTENING_PREFIX, QUIC_FINGERPRINT_PREFIX, QUIC_LISTENING_PREFIX};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -688,27 +690,36 @@ pub fn changes(delta: &Value) -> Vec<Value> {
     delta["changes"].as_array().unwrap_or_else(|| panic!("no changes in {delta}")).clone()
 }
 
+/// A write as the JSON a client sends, without a `writeId` (the client adds a fresh one).
+pub fn write_msg(w: Write) -> Value {
+    let mut msg = serde_json::to_value(w.into_message()).expect("a write encodes");
+    if let Some(o) = msg.as_object_mut() {
+        o.remove("writeId");
+    }
+    msg
+}
+
+fn data_of(data: Value) -> Fields {
+    data.as_object().cloned().unwrap_or_else(|| panic!("write data must be an object: {data}"))
+}
+
 /// A `save` of `ty#id` in context `ctx`.
 pub fn save(ctx: &str, ty: &str, id: i64, data: Value) -> Value {
-    json!({"type": "write", "operation": "save", "instanceType": ty, "instanceId": id, "data": data, "context": ctx})
+    write_msg(Write::save(ty, id).fields(data_of(data)).context(ctx))
 }
 
 /// A `create` of a Task under Job `job` (context `job/<job>`), with an optional instanceId.
 pub fn create_task(job: i64, instance_id: Option<i64>, data: Value) -> Value {
-    let mut w = json!({
-        "type": "write", "operation": "create", "instanceType": "Task",
-        "parentType": "Job", "parentId": job, "relationName": "tasks",
-        "data": data, "context": format!("job/{job}"),
-    });
-    if let Some(id) = instance_id {
-        w["instanceId"] = json!(id);
-    }
-    w
+    let w = Write::create("Task").under("Job", job, "tasks").fields(data_of(data)).context(format!("job/{job}"));
+    write_msg(match instance_id {
+        Some(id) => w.id(id),
+        None => w,
+    })
 }
 
 /// A `delete` of `ty#id` in context `ctx`.
 pub fn delete(ctx: &str, ty: &str, id: i64) -> Value {
-    json!({"type": "write", "operation": "delete", "instanceType": ty, "instanceId": id, "context": ctx})
+    write_msg(Write::delete(ty, id).context(ctx))
 }
 
 /// A `batch` write of `ops` in context `ctx`.

@@ -90,6 +90,18 @@ pub trait Policy: Send + Sync + 'static {
         Ok(false)
     }
 
+    /// The entity types whose rows [`has_permission`](Self::has_permission)
+    /// reads besides the anchor (a membership table, the users' roles).
+    ///
+    /// A commit that changes a row of one of them, or an anchor of the
+    /// channel, decides every subscription of the channel again (once per
+    /// user and context, off the delivery path); a subscription no longer
+    /// allowed ends with `unsubscribed` `REVOKED`. Empty, the default: the
+    /// answer given at subscribe stands until the user resubscribes.
+    fn depends_on(&self) -> &[&str] {
+        &[]
+    }
+
     /// May the user change `data` (only the changed fields) on `instance` (the stored row)?
     async fn can_save(&self, cx: &PolicyContext<'_>, instance: &Row, data: &Fields) -> Result<bool, PolicyError> {
         let _ = (cx, instance, data);

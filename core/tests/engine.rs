@@ -628,6 +628,87 @@ async fn revalidation_ends_subscriptions_the_user_lost() {
     assert_eq!(r["error"]["reason"], "NOT_IN_CONTEXT", "{r}");
 }
 
+/// Members of a job (its `Member` rows) may read it; a commit to `Member`
+/// decides its subscriptions again.
+struct MembersOnly;
+
+#[async_trait::async_trait]
+impl Policy for MembersOnly {
+    async fn has_permission(&self, cx: &PolicyContext<'_>, anchor: &Row) -> Result<bool, PolicyError> {
+        let me = cx.user().id;
+        let members = cx.referencing("Member", "job", anchor.id).await?;
+        Ok(members.iter().any(|m| m.get_i64("user") == Some(me)))
+    }
+    fn depends_on(&self) -> &[&str] {
+        &["Member"]
+    }
+}
+
+#[tokio::test]
+async fn a_commit_that_removes_a_membership_revokes_its_subscriptions_live() {
+    let schema = Schema::builder()
+        .entity("Job", |t| {
+            t.string("name");
+        })
+        .entity("Member", |t| {
+            t.reference("job", "Job").on_delete(OnDelete::Cascade);
+            t.int("user");
+        })
+        .build()
+        .expect("schema");
+    let channel = Channel::builder("job", "Job").policy(MembersOnly).build(&schema).expect("channel");
+    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
+        .channel(channel)
+        .authenticator(DevTokens::new().with("ann", User::new(1, "ann")).with("ben", User::new(2, "ben")))
+        .build()
+        .expect("engine");
+    let member = |id, job, user| Write::create("Member").id(id).set("job", job).set("user", user);
+    let seed = Write::batch([
+        Write::create("Job").id(1).set("name", "one"),
+        Write::create("Job").id(2).set("name", "two"),
+        member(1, 1, 1),
+        member(2, 1, 2),
+        member(3, 2, 1),
+    ])
+    .write_id(1);
+    engine.write(Actor::System, seed).await.expect("seed");
+    // ann in two tabs on job/1 and on job/2; ben on job/1.
+    let mut ann = Client::connect(&engine, "ann").await;
+    let mut ann_too = Client::connect(&engine, "ann").await;
+    let mut ben = Client::connect(&engine, "ben").await;
+    ann.subscribe(1).await;
+    ann.subscribe(2).await;
+    ann_too.subscribe(1).await;
+    ben.subscribe(1).await;
+
+    // A commit that changes no membership decides nothing again.
+    engine.write(Actor::System, Write::save("Job", 1).set("name", "uno").write_id(2)).await.expect("rename");
+    ann.silent().await;
+
+    engine.write(Actor::System, Write::delete("Member", 1).write_id(3)).await.expect("remove ann from job 1");
+    for tab in [&mut ann, &mut ann_too] {
+        let u = tab.recv().await;
+        assert_eq!(
+            (u["type"].as_str(), u["reason"].as_str(), u["context"].as_str()),
+            (Some("unsubscribed"), Some("REVOKED"), Some("job/1")),
+            "{u}"
+        );
+        tab.silent().await;
+    }
+    // ann keeps job/2, ben keeps job/1: both still get its changes.
+    engine.write(Actor::System, Write::save("Job", 2).set("name", "dos").write_id(4)).await.expect("save");
+    let d = ann.recv().await;
+    assert_eq!((d["type"].as_str(), d["context"].as_str()), (Some("delta"), Some("job/2")), "{d}");
+    engine.write(Actor::System, Write::save("Job", 1).set("name", "one again").write_id(5)).await.expect("save");
+    let d = ben.recv().await;
+    assert_eq!((d["type"].as_str(), d["context"].as_str()), (Some("delta"), Some("job/1")), "{d}");
+    ben.silent().await;
+    // Subscribing again is refused like any subscribe the policy denies.
+    ann.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1})).await;
+    let e = ann.recv().await;
+    assert_eq!((e["type"].as_str(), e["error"]["reason"].as_str()), (Some("error"), Some("DENIED")), "{e}");
+}
+
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_is_dropped_not_buffered() {
     let engine = engine().await;

@@ -345,6 +345,15 @@ fn server_messages() {
         }))
     );
     insta::assert_snapshot!(
+        "unsubscribed_revoked",
+        encoded(&ServerMessage::Unsubscribed(Unsubscribed {
+            context: Some("job/1".into()),
+            subscription: None,
+            reason: UnsubscribeReason::Revoked,
+            rid: None
+        }))
+    );
+    insta::assert_snapshot!(
         "authenticated",
         encoded(&ServerMessage::Authenticated(Authenticated { user: User::new(1, "alice"), rid: None }))
     );

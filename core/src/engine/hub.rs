@@ -10,6 +10,7 @@ use super::load::load_context;
 use super::metrics::Metrics;
 use super::split::{split_delta, split_state, split_subscribed};
 use super::streams::{EventTail, PendingSub, StreamRegistry, StreamSub, SubId};
+use crate::auth::User;
 use crate::channel::Channel;
 use crate::error::{ErrorReason, WireError};
 use crate::ids::{Id, Seq};
@@ -59,20 +60,38 @@ pub(crate) struct WriterTag {
     pub in_flight: Option<Arc<AtomicUsize>>,
 }
 
+/// One connection's contexts of some channels, and its user.
+pub(crate) struct Holders {
+    pub conn: ConnId,
+    pub user: Arc<User>,
+    pub contexts: Vec<String>,
+}
+
 pub(crate) enum HubMsg {
     /// The contexts each connection of a user holds.
     HeldBy {
         user: Id,
         reply: oneshot::Sender<Vec<(ConnId, Vec<String>)>>,
     },
+    /// Who holds contexts of these channels (see [`super::revocation`]).
+    Holders {
+        channels: super::revocation::Touched,
+        reply: oneshot::Sender<Vec<Holders>>,
+    },
     /// A subscription the user may no longer hold.
     Revoke {
         conn: ConnId,
         context: String,
+        reason: UnsubscribeReason,
+    },
+    /// The connection's user, after `auth` with a new token.
+    Reauth {
+        conn: ConnId,
+        user: Arc<User>,
     },
     Connect {
         conn: ConnId,
-        user: Id,
+        user: Arc<User>,
         outbox: Outbox,
         codec: Codec,
         subs: SharedSubs,
@@ -239,6 +258,7 @@ pub(crate) fn spawn(
     frame_limit: usize,
     commit_lock: CommitLock,
     stream_settings: StreamSettings,
+    revalidate: Option<Revalidate>,
 ) -> HubHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let healthy = Arc::new(AtomicBool::new(true));
@@ -268,6 +288,7 @@ pub(crate) fn spawn(
         pending_streams: HashMap::new(),
         snapshot_limit: stream_settings.snapshot_limit,
         limits: stream_settings.limits,
+        revalidate,
     };
     tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
@@ -332,7 +353,7 @@ async fn run_tailer(store: Arc<dyn Store>, hub: mpsc::WeakUnboundedSender<HubMsg
 }
 
 struct ConnEntry {
-    user: Id,
+    user: Arc<User>,
     outbox: Outbox,
     codec: Codec,
     subs: SharedSubs,
@@ -432,6 +453,15 @@ struct Hub {
     pending_streams: HashMap<SubId, PendingSub>,
     snapshot_limit: usize,
     limits: super::ConnectionLimits,
+    /// Where commits that touch what a policy reads are reported (none when
+    /// no policy declares what it reads).
+    revalidate: Option<Revalidate>,
+}
+
+/// The revalidator's inbox and what it watches.
+pub(crate) struct Revalidate {
+    pub watch: super::revocation::Watch,
+    pub tx: mpsc::UnboundedSender<super::revocation::Touched>,
 }
 
 /// Subtrees of rows that moved between parents, loaded before routing.
@@ -449,12 +479,20 @@ impl Hub {
                 let held = self
                     .conns
                     .iter()
-                    .filter(|(_, e)| e.user == user)
+                    .filter(|(_, e)| e.user.id == user)
                     .map(|(id, e)| (*id, e.subs.lock().iter().cloned().collect()))
                     .collect();
                 let _ = reply.send(held);
             }
-            HubMsg::Revoke { conn, context } => self.revoke(conn, context),
+            HubMsg::Holders { channels, reply } => {
+                let _ = reply.send(self.holders(&channels));
+            }
+            HubMsg::Revoke { conn, context, reason } => self.revoke(conn, context, reason),
+            HubMsg::Reauth { conn, user } => {
+                if let Some(entry) = self.conns.get_mut(&conn) {
+                    entry.user = user;
+                }
+            }
             HubMsg::Disconnect { conn } => self.disconnect(conn),
             HubMsg::Commit { committed, writer, started } if self.shared_log => {
                 self.await_tail(committed, writer, started)
@@ -857,7 +895,20 @@ impl Hub {
         self.update_subscription_gauge();
     }
 
-    fn revoke(&mut self, conn: ConnId, context: String) {
+    fn holders(&self, channels: &super::revocation::Touched) -> Vec<Holders> {
+        let in_channels = |context: &String| {
+            context.split_once('/').is_some_and(|(channel, _)| channels.contains(channel))
+        };
+        self.conns
+            .iter()
+            .filter_map(|(conn, e)| {
+                let contexts: Vec<String> = e.subs.lock().iter().filter(|c| in_channels(c)).cloned().collect();
+                (!contexts.is_empty()).then(|| Holders { conn: *conn, user: e.user.clone(), contexts })
+            })
+            .collect()
+    }
+
+    fn revoke(&mut self, conn: ConnId, context: String, reason: UnsubscribeReason) {
         let held = self.conns.get(&conn).is_some_and(|e| e.subs.lock().remove(&context));
         if !held {
             return;
@@ -866,7 +917,7 @@ impl Hub {
         let msg = Unsubscribed {
             context: Some(context),
             subscription: None,
-            reason: UnsubscribeReason::PermissionLost,
+            reason,
             rid: None,
         };
         self.send_msg(conn, &ServerMessage::Unsubscribed(msg));
@@ -987,6 +1038,12 @@ impl Hub {
         for slot in self.contexts.values_mut() {
             if let Slot::Loading { buffered, .. } = slot {
                 buffered.push(committed.clone());
+            }
+        }
+        if let Some(revalidate) = &self.revalidate {
+            let touched = revalidate.watch.touched(&committed);
+            if !touched.is_empty() {
+                let _ = revalidate.tx.send(touched);
             }
         }
         let writer_conn = match &writer {

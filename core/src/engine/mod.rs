@@ -6,6 +6,7 @@ mod commit_lock;
 mod hub;
 mod load;
 mod metrics;
+mod revocation;
 mod row_turns;
 mod session;
 mod split;
@@ -175,6 +176,9 @@ impl EngineBuilder {
         let schema_info = schema_info(&self.schema, &channels, &streams);
         let metrics = Arc::new(Metrics::default());
         let commit_lock = commit_lock::CommitLock::new(self.store.shared_log());
+        let watch = revocation::Watch::new(&channels);
+        let (revalidate_tx, revalidate_rx) = tokio::sync::mpsc::unbounded_channel();
+        let revalidate = (!watch.is_empty()).then(|| hub::Revalidate { watch, tx: revalidate_tx });
         let hub = hub::spawn(
             self.schema.clone(),
             self.store.clone(),
@@ -182,6 +186,7 @@ impl EngineBuilder {
             self.config.frame_limit,
             commit_lock.clone(),
             hub::StreamSettings { snapshot_limit: self.config.snapshot_limit, limits: self.config.limits.clone() },
+            revalidate,
         );
         let inner = Arc::new(Inner {
             schema: self.schema,
@@ -201,6 +206,7 @@ impl EngineBuilder {
             store_trouble: parking_lot::Mutex::new(None),
         });
         spawn_purger(&inner);
+        revocation::spawn(Arc::downgrade(&inner), revalidate_rx);
         Ok(Engine { inner })
     }
 }
@@ -375,7 +381,8 @@ impl Engine {
                     }
                     Err(_) => {
                         revoked += 1;
-                        self.inner.hub.send(HubMsg::Revoke { conn, context });
+                        let reason = crate::protocol::v1::UnsubscribeReason::PermissionLost;
+                        self.inner.hub.send(HubMsg::Revoke { conn, context, reason });
                     }
                 }
             }

@@ -219,7 +219,7 @@ impl Session {
         self.client_id = client_id;
         self.inner.hub.send(HubMsg::Connect {
             conn: self.id,
-            user: user.id,
+            user: Arc::new(user.clone()),
             outbox: self.outbox.clone(),
             codec,
             subs: self.subs.clone(),
@@ -260,6 +260,7 @@ impl Session {
             Ok(user) if Some(user.id) == current => {
                 self.expires = user.time_left().and_then(|d| Instant::now().checked_add(d));
                 self.user = Some(user.clone());
+                self.inner.hub.send(HubMsg::Reauth { conn: self.id, user: Arc::new(user.clone()) });
                 self.reply(ServerMessage::Authenticated(Authenticated { user: user.clone(), rid: auth.rid }), codec);
                 // The new token's claims may grant less: check what the connection holds.
                 let engine = super::Engine { inner: self.inner.clone() };

@@ -587,7 +587,11 @@ impl ErrorMessage {
 pub enum UnsubscribeReason {
     ClientRequest,
     AnchorDeleted,
+    /// The user's new token (`auth`) no longer allows it.
     PermissionLost,
+    /// A commit changed what the channel's policy reads (a membership
+    /// deleted, a role changed), and the policy no longer allows it.
+    Revoked,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -130,7 +130,7 @@ export class Context<E extends object = EntityMap> {
   readonly channel: string;
   readonly anchorId: Id;
   readonly status: 'loading' | 'ready' | 'closed';
-  /** Why it closed (`ANCHOR_DELETED`, `PERMISSION_LOST`, `CLIENT_REQUEST`, or a subscribe error's reason). */
+  /** Why it closed (`ANCHOR_DELETED`, `PERMISSION_LOST`, `REVOKED`, `CLIENT_REQUEST`, or a subscribe error's reason). */
   readonly closeReason: string | null;
   /** The seq of the last state or delta applied (null before the first state). */
   readonly seq: number | null;

@@ -896,9 +896,8 @@ impl Hub {
     }
 
     fn holders(&self, channels: &super::revocation::Touched) -> Vec<Holders> {
-        let in_channels = |context: &String| {
-            context.split_once('/').is_some_and(|(channel, _)| channels.contains(channel))
-        };
+        let in_channels =
+            |context: &String| context.split_once('/').is_some_and(|(channel, _)| channels.contains(channel));
         self.conns
             .iter()
             .filter_map(|(conn, e)| {
@@ -914,12 +913,7 @@ impl Hub {
             return;
         }
         self.drop_subscriber(conn, &context);
-        let msg = Unsubscribed {
-            context: Some(context),
-            subscription: None,
-            reason,
-            rid: None,
-        };
+        let msg = Unsubscribed { context: Some(context), subscription: None, reason, rid: None };
         self.send_msg(conn, &ServerMessage::Unsubscribed(msg));
     }
 

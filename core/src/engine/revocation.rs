@@ -9,7 +9,7 @@
 //! decides each (user, context) pair once however many connections share it.
 
 use super::Inner;
-use super::hub::{HubMsg, Holders};
+use super::hub::{Holders, HubMsg};
 use super::session::resolve_context;
 use crate::channel::Channel;
 use crate::error::ErrorReason;

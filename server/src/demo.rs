@@ -62,7 +62,9 @@ fn try_schema() -> Result<Arc<Schema>, SchemaError> {
         .build()
 }
 
-/// The demo channels: `job` (anchor Job, tree `tasks`, Task writable).
+/// The demo channels: `job` (anchor Job, tree `tasks`, Task writable) and
+/// `project` (anchor Project, trees `members` and `jobs`; admins add and
+/// remove members).
 pub fn channels(schema: &Schema) -> Vec<Channel> {
     let job = Channel::builder("job", "Job")
         .include("tasks")
@@ -70,7 +72,48 @@ pub fn channels(schema: &Schema) -> Vec<Channel> {
         .policy(DemoPolicy)
         .build(schema)
         .unwrap_or_else(|e| unreachable!("the demo channel is valid: {e}"));
-    vec![job]
+    let project = Channel::builder("project", "Project")
+        .include("members")
+        .include("jobs")
+        .writable("ProjectMember", [Op::Create, Op::Delete])
+        .policy(ProjectPolicy)
+        .build(schema)
+        .unwrap_or_else(|e| unreachable!("the demo channel is valid: {e}"));
+    vec![job, project]
+}
+
+/// What the demo's read rules read: memberships, and who is an admin. A
+/// commit to either decides the subscriptions again (live revocation).
+const READ_RULES_READ: &[&str] = &["ProjectMember", "User"];
+
+/// The policy of the `project` channel: its members and admins read it;
+/// admins add and remove members.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProjectPolicy;
+
+#[async_trait]
+impl Policy for ProjectPolicy {
+    async fn has_permission(&self, cx: &PolicyContext<'_>, anchor: &Row) -> Result<bool, PolicyError> {
+        Ok(DemoPolicy::is_admin(cx).await? || DemoPolicy::is_project_member(cx, anchor.id).await?)
+    }
+
+    fn depends_on(&self) -> &[&str] {
+        READ_RULES_READ
+    }
+
+    async fn can_create(
+        &self,
+        cx: &PolicyContext<'_>,
+        ty: &EntityType,
+        _parent: &Row,
+        _data: &Fields,
+    ) -> Result<bool, PolicyError> {
+        Ok(ty.name == "ProjectMember" && DemoPolicy::is_admin(cx).await?)
+    }
+
+    async fn can_delete(&self, cx: &PolicyContext<'_>, instance: &Row) -> Result<bool, PolicyError> {
+        Ok(&*instance.ty == "ProjectMember" && DemoPolicy::is_admin(cx).await?)
+    }
 }
 
 /// The demo streams: `tasks` (every task, full rows, routed by `job`; for
@@ -150,7 +193,9 @@ impl DemoPolicy {
 #[async_trait]
 impl Policy for DemoPolicy {
     async fn has_permission(&self, _cx: &PolicyContext<'_>, _anchor: &Row) -> Result<bool, PolicyError> {
-        // Every session is authenticated before it can subscribe.
+        // Every session is authenticated before it can subscribe. (Issue 19
+        // asks for members and admins only; the `project` channel shows that
+        // rule and its live revocation already.)
         Ok(true)
     }
 
@@ -317,8 +362,11 @@ mod tests {
     fn the_demo_declarations_build() {
         let schema = schema();
         let channels = channels(&schema);
-        assert_eq!(channels.len(), 1);
+        assert_eq!(channels.len(), 2);
         let job = &channels[0];
+        let project = &channels[1];
+        assert_eq!((project.name.as_str(), project.anchor.as_str()), ("project", "Project"));
+        assert!(project.is_writable("ProjectMember", Op::Create) && project.is_writable("ProjectMember", Op::Delete));
         assert_eq!((job.name.as_str(), job.anchor.as_str()), ("job", "Job"));
         for op in [Op::Save, Op::Create, Op::Delete] {
             assert!(job.is_writable("Task", op));
@@ -388,12 +436,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn anyone_signed_in_may_subscribe() {
+    async fn anyone_signed_in_may_subscribe_to_a_job() {
         let (_, store) = seeded().await;
         for (id, ..) in USERS {
             let me = user(id);
             let cx = PolicyContext::new(&store, &me);
             assert!(DemoPolicy.has_permission(&cx, &row(&store, "Job", 1).await).await.expect("decides"));
+        }
+    }
+
+    #[tokio::test]
+    async fn members_and_admins_may_subscribe_to_a_project() {
+        let (_, store) = seeded().await;
+        // alice and bob are members of project 1, carol is an admin, dave neither.
+        for (id, allowed) in [(1, true), (2, true), (3, true), (4, false)] {
+            let me = user(id);
+            let cx = PolicyContext::new(&store, &me);
+            let project = ProjectPolicy.has_permission(&cx, &row(&store, "Project", 1).await).await.expect("decides");
+            assert_eq!(project, allowed, "user {id}");
         }
     }
 

@@ -148,6 +148,6 @@ async fn declarations_before_and_after_the_store_both_count() {
             .map(|a| a.iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default()
     };
-    assert_eq!(names("channels"), vec!["job".to_owned()], "{welcome}");
+    assert_eq!(names("channels"), vec!["job".to_owned(), "project".to_owned()], "{welcome}");
     assert_eq!(names("streams"), vec!["my-tasks".to_owned(), "tasks".to_owned()], "{welcome}");
 }

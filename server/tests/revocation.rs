@@ -1,0 +1,82 @@
+//! End to end: the demo's `project` channel is read by the project's
+//! members and admins, and removing a membership ends the removed user's
+//! subscription at once (`unsubscribed` `REVOKED`), in every tab, while the
+//! others go on.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Messages until an `unsubscribed` (deltas of the membership's delete may
+/// come first); panics if the connection goes quiet before one.
+async fn until_unsubscribed(c: &mut Client) -> Value {
+    for _ in 0..16 {
+        let m = c.recv().await;
+        if m["type"] == "unsubscribed" {
+            return m;
+        }
+        assert_eq!(m["type"], "delta", "only deltas may come before the unsubscribed: {m}");
+    }
+    panic!("no unsubscribed within 16 messages")
+}
+
+async fn subscribe_project(c: &mut Client) -> Value {
+    c.send(json!({"type": "subscribe", "channel": "project", "anchorId": 1})).await;
+    c.recv().await
+}
+
+#[tokio::test]
+async fn removing_a_membership_revokes_the_project_live() {
+    let server = TestServer::start();
+    let mut dave = server.json().await;
+    dave.hello("dave").await;
+    let refused = subscribe_project(&mut dave).await;
+    assert_eq!(error_of(&refused), (403, "DENIED".to_owned()), "dave is in no project: {refused}");
+
+    let mut bob_tabs = Vec::new();
+    for _ in 0..2 {
+        let mut bob = server.msgpack().await;
+        bob.hello("bob").await;
+        let state = subscribe_project(&mut bob).await;
+        assert_eq!(state["type"], "state", "{state}");
+        let members: Vec<i64> = state["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .filter(|r| r["_type"] == "ProjectMember")
+            .filter_map(|r| r["user"].as_i64())
+            .collect();
+        assert_eq!(members, vec![1, 2], "alice and bob are the members: {state}");
+        bob_tabs.push(bob);
+    }
+    let mut alice = server.json().await;
+    alice.hello("alice").await;
+    assert_eq!(subscribe_project(&mut alice).await["type"], "state");
+
+    // bob may not remove anyone; carol (an admin) removes bob.
+    let remove = |write_id: i64| {
+        json!({"type": "write", "writeId": write_id, "context": "project/1", "operation": "delete",
+               "instanceType": "ProjectMember", "instanceId": 2})
+    };
+    assert_eq!(bob_tabs[0].write(remove(1)).await.refused(), (403, "DENIED".to_owned()));
+    let mut carol = server.json().await;
+    carol.hello("carol").await;
+    assert_eq!(subscribe_project(&mut carol).await["type"], "state");
+    carol.write(remove(1)).await.ok();
+
+    for bob in &mut bob_tabs {
+        let ended = until_unsubscribed(bob).await;
+        assert_eq!(
+            (ended["context"].as_str(), ended["reason"].as_str()),
+            (Some("project/1"), Some("REVOKED")),
+            "{ended}"
+        );
+        let again = subscribe_project(bob).await;
+        assert_eq!(error_of(&again), (403, "DENIED".to_owned()), "{again}");
+    }
+    // alice saw the membership go and still holds the project.
+    let delta = alice.recv().await;
+    assert_eq!((delta["type"].as_str(), delta["context"].as_str()), (Some("delta"), Some("project/1")), "{delta}");
+    alice.ping().await;
+}

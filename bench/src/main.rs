@@ -650,7 +650,7 @@ async fn contexts_report(report: &mut String, bin: &Path, plan: &Plan) -> Result
         "\n### Many contexts on {store}: M contexts × {k} clients, {} writes/s in all (open loop, {} s)\n\n\
          The server seeds M jobs (`--demo-jobs`); before the run alice creates in each a task assigned to \
          herself. Three in four clients are alice (create a task, save that task's notes, delete a task she \
-         created, in turn); one in four is dave, whose saves and creates are all denied (403). Latency: \
+         created, in turn); one in four is carol (an admin, not a member: she reads every job), whose creates are all denied (403). Latency: \
          intended send time → `writeResponse`.\n",
         plan.contexts_rate, plan.seconds
     );

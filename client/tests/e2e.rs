@@ -68,8 +68,8 @@ async fn a_write_shows_before_the_answer_and_reaches_the_other_client() {
 #[tokio::test]
 async fn refused_save_create_and_delete_roll_back() {
     let server = Server::start();
-    let (alice, dave, bob) =
-        (client(&server, "alice").await, client(&server, "dave").await, client(&server, "bob").await);
+    let (alice, carol, bob) =
+        (client(&server, "alice").await, client(&server, "carol").await, client(&server, "bob").await);
     let a = alice.subscribe("job", 1).await.expect("a");
     let order_before: Vec<i64> = a.view().iter().map(|r| r.key).collect();
 
@@ -79,8 +79,8 @@ async fn refused_save_create_and_delete_roll_back() {
     assert_eq!(refused_reason(h.await), Some(ErrorReason::Denied));
     assert_eq!(field(&a, 1, "name"), Some(json!("Write docs")));
 
-    // Dave is not a member of the project.
-    let d = dave.subscribe("job", 1).await.expect("d");
+    // Carol is an admin (she reads every job) but not a member of the project.
+    let d = carol.subscribe("job", 1).await.expect("d");
     let h = d.create("Task", JOB1, json!({"name": "Intruder"})).expect("create");
     let id = h.id().expect("id");
     assert!(d.row("Task", id).is_some());
@@ -274,7 +274,7 @@ async fn the_cli_writes_and_watches() {
     assert_eq!(answer["success"], true);
 
     let denied = tokio::process::Command::new(&cli)
-        .args(["write", &server.url, "--token", "dave", "--context", "job/1"])
+        .args(["write", &server.url, "--token", "carol", "--context", "job/1"])
         .arg(r#"{"operation":"create","instanceType":"Task","parentType":"Job","parentId":1,"relationName":"tasks","data":{"name":"x"}}"#)
         .output()
         .await

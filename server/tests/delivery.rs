@@ -121,7 +121,7 @@ async fn the_writer_gets_its_delta_before_the_response_and_others_get_the_change
     let server = TestServer::start();
     let (mut alice, state) = server.subscribed("alice", 1).await;
     let (mut bob, bob_state) = server.subscribed("bob", 1).await;
-    let (mut dave, _) = server.subscribed("dave", 2).await;
+    let (mut carol, _) = server.subscribed("carol", 2).await;
 
     let write_id = alice.write_id();
     let mut w = save("job/1", "Task", 1, json!({"status": "doing"}));
@@ -154,7 +154,7 @@ async fn the_writer_gets_its_delta_before_the_response_and_others_get_the_change
     assert_eq!(other["changes"], delta["changes"]);
 
     // job/2 is not touched.
-    dave.expect_silence(300).await;
+    carol.expect_silence(300).await;
     bob.expect_silence(100).await;
 }
 
@@ -217,9 +217,9 @@ async fn re_parenting_moves_the_row_between_contexts() {
         "with the full row"
     );
 
-    let (_c, job1) = server.subscribed("dave", 1).await;
+    let (_c, job1) = server.subscribed("carol", 1).await;
     assert!(row(&job1, "Task", 1).is_none());
-    let (_c, job2) = server.subscribed("dave", 2).await;
+    let (_c, job2) = server.subscribed("carol", 2).await;
     assert_eq!(row(&job2, "Task", 1).expect("task 1 in job 2")["job"], 2);
 }
 
@@ -262,9 +262,9 @@ async fn json_and_messagepack_clients_see_the_same_changes() {
     assert_eq!((theirs["seq"].clone(), theirs["changes"].clone()), (mine["seq"].clone(), mine["changes"].clone()));
     assert_eq!(changes(&theirs)[0]["notes"], "from msgpack");
 
-    let (_c, after) = server.subscribed("dave", 1).await;
+    let (_c, after) = server.subscribed("carol", 1).await;
     let mut mp = server.msgpack().await;
-    mp.hello("dave").await;
+    mp.hello("carol").await;
     let mp_after = mp.subscribe("job", 1).await;
     assert_eq!(rows(&mp_after), rows(&after));
 }

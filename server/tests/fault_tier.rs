@@ -77,7 +77,7 @@ enum Op {
         name: String,
         id: i64,
     },
-    /// A write the policy refuses (dave is in no project).
+    /// A write the policy refuses (a save of a task the writer is not assigned).
     Forbidden {
         notes: String,
     },
@@ -188,11 +188,13 @@ async fn deliver(conn: &mut Option<Client>, who: &Who, write_id: i64, msg: &Valu
 struct Who {
     token: &'static str,
     user: i64,
+    /// Makes only writes the policy refuses (saves of a task it is not assigned).
+    forbidden: bool,
     client_id: String,
     url: Url,
 }
 
-/// One writer: creates, saves and deletes its own tasks (or, as dave, makes
+/// One writer: creates, saves and deletes its own tasks (or makes only
 /// forbidden writes), one at a time, until `stop`.
 async fn writer(
     who: Who,
@@ -207,8 +209,8 @@ async fn writer(
     while !stop.load(Ordering::SeqCst) {
         write_id += 1;
         let tag = format!("{}-{write_id}", who.client_id);
-        let op = match (who.token, rng.below(10), mine.len()) {
-            ("dave", _, _) => Op::Forbidden { notes: format!("forbidden {tag}") },
+        let op = match (who.forbidden, rng.below(10), mine.len()) {
+            (true, _, _) => Op::Forbidden { notes: format!("forbidden {tag}") },
             (_, 0..=3, _) | (_, _, 0) => Op::Create { name: format!("task {tag}"), assignee: who.user },
             (_, 4..=8, n) => {
                 let id = mine[rng.below(n as u64) as usize].1;
@@ -227,7 +229,7 @@ async fn writer(
                 return Err(format!("{} #{write_id}: a confirmed create without its id", who.client_id));
             }
             // Everything alice and bob write is allowed: a refusal is a wrong answer.
-            (_, Outcome::Refused { code, reason }) if who.token != "dave" => {
+            (_, Outcome::Refused { code, reason }) if !who.forbidden => {
                 return Err(format!("{} #{write_id}: {op:?} refused {code} {reason}", who.client_id));
             }
             _ => {}
@@ -409,8 +411,12 @@ async fn run_seed(seed: u64, disk: Option<&SmallDisk>) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = tokio::spawn(subscriber(url.clone(), stop.clone(), history.clone()));
     let mut writers = Vec::new();
-    for (i, (token, user)) in [("alice", 1), ("bob", 2), ("dave", 4)].into_iter().enumerate() {
-        let who = Who { token, user, client_id: format!("fault-{seed}-{token}"), url: url.clone() };
+    // bob also writes as a second client that only makes refused writes (task 1 is alice's).
+    for (i, (token, user, forbidden)) in
+        [("alice", 1, false), ("bob", 2, false), ("bob", 2, true)].into_iter().enumerate()
+    {
+        let client_id = format!("fault-{seed}-{token}{}", if forbidden { "-forbidden" } else { "" });
+        let who = Who { token, user, forbidden, client_id, url: url.clone() };
         writers.push(tokio::spawn(writer(who, Rng(seed ^ (i as u64 + 1) << 32), stop.clone(), history.clone())));
     }
     // The faults: kill -9 at random moments, then start again on the same data.

@@ -13,8 +13,9 @@ use std::time::Duration;
 #[tokio::test]
 async fn logs_are_plain_and_quiet_and_refusals_are_logged_and_counted() {
     let server = TestServer::start_args(&["--log", "warn,statecast=debug"]);
-    let (mut dave, _) = server.subscribed("dave", 1).await;
-    let r = dave.write(save("job/1", "Task", 1, json!({"notes": "not yours"}))).await;
+    // bob is not task 1's assignee.
+    let (mut bob, _) = server.subscribed("bob", 1).await;
+    let r = bob.write(save("job/1", "Task", 1, json!({"notes": "not yours"}))).await;
     assert_eq!(r.refused(), (403, "DENIED".to_owned()));
     let mut bad = server.json().await;
     bad.send(json!({"type": "hello", "protocol": 1, "token": "mallory"})).await;
@@ -27,7 +28,7 @@ async fn logs_are_plain_and_quiet_and_refusals_are_logged_and_counted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let log = server.stderr();
-    assert!(log.contains("refused") && log.contains("reason=\"DENIED\"") && log.contains("user=Some(4)"), "{log}");
+    assert!(log.contains("refused") && log.contains("reason=\"DENIED\"") && log.contains("user=Some(2)"), "{log}");
     assert!(log.contains("reason=\"UNAUTHENTICATED\""), "{log}");
     assert!(!log.contains('\u{1b}'), "no colour codes when stderr is not a terminal: {log}");
 

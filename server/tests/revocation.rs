@@ -1,24 +1,29 @@
-//! End to end: the demo's `project` channel is read by the project's
-//! members and admins, and removing a membership ends the removed user's
-//! subscription at once (`unsubscribed` `REVOKED`), in every tab, while the
-//! others go on.
+//! End to end: the demo's `project` and `job` channels are read by the
+//! project's members and admins, and removing a membership ends the removed
+//! user's subscriptions at once (`unsubscribed` `REVOKED`), in every tab,
+//! while the others go on.
 
 mod common;
 
 use common::*;
 use serde_json::{Value, json};
 
-/// Messages until an `unsubscribed` (deltas of the membership's delete may
-/// come first); panics if the connection goes quiet before one.
-async fn until_unsubscribed(c: &mut Client) -> Value {
+/// The `unsubscribed` messages until `n` came (deltas of the membership's
+/// delete may come between); panics if the connection goes quiet first.
+async fn unsubscribes(c: &mut Client, n: usize) -> Vec<Value> {
+    let mut ended = Vec::new();
     for _ in 0..16 {
         let m = c.recv().await;
         if m["type"] == "unsubscribed" {
-            return m;
+            ended.push(m);
+            if ended.len() == n {
+                return ended;
+            }
+        } else {
+            assert_eq!(m["type"], "delta", "only deltas may come between: {m}");
         }
-        assert_eq!(m["type"], "delta", "only deltas may come before the unsubscribed: {m}");
     }
-    panic!("no unsubscribed within 16 messages")
+    panic!("{n} unsubscribed did not come within 16 messages: {ended:?}")
 }
 
 async fn subscribe_project(c: &mut Client) -> Value {
@@ -48,6 +53,7 @@ async fn removing_a_membership_revokes_the_project_live() {
             .filter_map(|r| r["user"].as_i64())
             .collect();
         assert_eq!(members, vec![1, 2], "alice and bob are the members: {state}");
+        bob.subscribe("job", 1).await;
         bob_tabs.push(bob);
     }
     let mut alice = server.json().await;
@@ -65,15 +71,20 @@ async fn removing_a_membership_revokes_the_project_live() {
     assert_eq!(subscribe_project(&mut carol).await["type"], "state");
     carol.write(remove(1)).await.ok();
 
+    // Both of bob's tabs lose the project and its job at once.
     for bob in &mut bob_tabs {
-        let ended = until_unsubscribed(bob).await;
-        assert_eq!(
-            (ended["context"].as_str(), ended["reason"].as_str()),
-            (Some("project/1"), Some("REVOKED")),
-            "{ended}"
-        );
+        let mut ended: Vec<(String, String)> = unsubscribes(bob, 2)
+            .await
+            .iter()
+            .map(|m| (m["context"].as_str().unwrap_or("").to_owned(), m["reason"].as_str().unwrap_or("").to_owned()))
+            .collect();
+        ended.sort();
+        let revoked = |c: &str| (c.to_owned(), "REVOKED".to_owned());
+        assert_eq!(ended, vec![revoked("job/1"), revoked("project/1")]);
         let again = subscribe_project(bob).await;
         assert_eq!(error_of(&again), (403, "DENIED".to_owned()), "{again}");
+        bob.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1})).await;
+        assert_eq!(error_of(&bob.recv().await), (403, "DENIED".to_owned()));
     }
     // alice saw the membership go and still holds the project.
     let delta = alice.recv().await;

@@ -70,7 +70,7 @@ async fn subscribes_that_are_never_read_cannot_pile_up() {
     }
     drop(alice);
     let mut greedy = server.json().await;
-    greedy.hello("dave").await;
+    greedy.hello("carol").await;
     for rid in 0..45 {
         if greedy
             .send_raw(tokio_tungstenite::tungstenite::Message::text(

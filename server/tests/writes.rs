@@ -49,7 +49,7 @@ async fn the_assignee_may_change_status_and_notes_only() {
 
     let w = alice.write(save("job/1", "Task", 1, json!({"status": "doing", "notes": "on it"}))).await;
     assert!(w.ok()["seq"].as_u64().is_some_and(|s| s > before["seq"].as_u64().unwrap_or(0)), "{}", w.response);
-    let (_c, after) = server.subscribed("dave", 1).await;
+    let (_c, after) = server.subscribed("carol", 1).await;
     let task = row(&after, "Task", 1).expect("task 1");
     assert_eq!((task["status"].clone(), task["notes"].clone()), (json!("doing"), json!("on it")));
     assert_eq!(task["name"], "Write docs");
@@ -72,10 +72,15 @@ async fn an_admin_may_change_any_writable_field() {
 #[tokio::test]
 async fn members_of_the_project_may_create_and_others_may_not() {
     let server = TestServer::start();
-    let (mut dave, before) = server.subscribed("dave", 1).await;
-    refused(&server, &mut dave, &before, create_task(1, Some(-1), json!({"name": "Sneaky"})), 403, "DENIED").await;
-    // carol is an admin but not a member of project 1.
-    let (mut carol, _) = server.subscribed("carol", 1).await;
+    // dave, in no project, may not even read the job.
+    let mut dave = server.json().await;
+    dave.hello("dave").await;
+    dave.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1})).await;
+    assert_eq!(error_of(&dave.recv().await), (403, "DENIED".to_owned()));
+    let w = dave.write(create_task(1, Some(-1), json!({"name": "Sneaky"}))).await;
+    assert_eq!(w.refused(), (400, "NOT_IN_CONTEXT".to_owned()));
+    // carol is an admin but not a member of project 1: she reads, but may not create.
+    let (mut carol, before) = server.subscribed("carol", 1).await;
     refused(&server, &mut carol, &before, create_task(1, Some(-1), json!({"name": "Admin"})), 403, "DENIED").await;
 
     let (mut bob, _) = server.subscribed("bob", 1).await;
@@ -117,7 +122,7 @@ async fn the_creator_or_an_admin_may_delete() {
     // carol is an admin.
     let (mut carol, _) = server.subscribed("carol", 1).await;
     carol.write(delete("job/1", "Task", 1)).await.ok();
-    let (_c, after) = server.subscribed("dave", 1).await;
+    let (_c, after) = server.subscribed("carol", 1).await;
     assert!(row(&after, "Task", 1).is_none() && row(&after, "Task", 2).is_none());
     assert!(row(&after, "Job", 1).is_some());
 }

@@ -115,24 +115,25 @@ test('a save the policy refuses rolls back on screen with its code and reason', 
 });
 
 test('a create the policy refuses appears at once, then disappears with 403 DENIED', async () => {
-  const dave = await inspector(browser, server, 'dave');
+  // carol, an admin but not a member of the project, reads the job and may not create.
+  const carol = await inspector(browser, server, 'carol');
   try {
-    await recordTaskTable(dave.page);
-    const before = await dave.page.locator('tr[data-type="Task"]').count();
-    const form = dave.page.locator('form[data-create="Task"]');
+    await recordTaskTable(carol.page);
+    const before = await carol.page.locator('tr[data-type="Task"]').count();
+    const form = carol.page.locator('form[data-create="Task"]');
     await form.locator('input[name="name"]').fill('Sneaky task');
     await form.locator('button[type="submit"]').click();
-    await dave.page.locator('#notices .notice', { hasText: '403 DENIED' }).waitFor();
-    await dave.page.locator('tr[data-type="Task"]', { hasText: 'Sneaky task' }).waitFor({ state: 'detached' });
-    assert.equal(await dave.page.locator('tr[data-type="Task"]').count(), before);
-    const history = await seen(dave.page);
+    await carol.page.locator('#notices .notice', { hasText: '403 DENIED' }).waitFor();
+    await carol.page.locator('tr[data-type="Task"]', { hasText: 'Sneaky task' }).waitFor({ state: 'detached' });
+    assert.equal(await carol.page.locator('tr[data-type="Task"]').count(), before);
+    const history = await seen(carol.page);
     assert.ok(
       history.some((rows) => rows.some((r) => r.startsWith('pending|') && r.endsWith('|Sneaky task'))),
       `the ghost row was on screen, marked pending: ${JSON.stringify(history)}`,
     );
-    assert.deepEqual(dave.errors, []);
+    assert.deepEqual(carol.errors, []);
   } finally {
-    await dave.close();
+    await carol.close();
   }
 });
 

@@ -7,8 +7,8 @@ use statecast_core::{Authenticator, Channel, Engine, EngineConfig, Schema, Store
 use statecast_transport_quic::{CertInfo, QuicConfig, QuicTransport};
 use statecast_transport_ws::{WsConfig, WsTransport};
 use std::net::SocketAddr;
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 

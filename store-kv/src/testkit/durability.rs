@@ -177,8 +177,7 @@ pub fn the_applied_record_of_a_torn_commit_is_not_reported<B: KvBackend>() {
         {
             // What the engine recovered: the applied record, without the row or the log entry.
             let kv = B::open(&dir.path().join("db")).map_err(|e| format!("{e:?}")).expect("open the engine");
-            kv.apply(vec![KvOp::Delete(keys::log(torn.seq)), KvOp::Delete(keys::row("User", torn_id))])
-                .expect("tear");
+            kv.apply(vec![KvOp::Delete(keys::log(torn.seq)), KvOp::Delete(keys::row("User", torn_id))]).expect("tear");
             kv.sync().expect("sync");
         }
         let store = open::<B>(&dir, KvOptions::default());

@@ -6,9 +6,9 @@
 use crate::state::Effect;
 use crate::{ClientError, Command, Shared, StreamViewEvent, ViewEvent};
 use rand::Rng;
-use statecast_core::error::ErrorReason;
-use statecast_core::protocol::v1::{ClientMessage, Hello, PROTOCOL_VERSION, ServerMessage};
-use statecast_core::transport::{Connection, Incoming};
+use statecast_protocol::error::ErrorReason;
+use statecast_protocol::v1::{ClientMessage, Hello, PROTOCOL_VERSION, ServerMessage};
+use statecast_transport::{Connection, Incoming};
 use statecast_transport_quic::QuicClientConfig;
 use statecast_transport_ws::WsClientConfig;
 use std::sync::Arc;

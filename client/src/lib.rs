@@ -27,11 +27,11 @@ pub mod tree;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use statecast_core::error::{ErrorReason, WireError};
-use statecast_core::ids::Id;
-use statecast_core::protocol::Codec;
-use statecast_core::protocol::v1::{Operation, WriteOp};
-use statecast_core::row::Fields;
+use statecast_protocol::Codec;
+use statecast_protocol::error::{ErrorReason, WireError};
+use statecast_protocol::ids::Id;
+use statecast_protocol::row::Fields;
+use statecast_protocol::v1::{Operation, WriteOp};
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
@@ -132,7 +132,7 @@ impl ClientError {
 pub enum ViewEvent {
     Changed(Vec<ViewChange>),
     /// The server ended the subscription (e.g. `ANCHOR_DELETED`).
-    Closed(statecast_core::protocol::v1::UnsubscribeReason),
+    Closed(statecast_protocol::v1::UnsubscribeReason),
     /// The server's store changed (new epoch): the context was loaded afresh.
     Reset,
 }

@@ -9,14 +9,14 @@
 
 use crate::tree::{SchemaInfo, Tree};
 use serde_json::Value;
-use statecast_core::error::{ErrorReason, WireError};
-use statecast_core::ids::{Id, Seq, mint_id};
-use statecast_core::protocol::v1::{
+use statecast_protocol::applied::CreatedId;
+use statecast_protocol::error::{ErrorReason, WireError};
+use statecast_protocol::ids::{Id, Seq, mint_id};
+use statecast_protocol::row::{Fields, Row, RowKey};
+use statecast_protocol::v1::{
     AppliedOutcome, ChangeOp, ClientMessage, Delta, Operation, ServerMessage, State, Subscribe, Unsubscribe,
     UnsubscribeReason, Welcome, Write, WriteOp, WriteResponse,
 };
-use statecast_core::row::{Fields, Row, RowKey};
-use statecast_core::store::CreatedId;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -257,7 +257,7 @@ impl ClientState {
         if !self.online {
             return;
         }
-        let Some((channel, anchor)) = statecast_core::channel::parse_context(context) else { return };
+        let Some((channel, anchor)) = statecast_protocol::context::parse_context(context) else { return };
         let (channel, resume) = (channel.to_owned(), self.resume_point(context));
         let rid = self.next_rid();
         let Some(ctx) = self.contexts.get_mut(context) else { return };

@@ -7,9 +7,9 @@
 use crate::state::{StreamViewInfo, ViewChange, ViewRow};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use statecast_core::ids::{Id, Seq};
-use statecast_core::protocol::v1::{ChangeOp, Subscribe, UnsubscribeReason};
-use statecast_core::row::Fields;
+use statecast_protocol::ids::{Id, Seq};
+use statecast_protocol::row::Fields;
+use statecast_protocol::v1::{ChangeOp, Subscribe, UnsubscribeReason};
 use tokio::sync::mpsc;
 
 /// What to subscribe to.

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use statecast_core::schema::{EntityType, FieldKind};
+use statecast_protocol::schema::{EntityType, FieldKind};
 use std::collections::HashMap;
 
 /// One edge of a channel's tree: `parent.relation` holds `child` rows whose `field` names the parent.

@@ -3,29 +3,12 @@
 
 use crate::policy::{DenyAll, Policy};
 use crate::schema::{Schema, SchemaError};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-/// A write operation on one row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
-    Save,
-    Create,
-    Delete,
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Op::Save => "save",
-            Op::Create => "create",
-            Op::Delete => "delete",
-        })
-    }
-}
+pub use statecast_protocol::context::{Op, parse_context};
 
 /// One edge of a channel's tree: `parent.relation` holds `child` rows whose
 /// `field` references the parent.
@@ -214,12 +197,6 @@ impl From<&Channel> for ChannelInfo {
     fn from(c: &Channel) -> Self {
         Self { name: c.name.clone(), anchor: c.anchor.clone(), tree: c.edges.clone(), writable: c.writable.clone() }
     }
-}
-
-/// Splits a context name `"job/1"` into channel and anchor id.
-pub fn parse_context(name: &str) -> Option<(&str, i64)> {
-    let (channel, id) = name.rsplit_once('/')?;
-    Some((channel, id.parse().ok()?))
 }
 
 #[cfg(test)]

@@ -2,19 +2,21 @@
 //! sync engine, over the [`Store`] and [`Transport`] traits.
 //!
 //! `core` owns every rule; stores only store and transports only move frames.
+//! The wire vocabulary (ids, rows, the schema, filters, wire errors, protocol
+//! v1) lives in `statecast-protocol` and the transport seam in
+//! `statecast-transport`; both are re-exported here under their old paths.
 
 pub mod auth;
 pub mod channel;
 pub mod engine;
 pub mod error;
-pub mod ids;
 pub mod policy;
-pub mod protocol;
-pub mod row;
-pub mod schema;
 pub mod store;
 pub mod stream;
-pub mod transport;
+
+pub use statecast_protocol as protocol;
+pub use statecast_protocol::{ids, row, schema};
+pub use statecast_transport as transport;
 
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

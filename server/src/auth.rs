@@ -60,7 +60,8 @@ impl Authenticator for ServerAuth {
     }
 }
 
-#[cfg(test)]
+// The demo app's dev tokens are the fixture.
+#[cfg(all(test, feature = "demo"))]
 mod tests {
     use super::*;
     use crate::config::{Args, Mode};

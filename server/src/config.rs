@@ -13,6 +13,10 @@ use std::time::Duration;
 pub const DEFAULT_WS_ADDR: &str = "127.0.0.1:7100";
 pub const DEFAULT_WS_PATH: &str = "/ws";
 pub const DEFAULT_QUIC_ADDR: &str = "127.0.0.1:7101";
+/// How many jobs the demo rows may hold (`--demo-jobs`): at least the two
+/// the demo's tasks live in, at most what fits the one seed batch.
+pub const DEMO_JOBS_RANGE: std::ops::RangeInclusive<u32> = 2..=500;
+
 /// The value of `--quic-addr` / `quic_addr` that turns QUIC off.
 pub const QUIC_OFF: &str = "off";
 /// Where the self-signed QUIC certificate is kept when the store has no directory of its own.
@@ -473,7 +477,7 @@ impl Config {
         let mode = pick(args.mode, file.mode).map_or(Mode::default(), |(m, _)| m);
 
         let demo_jobs = match pick(args.demo_jobs, file.demo_jobs) {
-            None => *crate::demo::DEMO_JOBS_RANGE.start(),
+            None => *DEMO_JOBS_RANGE.start(),
             Some((jobs, from_flag)) => {
                 let origin = origin("--demo-jobs", "demo_jobs");
                 if !mode.seeds_demo_rows() {
@@ -481,7 +485,7 @@ impl Config {
                         origin.invalid(from_flag, format!("mode `{mode}` inserts no demo rows: use --mode demo"))
                     );
                 }
-                let range = crate::demo::DEMO_JOBS_RANGE;
+                let range = DEMO_JOBS_RANGE;
                 if !range.contains(&jobs) {
                     return Err(origin.invalid(
                         from_flag,

@@ -17,9 +17,7 @@ use std::sync::Arc;
 pub const USERS: [(Id, &str, bool); 4] =
     [(1, "alice", false), (2, "bob", false), (3, "carol", true), (4, "dave", false)];
 
-/// How many jobs the demo rows may hold (`--demo-jobs`): at least the two
-/// the demo's tasks live in, at most what fits the one seed batch.
-pub const DEMO_JOBS_RANGE: std::ops::RangeInclusive<u32> = 2..=500;
+pub use crate::config::DEMO_JOBS_RANGE;
 
 /// The fields of a task its assignee may change.
 const ASSIGNEE_FIELDS: [&str; 2] = ["status", "notes"];

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod builder;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;
 pub mod schema_export;

@@ -168,7 +168,8 @@ fn ident(name: &str) -> String {
     s
 }
 
-#[cfg(test)]
+// The demo app is the fixture.
+#[cfg(all(test, feature = "demo"))]
 mod tests {
     use super::*;
     use crate::demo;

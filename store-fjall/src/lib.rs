@@ -29,11 +29,11 @@ pub struct FjallBackend {
 
 fn backend(e: fjall::Error) -> StoreError {
     match e {
-        fjall::Error::Poisoned => StoreError::FlushFailed("an earlier journal write failed".into()),
+        fjall::Error::Poisoned => StoreError::flush_failed("an earlier journal write failed"),
         // A full disk, a failing device: 503, not 500 (a failed write also
         // fails the store, which then stops the server; see store-kv).
-        fjall::Error::Io(_) => StoreError::Unavailable(format!("the fjall engine failed I/O: {e}")),
-        _ => StoreError::Backend(e.to_string()),
+        fjall::Error::Io(_) => StoreError::unavailable(format!("the fjall engine failed I/O: {e}")).with_source(e),
+        _ => StoreError::backend(e.to_string()).with_source(e),
     }
 }
 
@@ -48,7 +48,7 @@ impl KvBackend for FjallBackend {
 
     fn open(path: &Path) -> Result<Self, OpenError> {
         if path.join("conf").is_file() && path.join("db").is_file() {
-            return Err(OpenError::Failed(StoreError::Unavailable(format!(
+            return Err(OpenError::Failed(StoreError::unavailable(format!(
                 "{} holds a sled database, not a fjall one: open it with the sled store",
                 path.display()
             ))));
@@ -57,9 +57,9 @@ impl KvBackend for FjallBackend {
         // need not reach the OS on its own.
         let db = Database::builder(path).manual_journal_persist(true).open().map_err(|e| match e {
             fjall::Error::Locked => OpenError::Locked("another handle holds its lock".into()),
-            fjall::Error::Io(io) => {
-                OpenError::Failed(StoreError::Unavailable(format!("cannot open {}: {io}", path.display())))
-            }
+            fjall::Error::Io(io) => OpenError::Failed(
+                StoreError::unavailable(format!("cannot open {}: {io}", path.display())).with_source(io),
+            ),
             e => OpenError::Failed(backend(e)),
         })?;
         let keyspace =

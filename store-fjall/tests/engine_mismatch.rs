@@ -17,7 +17,9 @@ fn file_names(dir: &std::path::Path) -> Vec<String> {
 
 fn assert_refused(r: Result<impl Sized, StoreError>, other: &str) {
     match r {
-        Err(StoreError::Unavailable(msg)) => assert!(msg.contains(&format!("holds a {other} database")), "{msg}"),
+        Err(StoreError::Unavailable { message: msg, .. }) => {
+            assert!(msg.contains(&format!("holds a {other} database")), "{msg}")
+        }
         Err(e) => panic!("expected Unavailable naming {other}, got {e}"),
         Ok(_) => panic!("opened a {other} directory with the wrong engine"),
     }

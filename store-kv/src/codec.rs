@@ -32,7 +32,7 @@ struct StoredChange {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec_named(value).map_err(|e| StoreError::Backend(format!("encoding failed: {e}")))
+    rmp_serde::to_vec_named(value).map_err(|e| StoreError::backend(format!("encoding failed: {e}")).with_source(e))
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -41,7 +41,7 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T,
 
 /// Decodes; `what` names the value in the error and is only built on failure.
 fn decode_with<T: DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T, StoreError> {
-    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{}: {e}", what())))
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::corrupt(format!("{}: {e}", what())).with_source(e))
 }
 
 pub(crate) fn encode_row(row: &Row) -> Result<Vec<u8>, StoreError> {
@@ -107,6 +107,6 @@ mod tests {
         let change = Change { key: row.key(), before: None, after: Some(row.clone()) };
         let bytes = encode_changes(std::slice::from_ref(&change)).expect("encode");
         assert_eq!(decode_changes(12, &bytes).expect("decode"), vec![change]);
-        assert!(matches!(decode_row(&ty, 7, b"\xc1junk"), Err(StoreError::Corrupt(_))));
+        assert!(matches!(decode_row(&ty, 7, b"\xc1junk"), Err(StoreError::Corrupt { .. })));
     }
 }

@@ -43,7 +43,7 @@ pub(crate) fn trailing_id(key: &[u8]) -> Result<Id, StoreError> {
 }
 
 fn corrupt_key(key: &[u8]) -> StoreError {
-    StoreError::Corrupt(format!("malformed key {:?}", String::from_utf8_lossy(key)))
+    StoreError::corrupt(format!("malformed key {:?}", String::from_utf8_lossy(key)))
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -157,7 +157,7 @@ pub(crate) fn last_id(ty: &str) -> Vec<u8> {
 pub(crate) fn u64_value(key: &[u8], v: &[u8]) -> Result<u64, StoreError> {
     let arr: [u8; 8] = v
         .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("value of {:?} is not 8 bytes", String::from_utf8_lossy(key))))?;
+        .map_err(|_| StoreError::corrupt(format!("value of {:?} is not 8 bytes", String::from_utf8_lossy(key))))?;
     Ok(u64::from_be_bytes(arr))
 }
 

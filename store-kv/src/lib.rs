@@ -113,7 +113,7 @@ fn open_backend<B: KvBackend>(path: &Path) -> Result<B, StoreError> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(OpenError::Locked(why)) => {
-                return Err(StoreError::Unavailable(format!("cannot open {}: {why}", path.display())));
+                return Err(StoreError::unavailable(format!("cannot open {}: {why}", path.display())));
             }
             Err(OpenError::Failed(e)) => return Err(e),
         }
@@ -157,7 +157,7 @@ impl<B: KvBackend> KvStore<B> {
     /// Opens (or creates) the store at `path`.
     pub fn open_with(path: impl AsRef<Path>, schema: Arc<Schema>, options: KvOptions) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            StoreError::Unavailable(format!("the {} store must be opened within a tokio runtime", B::NAME))
+            StoreError::unavailable(format!("the {} store must be opened within a tokio runtime", B::NAME))
         })?;
         let options = KvOptions {
             log_capacity: options.log_capacity.max(1),
@@ -167,13 +167,11 @@ impl<B: KvBackend> KvStore<B> {
         let path = path.as_ref();
         let kv: B = open_backend(path)?;
         let epoch = match kv.get(keys::META_EPOCH)? {
-            Some(v) => {
-                String::from_utf8(v.as_ref().to_vec()).map_err(|_| StoreError::Corrupt("epoch is not UTF-8".into()))?
-            }
+            Some(v) => String::from_utf8(v.as_ref().to_vec()).map_err(|_| StoreError::corrupt("epoch is not UTF-8"))?,
             None => {
                 let epoch = new_epoch();
                 kv.apply(vec![KvOp::Put(keys::META_EPOCH.to_vec(), epoch.as_bytes().to_vec())])?;
-                kv.sync().map_err(StoreError::Backend)?;
+                kv.sync().map_err(StoreError::backend)?;
                 epoch
             }
         };
@@ -266,7 +264,7 @@ impl<B: KvBackend> Shared<B> {
     /// before the sync started. A failure is recorded and is fatal.
     async fn flush(self: &Arc<Self>) -> Result<(), StoreError> {
         if let Some(msg) = self.failure() {
-            return Err(StoreError::FlushFailed(msg.to_string()));
+            return Err(StoreError::flush_failed(msg.to_string()));
         }
         let target = self.last_seq.load(Ordering::SeqCst);
         let result = if self.fail_flushes.load(Ordering::SeqCst) {
@@ -300,16 +298,16 @@ impl<B: KvBackend> Shared<B> {
             let msg = format!("a write to the {} engine failed: {e}", B::NAME);
             tracing::error!(engine = B::NAME, error = %e, "a write failed; the store refuses further commits");
             self.durable.fail(&msg);
-            StoreError::OutcomeUnknown(msg)
+            StoreError::outcome_unknown(msg).with_source(e)
         })
     }
 
     fn check_open(&self, state: &CommitState) -> Result<(), StoreError> {
         if let Some(msg) = self.failure() {
-            return Err(StoreError::FlushFailed(msg.to_string()));
+            return Err(StoreError::flush_failed(msg.to_string()));
         }
         if state.closed {
-            return Err(StoreError::Unavailable("the store is closed".into()));
+            return Err(StoreError::unavailable("the store is closed"));
         }
         Ok(())
     }
@@ -457,7 +455,7 @@ impl<B: KvBackend> Shared<B> {
         // After a failed flush the key space may hold records that never
         // reached the disk: none is reported as applied any more.
         if let Some(msg) = self.failure() {
-            return Err(StoreError::FlushFailed(msg.to_string()));
+            return Err(StoreError::flush_failed(msg.to_string()));
         }
         let Some(v) = self.kv.get(&keys::applied(key))? else {
             return Ok(None);

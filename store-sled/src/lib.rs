@@ -26,11 +26,11 @@ pub struct SledBackend {
 
 fn backend(e: sled::Error) -> StoreError {
     match e {
-        sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+        sled::Error::Corruption { .. } => StoreError::corrupt(e.to_string()).with_source(e),
         // A full disk, a failing device: 503, not 500 (it also fails the
         // store, which then stops the server; see store-kv).
-        sled::Error::Io(_) => StoreError::Unavailable(format!("the sled engine failed I/O: {e}")),
-        _ => StoreError::Backend(e.to_string()),
+        sled::Error::Io(_) => StoreError::unavailable(format!("the sled engine failed I/O: {e}")).with_source(e),
+        _ => StoreError::backend(e.to_string()).with_source(e),
     }
 }
 
@@ -53,7 +53,7 @@ impl KvBackend for SledBackend {
 
     fn open(path: &Path) -> Result<Self, OpenError> {
         if path.join("version").is_file() && path.join("keyspaces").is_dir() {
-            return Err(OpenError::Failed(StoreError::Unavailable(format!(
+            return Err(OpenError::Failed(StoreError::unavailable(format!(
                 "{} holds a fjall database, not a sled one: open it with the fjall store",
                 path.display()
             ))));
@@ -66,9 +66,9 @@ impl KvBackend for SledBackend {
             // Another handle holds the path (perhaps one in this process still
             // releasing its file lock on sled's thread pool).
             sled::Error::Io(e) if e.to_string().contains("could not acquire lock") => OpenError::Locked(e.to_string()),
-            sled::Error::Io(e) => {
-                OpenError::Failed(StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))
-            }
+            sled::Error::Io(e) => OpenError::Failed(
+                StoreError::unavailable(format!("cannot open {}: {e}", path.display())).with_source(e),
+            ),
             e => OpenError::Failed(backend(e)),
         })?;
         let tree = db.open_tree(TREE).map_err(|e| OpenError::Failed(backend(e)))?;

@@ -46,7 +46,7 @@ pub(crate) fn encode_changes(changes: &[Change]) -> String {
 /// stands for the entry's own seq (PostgreSQL draws the seq after the rows are written).
 pub(crate) fn decode_changes(seq: Seq, text: &str) -> Result<Vec<Change>, StoreError> {
     let list: Vec<LoggedChange> = serde_json::from_str(text)
-        .map_err(|e| StoreError::Corrupt(format!("change log entry {seq} is not valid: {e}")))?;
+        .map_err(|e| StoreError::corrupt(format!("change log entry {seq} is not valid: {e}")).with_source(e))?;
     Ok(list
         .into_iter()
         .map(|c| {
@@ -71,5 +71,6 @@ pub(crate) fn encode_created(created: &[CreatedId]) -> String {
 }
 
 pub(crate) fn decode_created(text: &str) -> Result<Vec<CreatedId>, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("an applied record is not valid: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::corrupt(format!("an applied record is not valid: {e}")).with_source(e))
 }

@@ -239,22 +239,22 @@ pub(crate) fn is_database_error(e: &sqlx::Error) -> bool {
 
 /// A failure to get a connection: the database can't be reached.
 pub(crate) fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(format!("can't reach the database: {e}"))
+    StoreError::unavailable(format!("can't reach the database: {e}")).with_source(e)
 }
 
 /// Any other driver failure (the statement failed, or the connection broke
 /// before `COMMIT`): nothing was committed.
 pub(crate) fn backend(e: sqlx::Error) -> StoreError {
     if out_of_resources(&e) {
-        return StoreError::Unavailable(format!("the database is out of space or failing I/O: {e}"));
+        return StoreError::unavailable(format!("the database is out of space or failing I/O: {e}")).with_source(e);
     }
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => unavailable(e),
-        sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => StoreError::Corrupt(e.to_string()),
+        sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => StoreError::corrupt(e.to_string()).with_source(e),
         sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => {
-            StoreError::Backend(format!("the database connection failed: {e}"))
+            StoreError::backend(format!("the database connection failed: {e}")).with_source(e)
         }
-        _ => StoreError::Backend(e.to_string()),
+        _ => StoreError::backend(e.to_string()).with_source(e),
     }
 }
 

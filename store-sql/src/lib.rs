@@ -319,7 +319,7 @@ async fn meta_set(c: &mut Conn<'_>, key: &str, value: String) -> Result<(), sqlx
 async fn meta_u64(c: &mut Conn<'_>, key: &str) -> Result<u64, StoreError> {
     match meta_get(c, key).await? {
         None => Ok(0),
-        Some(v) => v.parse().map_err(|_| StoreError::Corrupt(format!("meta `{key}` is not a number: {v:?}"))),
+        Some(v) => v.parse().map_err(|_| StoreError::corrupt(format!("meta `{key}` is not a number: {v:?}"))),
     }
 }
 
@@ -328,7 +328,7 @@ async fn meta_epoch(c: &mut Conn<'_>) -> Result<String, StoreError> {
     let sql =
         format!("INSERT INTO {META} (key, value) VALUES ('epoch', {}) ON CONFLICT (key) DO NOTHING", c.dialect().ph(1));
     c.exec(&sql, vec![Bind::Text(Some(new_epoch()))]).await.map_err(backend)?;
-    meta_get(c, "epoch").await?.ok_or_else(|| StoreError::Corrupt("the store has no epoch".into()))
+    meta_get(c, "epoch").await?.ok_or_else(|| StoreError::corrupt("the store has no epoch"))
 }
 
 async fn run_flusher(shared: Arc<Shared>) {
@@ -371,7 +371,7 @@ impl Reader<'_, '_> {
         let Some(t) = self.tables.get(ty) else { return Ok(None) };
         let sql = self.tables.get_sql(t, lock);
         match self.conn.fetch(&sql, vec![Bind::Int(Some(id))], &t.cols).await {
-            Ok(rows) => rows.into_iter().next().map(|r| t.row(r).map_err(StoreError::Corrupt)).transpose(),
+            Ok(rows) => rows.into_iter().next().map(|r| t.row(r).map_err(StoreError::corrupt)).transpose(),
             Err(e) => Err(self.fail(e)),
         }
     }
@@ -467,7 +467,7 @@ impl Shared {
         #[cfg(feature = "sqlite")]
         if let Backend::Sqlite(db) = &self.backend {
             if let Some(msg) = self.failure() {
-                return Err(StoreError::FlushFailed(msg.to_string()));
+                return Err(StoreError::flush_failed(msg.to_string()));
             }
             let target = self.last_seq.load(Ordering::SeqCst);
             let file = {
@@ -640,7 +640,7 @@ impl Store for SqlStore {
             .fetch(&t.get_sql(table, RowLock::None), vec![Bind::Int(Some(id))], &table.cols)
             .await
             .map_err(backend)?;
-        rows.into_iter().next().map(|r| table.row(r).map_err(StoreError::Corrupt)).transpose()
+        rows.into_iter().next().map(|r| table.row(r).map_err(StoreError::corrupt)).transpose()
     }
 
     async fn get_many(&self, ty: &str, ids: &[Id]) -> Result<Vec<Row>, StoreError> {
@@ -654,7 +654,7 @@ impl Store for SqlStore {
         let rows = pooled.conn().fetch(&sql, vec![t.dialect.ids(ids)], &table.cols).await.map_err(backend)?;
         let mut found: HashMap<Id, Row> = HashMap::new();
         for r in rows {
-            let row = table.row(r).map_err(StoreError::Corrupt)?;
+            let row = table.row(r).map_err(StoreError::corrupt)?;
             found.insert(row.id, row);
         }
         Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
@@ -670,7 +670,7 @@ impl Store for SqlStore {
         let sql = format!("{} WHERE {} ORDER BY _created, id", table.select, t.dialect.in_ids(&db::quote(field), 1));
         let mut pooled = self.shared.reader().await?;
         let rows = pooled.conn().fetch(&sql, vec![t.dialect.ids(&parents)], &table.cols).await.map_err(backend)?;
-        rows.into_iter().map(|r| table.row(r).map_err(StoreError::Corrupt)).collect()
+        rows.into_iter().map(|r| table.row(r).map_err(StoreError::corrupt)).collect()
     }
 
     async fn scan(&self, ty: &str, after: Option<Id>, limit: usize) -> Result<Vec<Row>, StoreError> {
@@ -682,7 +682,7 @@ impl Store for SqlStore {
             vec![Bind::Int(Some(after.unwrap_or(i64::MIN))), Bind::Int(Some(i64::try_from(limit).unwrap_or(i64::MAX)))];
         let mut pooled = self.shared.reader().await?;
         let rows = pooled.conn().fetch(&sql, binds, &table.cols).await.map_err(backend)?;
-        rows.into_iter().map(|r| table.row(r).map_err(StoreError::Corrupt)).collect()
+        rows.into_iter().map(|r| table.row(r).map_err(StoreError::corrupt)).collect()
     }
 
     async fn commit(&self, tx: Transaction) -> Result<Committed, CommitError> {

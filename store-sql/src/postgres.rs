@@ -207,7 +207,7 @@ impl Shared {
             return Err(match (violation(&e), is_retryable(&e)) {
                 (Some(_), _) if is_database_error(&e) => CommitError::Invalid(e.to_string()),
                 (None, true) => CommitError::Conflict { ty: "(commit)".into(), id: 0 },
-                _ => CommitError::Store(StoreError::OutcomeUnknown(e.to_string())),
+                _ => CommitError::Store(StoreError::outcome_unknown(e.to_string()).with_source(e)),
             });
         }
         drop(conn);
@@ -271,7 +271,7 @@ impl Shared {
         rows.first()
             .and_then(|r| r[0].as_i64())
             .map(|s| s as Seq)
-            .ok_or_else(|| CommitError::Store(StoreError::Backend("the seq draw returned nothing".into())))
+            .ok_or_else(|| CommitError::Store(StoreError::backend("the seq draw returned nothing")))
     }
 
     /// Reads the change log after `after` with the snapshot it was read in
@@ -294,13 +294,13 @@ impl Shared {
                 .map_err(backend)?
         };
         let Some(first) = rows.first() else {
-            return Err(StoreError::Backend("the log read returned nothing".into()));
+            return Err(StoreError::backend("the log read returned nothing"));
         };
         let (xmin, head) = (first[2].as_i64().unwrap_or(0), u64_of(&first[3]));
         let floor: Seq = match first[4].as_str() {
             None => 0,
             Some(v) => {
-                v.parse().map_err(|_| StoreError::Corrupt(format!("meta `log_trimmed` is not a number: {v:?}")))?
+                v.parse().map_err(|_| StoreError::corrupt(format!("meta `log_trimmed` is not a number: {v:?}")))?
             }
         };
         let mut tail = Tail { entries: Vec::new(), through: after, trimmed: false };
@@ -358,7 +358,7 @@ impl Shared {
                 let xid = rows
                     .first()
                     .and_then(|r| r[0].as_i64())
-                    .ok_or_else(|| StoreError::Backend("pg_current_xact_id() returned nothing".into()))?;
+                    .ok_or_else(|| StoreError::backend("pg_current_xact_id() returned nothing"))?;
                 let h = Hole { from, to, xid };
                 *self.hole.lock() = Some(h);
                 h

@@ -103,10 +103,10 @@ impl Shared {
     pub(crate) async fn commit_sqlite(&self, db: &SqliteDb, tx: &Transaction) -> Result<Committed, CommitError> {
         let mut w = db.writer.lock().await;
         if let Some(msg) = self.failure() {
-            return Err(StoreError::FlushFailed(msg.to_string()).into());
+            return Err(StoreError::flush_failed(msg.to_string()).into());
         }
         if w.closed {
-            return Err(StoreError::Unavailable("the store is closed".into()).into());
+            return Err(StoreError::unavailable("the store is closed").into());
         }
         let seq = w.next;
         if seq > w.reserved {

@@ -2,7 +2,7 @@
 //! bidirectional stream and returns the same [`Connection`] the server side
 //! hands to the engine.
 
-use statecast_core::transport::{Connection, ConnectionInfo, TransportError};
+use statecast_transport::{Connection, ConnectionInfo, TransportError};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

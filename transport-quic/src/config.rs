@@ -1,7 +1,7 @@
 //! Settings of the QUIC server and client, and the per-connection settings
 //! both ends share.
 
-use statecast_core::transport::{DEFAULT_OUTBOX_BYTES, OutboxLimits, TransportError};
+use statecast_transport::{DEFAULT_OUTBOX_BYTES, OutboxLimits, TransportError};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -161,6 +161,7 @@ impl QuicClientConfig {
         }
     }
 
+    #[cfg(feature = "client")]
     pub(crate) fn validate(&self) -> Result<ConnSettings, TransportError> {
         if self.connect_timeout.is_zero() {
             return Err(invalid("connect_timeout must be positive"));

@@ -13,7 +13,7 @@
 use bytes::{Bytes, BytesMut};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use quinn::{RecvStream, SendStream};
-use statecast_core::transport::{
+use statecast_transport::{
     CloseReason, Connection, ConnectionInfo, Frame, FrameKind, Incoming, OutboxReceiver, Outgoing, close_code,
     outbox_with,
 };
@@ -45,7 +45,7 @@ const WRITE_BATCH: usize = 256;
 /// control) arrive as transport errors, not as application codes.
 pub mod app_code {
     use quinn::VarInt;
-    use statecast_core::transport::close_code;
+    use statecast_transport::close_code;
 
     pub const NORMAL: VarInt = VarInt::from_u32(close_code::NORMAL as u32);
     pub const GOING_AWAY: VarInt = VarInt::from_u32(close_code::GOING_AWAY as u32);
@@ -393,7 +393,7 @@ pub enum FramesEnd {
 pub fn decode_frames(
     config: &crate::QuicConfig,
     chunks: &[&[u8]],
-) -> Result<(Vec<Incoming>, FramesEnd), statecast_core::transport::TransportError> {
+) -> Result<(Vec<Incoming>, FramesEnd), statecast_transport::TransportError> {
     use tokio_util::codec::Decoder;
     let settings = config.validate()?;
     let mut codec = read_codec(&settings);
@@ -435,6 +435,7 @@ fn log_read_end(err: &std::io::Error) {
     }
 }
 
+#[cfg(feature = "client")]
 /// The close code and reason of a connection error, when the peer closed it.
 pub(crate) fn peer_close(err: &quinn::ConnectionError) -> Option<(u16, String)> {
     match err {

@@ -1,9 +1,9 @@
 //! The QUIC server: a quinn endpoint on one UDP socket; each accepted
 //! connection waits for the client's one bidirectional stream and becomes a
-//! [`Connection`](statecast_core::transport::Connection) for the engine.
+//! [`Connection`](statecast_transport::Connection) for the engine.
 
 use async_trait::async_trait;
-use statecast_core::transport::{ConnectionHandler, ConnectionInfo, Transport, TransportError};
+use statecast_transport::{ConnectionHandler, ConnectionInfo, Transport, TransportError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,7 +126,7 @@ async fn accept(
     settings: ConnSettings,
     handshake_timeout: Duration,
     stopping: CancellationToken,
-) -> Result<(statecast_core::transport::Connection, impl Future<Output = ()> + Send + 'static), String> {
+) -> Result<(statecast_transport::Connection, impl Future<Output = ()> + Send + 'static), String> {
     let connecting = incoming.accept().map_err(|e| format!("refused: {e}"))?;
     let conn = tokio::time::timeout(handshake_timeout, connecting)
         .await

@@ -2,16 +2,27 @@
 //! local development), SHA-256 fingerprints, and the client's trust (a CA
 //! file, a pinned fingerprint, or none for demos). rustls runs on ring only.
 
-use parking_lot::Mutex;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
-use crate::config::{ServerTls, Trust};
+#[cfg(feature = "client")]
+use crate::config::Trust;
+#[cfg(feature = "client")]
+use parking_lot::Mutex;
+#[cfg(feature = "client")]
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+#[cfg(feature = "client")]
+use rustls::pki_types::{ServerName, UnixTime};
+#[cfg(feature = "client")]
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+
+#[cfg(feature = "server")]
+use crate::config::ServerTls;
+#[cfg(feature = "server")]
+use rustls::pki_types::PrivateKeyDer;
 
 /// The ALPN protocol id of Statecast protocol v1 over QUIC.
 pub const ALPN: &[u8] = b"statecast/1";
@@ -55,6 +66,7 @@ pub struct CertInfo {
     pub self_signed: bool,
 }
 
+#[cfg(feature = "server")]
 /// A loaded certificate chain and key, ready for rustls.
 #[derive(Debug)]
 pub(crate) struct ServerCert {
@@ -105,6 +117,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+#[cfg(feature = "server")]
 /// Loads the server certificate named by `tls` (generating the self-signed
 /// one when it is missing).
 pub(crate) fn load_server_cert(tls: &ServerTls) -> Result<ServerCert, CertError> {
@@ -130,6 +143,7 @@ pub(crate) fn load_server_cert(tls: &ServerTls) -> Result<ServerCert, CertError>
     }
 }
 
+#[cfg(feature = "server")]
 /// Makes sure `dir` holds the self-signed development certificate and key,
 /// generating them if neither exists. Returns where they are and the
 /// certificate's fingerprint.
@@ -149,6 +163,7 @@ pub fn ensure_self_signed(dir: &Path) -> Result<CertInfo, CertError> {
     Ok(CertInfo { fingerprint: fingerprint(&chain[0]), cert_path, key_path, generated, self_signed: true })
 }
 
+#[cfg(feature = "server")]
 fn generate_self_signed(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), CertError> {
     let generate = |e: rcgen::Error| CertError::Generate(e.to_string());
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
@@ -173,6 +188,7 @@ fn generate_self_signed(dir: &Path, cert_path: &Path, key_path: &Path) -> Result
     Ok(())
 }
 
+#[cfg(feature = "server")]
 fn write_private(path: &Path, data: &[u8]) -> Result<(), CertError> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
@@ -205,6 +221,7 @@ pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, Ce
     Ok(chain)
 }
 
+#[cfg(feature = "server")]
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     let what = "private key";
     let pem = std::fs::read(path).map_err(|source| CertError::Read { what, path: path.to_owned(), source })?;
@@ -214,6 +231,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     })
 }
 
+#[cfg(feature = "server")]
 /// The rustls server config: TLS 1.3, ring, ALPN `statecast/1`, no client certificates.
 pub(crate) fn server_crypto(cert: &ServerCert) -> Result<rustls::ServerConfig, CertError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
@@ -228,10 +246,12 @@ pub(crate) fn server_crypto(cert: &ServerCert) -> Result<rustls::ServerConfig, C
     Ok(config)
 }
 
+#[cfg(feature = "client")]
 /// Why the client refused the server's certificate, kept by the verifier so
 /// the connect error can say it plainly.
 pub(crate) type TrustFailure = Arc<Mutex<Option<String>>>;
 
+#[cfg(feature = "client")]
 /// The rustls client config for `trust`, and the slot where its verifier
 /// notes why it refused a certificate.
 pub(crate) fn client_crypto(trust: &Trust) -> Result<(rustls::ClientConfig, TrustFailure), CertError> {
@@ -267,6 +287,7 @@ pub(crate) fn client_crypto(trust: &Trust) -> Result<(rustls::ClientConfig, Trus
     Ok((config, failure))
 }
 
+#[cfg(feature = "client")]
 /// How a client checks the server's certificate.
 #[derive(Debug)]
 enum Check {
@@ -275,6 +296,7 @@ enum Check {
     Anything,
 }
 
+#[cfg(feature = "client")]
 /// The client's certificate verifier for every kind of [`Trust`]. Whatever
 /// the kind, the handshake signature is verified with the certificate's key,
 /// so the server must hold the key of the certificate it shows.
@@ -285,6 +307,7 @@ struct Verifier {
     failure: TrustFailure,
 }
 
+#[cfg(feature = "client")]
 impl Verifier {
     fn refuse(&self, why: String, error: rustls::Error) -> rustls::Error {
         let mut slot = self.failure.lock();
@@ -295,6 +318,7 @@ impl Verifier {
     }
 }
 
+#[cfg(feature = "client")]
 impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
@@ -354,6 +378,7 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
+#[cfg(feature = "client")]
 fn describe_refusal(error: &rustls::Error, ca_file: &Path, server_name: &ServerName<'_>) -> String {
     let ca = ca_file.display();
     match error {

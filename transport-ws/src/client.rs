@@ -2,7 +2,7 @@
 //! returns the same [`Connection`] the server side hands to the engine.
 
 use bytes::Bytes;
-use statecast_core::transport::{Connection, ConnectionInfo, Frame, FrameKind, TransportError};
+use statecast_transport::{Connection, ConnectionInfo, Frame, FrameKind, TransportError};
 use std::sync::Arc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;

@@ -1,7 +1,7 @@
 //! Settings of the WebSocket server and client, and the per-connection
 //! settings both ends share.
 
-use statecast_core::transport::{DEFAULT_OUTBOX_BYTES, OutboxLimits, TransportError};
+use statecast_transport::{DEFAULT_OUTBOX_BYTES, OutboxLimits, TransportError};
 use std::time::Duration;
 
 /// The default frame limit (protocol v1: 1 MiB in both directions).
@@ -77,6 +77,7 @@ impl Default for WsConfig {
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl WsConfig {
+    #[cfg(feature = "server")]
     pub(crate) fn validate(&self) -> Result<ConnSettings, TransportError> {
         if !self.path.starts_with('/') || self.path.contains(['{', '}', '*']) {
             return Err(TransportError::Address(format!(
@@ -155,6 +156,7 @@ impl Default for WsClientConfig {
 }
 
 impl WsClientConfig {
+    #[cfg(feature = "client")]
     pub(crate) fn validate(&self) -> Result<ConnSettings, TransportError> {
         ConnSettings::new(
             self.frame_limit,
@@ -181,8 +183,10 @@ pub(crate) struct ConnSettings {
     pub read_buffer_size: usize,
     pub write_buffer_size: usize,
     /// Server only.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub max_connections: usize,
     /// Server only.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub header_read_timeout: Duration,
 }
 

@@ -3,7 +3,7 @@
 //! outbox, pings the peer and runs the close handshake.
 
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use statecast_core::transport::{
+use statecast_transport::{
     CloseReason, Connection, ConnectionInfo, Frame, Incoming, OutboxReceiver, Outgoing, close_code, outbox_with,
 };
 use std::sync::Arc;

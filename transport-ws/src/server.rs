@@ -12,7 +12,7 @@ use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use statecast_core::transport::{ConnectionHandler, ConnectionInfo, Frame, FrameKind, Transport, TransportError};
+use statecast_transport::{ConnectionHandler, ConnectionInfo, Frame, FrameKind, Transport, TransportError};
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Arc;

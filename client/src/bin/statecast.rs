@@ -10,8 +10,8 @@ use statecast_client::{
     ChangeKind, Client, ClientConfig, ClientError, QuicTrust, StreamRequest, StreamViewEvent, ViewEvent, ViewRow,
     WriteOptions,
 };
-use statecast_core::protocol::Codec;
-use statecast_core::protocol::v1::Write;
+use statecast_protocol::Codec;
+use statecast_protocol::v1::Write;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
@@ -195,7 +195,7 @@ async fn write_once(conn: Conn, write: String, context: Option<String>) -> ExitC
     value["writeId"] = json!(0);
     let context = context.or_else(|| value.get("context").and_then(Value::as_str).map(str::to_owned));
     let Some(context) = context else { return fail(2, "name the context with --context (or `context` in the write)") };
-    let Some((channel, anchor)) = statecast_core::channel::parse_context(&context) else {
+    let Some((channel, anchor)) = statecast_protocol::context::parse_context(&context) else {
         return fail(2, &format!("`{context}` is not a context name like job/1"));
     };
     let ops = match serde_json::from_value::<Write>(value)
@@ -308,7 +308,7 @@ async fn stream(
 const REPL_EOF_RID: &str = "statecast-repl-eof";
 
 async fn repl(conn: Conn) -> ExitCode {
-    use statecast_core::transport::Incoming;
+    use statecast_transport::Incoming;
     use tokio::io::AsyncBufReadExt;
     let cfg = config(conn);
     let quic = cfg.url.starts_with("quic://");
@@ -326,7 +326,7 @@ async fn repl(conn: Conn) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(2, &format!("can't connect to {}: {e}", cfg.url)),
     };
-    let send = |link: &statecast_core::transport::Connection, msg: &Value| {
+    let send = |link: &statecast_transport::Connection, msg: &Value| {
         let frame = codec.encode(msg).map_err(|e| e.message);
         let outbox = link.outbox.clone();
         async move { outbox.send(frame?).await.map_err(|e| e.to_string()) }
@@ -363,7 +363,7 @@ async fn repl(conn: Conn) -> ExitCode {
                     }
                 };
                 if msg["type"] == "pong" && msg["rid"] == REPL_EOF_RID {
-                    link.outbox.close(statecast_core::transport::close_code::NORMAL, "bye");
+                    link.outbox.close(statecast_transport::close_code::NORMAL, "bye");
                     return ExitCode::SUCCESS;
                 }
                 if msg["type"] == "welcome" {

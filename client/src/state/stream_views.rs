@@ -10,7 +10,7 @@
 //!   context's, by version) with the pending writes replayed, and it is in
 //!   the view iff that value passes the stream's filters — the client's own
 //!   merged under the scope `subscribed` reports — decided by the server's
-//!   own evaluator (`statecast_core::stream::Filters`). A filter on a field
+//!   own evaluator (`statecast_protocol::filter::Filters`). A filter on a field
 //!   the value does not carry (an id-payload row no context holds) leaves the
 //!   server's decision in place.
 //!
@@ -23,11 +23,11 @@ use super::{ChangeKind, ClientState, Effect, ViewChange, ViewRow};
 use crate::streams::StreamRequest;
 use crate::tree::SchemaInfo;
 use serde_json::Value;
-use statecast_core::error::WireError;
-use statecast_core::ids::{Id, Seq};
-use statecast_core::protocol::v1::{ChangeOp, ClientMessage, Event, Subscribed, Unsubscribe, UnsubscribeReason};
-use statecast_core::row::{Fields, Row, RowKey};
-use statecast_core::stream::{CompiledFilters, Filter, Filters, Lookup};
+use statecast_protocol::error::WireError;
+use statecast_protocol::filter::{CompiledFilters, Filter, Filters, Lookup};
+use statecast_protocol::ids::{Id, Seq};
+use statecast_protocol::row::{Fields, Row, RowKey};
+use statecast_protocol::v1::{ChangeOp, ClientMessage, Event, Subscribed, Unsubscribe, UnsubscribeReason};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 

@@ -7,27 +7,37 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The server binary next to this package's `statecast` binary (built once if missing).
-pub fn server_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cli = PathBuf::from(env!("CARGO_BIN_EXE_statecast"));
-        let bin = cli.with_file_name("statecast-server");
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "-p", "statecast-server", "--bin", "statecast-server"])
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "building statecast-server failed");
-        }
-        bin
-    })
-    .clone()
+/// The directory cargo puts binaries in: the test binary lives in its `deps`.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let deps = exe.parent().expect("the test binary's directory");
+    deps.parent().expect("cargo's binary directory").to_owned()
 }
 
+/// A binary of the workspace in [`bin_dir`], built once with `cargo build ARGS` if missing.
+fn built(name: &str, args: &[&str]) -> PathBuf {
+    let bin = bin_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo).arg("build").args(args).status().expect("run cargo build");
+        assert!(status.success(), "building {name} failed");
+    }
+    bin
+}
+
+/// The server binary (built once if missing).
+pub fn server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| built("statecast-server", &["-p", "statecast-server", "--bin", "statecast-server"])).clone()
+}
+
+/// The `statecast` CLI: this build's when the `cli` feature is on, else built once if missing.
 pub fn cli_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_statecast"))
+    #[cfg(feature = "cli")]
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_statecast"));
+    #[cfg(not(feature = "cli"))]
+    let bin = built("statecast", &["-p", "statecast-client", "--features", "cli", "--bin", "statecast"]);
+    bin
 }
 
 pub struct Server {

@@ -1007,7 +1007,7 @@ impl Hub {
         if let Err(e) = self.store.wait_durable(committed.seq).await {
             tracing::error!(error = %e, seq = committed.seq, "the store could not make a commit durable");
             self.healthy.store(false, Ordering::SeqCst);
-            let err = WireError::new(ErrorReason::OutcomeUnknown, format!("the store failed while committing: {e}"));
+            let err = crate::error::commit_not_durable(&e);
             self.answer_writer(writer, Err(err), &committed);
             return;
         }
@@ -1268,7 +1268,7 @@ impl Hub {
                 (Some(since), _) => match store.changes_since(since, MAX_REPLAY).await {
                     Ok(LogRead::Entries(entries)) => Ok(StreamLoad::Log { since, entries: Some(entries) }),
                     Ok(LogRead::Trimmed) => Ok(StreamLoad::Log { since, entries: None }),
-                    Err(e) => Err(super::write::store_error(e)),
+                    Err(e) => Err(e.into()),
                 },
                 (None, Some(entity)) => {
                     load_snapshot(&*store, &entity, &filters, limit).await.map(StreamLoad::Snapshot)
@@ -1496,7 +1496,6 @@ pub(crate) async fn load_snapshot(
     filters: &CompiledFilters,
     limit: usize,
 ) -> Result<Vec<Row>, WireError> {
-    use super::write::store_error;
     let mut out = Vec::new();
     let keep = |rows: Vec<Row>, out: &mut Vec<Row>| -> Result<(), WireError> {
         out.extend(rows.into_iter().filter(|r| filters.matches(r)));
@@ -1505,13 +1504,13 @@ pub(crate) async fn load_snapshot(
     if let Some(mut ids) = filters.fixed_ids() {
         ids.sort_unstable();
         ids.dedup();
-        keep(store.get_many(&ty.name, &ids).await.map_err(store_error)?, &mut out)?;
+        keep(store.get_many(&ty.name, &ids).await.map_err(WireError::from)?, &mut out)?;
     } else if let Some((field, ids)) = filters.fixed_reference(ty) {
-        keep(store.children(&ty.name, field, &ids).await.map_err(store_error)?, &mut out)?;
+        keep(store.children(&ty.name, field, &ids).await.map_err(WireError::from)?, &mut out)?;
     } else {
         let mut after = None;
         loop {
-            let page = store.scan(&ty.name, after, SCAN_PAGE).await.map_err(store_error)?;
+            let page = store.scan(&ty.name, after, SCAN_PAGE).await.map_err(WireError::from)?;
             let done = page.len() < SCAN_PAGE;
             after = page.last().map(|r| r.id);
             keep(page, &mut out)?;
@@ -1527,9 +1526,7 @@ pub(crate) async fn load_snapshot(
 /// Waits until every commit that reads made so far may have seen is durable
 /// (call it after [`Settle::reads`]).
 pub(crate) async fn durable_after_reads(store: &dyn Store) -> Result<(), WireError> {
-    store.wait_durable(store.last_seq()).await.map_err(|e| {
-        WireError::new(ErrorReason::Unavailable, format!("the store could not make what was read durable: {e}"))
-    })
+    store.wait_durable(store.last_seq()).await.map_err(crate::error::reads_not_durable)
 }
 
 fn offer(outbox: &Outbox, frames: &[Frame]) -> Result<(), SendError> {

@@ -1,7 +1,6 @@
 //! Loading a context (or a moved subtree) from the store: the anchor, then
 //! each level of the tree with one `children` call per relation.
 
-use super::write::store_error;
 use crate::channel::Channel;
 use crate::error::{ErrorReason, WireError};
 use crate::ids::Id;
@@ -11,10 +10,10 @@ use std::collections::HashSet;
 
 /// The anchor and every row under it, parents before children.
 pub(crate) async fn load_context(store: &dyn Store, channel: &Channel, anchor_id: Id) -> Result<Vec<Row>, WireError> {
-    let anchor = store.get(&channel.anchor, anchor_id).await.map_err(store_error)?.ok_or_else(|| {
+    let anchor = store.get(&channel.anchor, anchor_id).await.map_err(WireError::from)?.ok_or_else(|| {
         WireError::new(ErrorReason::AnchorNotFound, format!("{}#{anchor_id} does not exist", channel.anchor))
     })?;
-    load_subtree(store, channel, &anchor).await.map_err(store_error)
+    load_subtree(store, channel, &anchor).await.map_err(WireError::from)
 }
 
 /// `root` and its descendants in the channel's tree, breadth first.

@@ -5,7 +5,7 @@
 
 use super::hub::{ConnId, HubMsg, ReplyTarget, SharedSubs, StreamSubscribeRequest, SubscribeRequest};
 use super::streams::{Actions, StreamSub, route_of};
-use super::write::{self, ClientInfo, Outcome, WriteContext, store_error};
+use super::write::{self, ClientInfo, Outcome, WriteContext};
 use super::{Actor, Inner};
 use crate::auth::{AuthError, User};
 use crate::channel::parse_context;
@@ -477,14 +477,11 @@ pub(crate) async fn resolve_context(inner: &Inner, user: &User, name: &str) -> R
         .get(channel_name)
         .cloned()
         .ok_or_else(|| WireError::new(ErrorReason::UnknownChannel, format!("unknown channel `{channel_name}`")))?;
-    let anchor = inner.store.get(&channel.anchor, anchor_id).await.map_err(store_error)?.ok_or_else(|| {
+    let anchor = inner.store.get(&channel.anchor, anchor_id).await.map_err(WireError::from)?.ok_or_else(|| {
         WireError::new(ErrorReason::AnchorNotFound, format!("{}#{anchor_id} does not exist", channel.anchor))
     })?;
     let cx = PolicyContext::new(&*inner.store, user);
-    let allowed = channel.policy.has_permission(&cx, &anchor).await.map_err(|e| match e {
-        crate::policy::PolicyError::Store(e) => store_error(e),
-        crate::policy::PolicyError::Other(m) => WireError::internal(m),
-    })?;
+    let allowed = channel.policy.has_permission(&cx, &anchor).await.map_err(WireError::from)?;
     if !allowed {
         return Err(WireError::new(ErrorReason::Denied, format!("you may not subscribe to `{name}`")));
     }
@@ -500,13 +497,6 @@ struct StreamAsk {
     rid: Rid,
     /// The policy's scope in wire form (for `subscribed.scope`), when it has one.
     scope: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-fn policy_wire_error(e: crate::policy::PolicyError) -> WireError {
-    match e {
-        crate::policy::PolicyError::Store(e) => store_error(e),
-        crate::policy::PolicyError::Other(m) => WireError::internal(format!("a stream policy hook failed: {m}")),
-    }
 }
 
 fn find_stream(inner: &Inner, name: &str) -> Result<Arc<Stream>, WireError> {
@@ -525,11 +515,11 @@ async fn scoped_filters(
     request: &StreamRequest<'_>,
     client: &Filters,
 ) -> Result<(CompiledFilters, Filters), WireError> {
-    let allowed = stream.policy.has_permission(cx, request).await.map_err(policy_wire_error)?;
+    let allowed = stream.policy.has_permission(cx, request).await.map_err(WireError::from)?;
     if !allowed {
         return Err(WireError::new(ErrorReason::Denied, format!("you may not use stream `{}`", stream.name)));
     }
-    let scope = stream.policy.scope(cx, request).await.map_err(policy_wire_error)?;
+    let scope = stream.policy.scope(cx, request).await.map_err(WireError::from)?;
     let compiled = scope.merged_over(client).compile(entity).map_err(|e| {
         tracing::error!(stream = %stream.name, error = %e, "a stream's scope does not fit its type");
         WireError::internal(format!("the scope of stream `{}` is invalid", stream.name))
@@ -632,7 +622,7 @@ async fn applied_outcomes(
     let mut records = Vec::new();
     for &write_id in pending.iter().take(MAX_PENDING) {
         let key = AppliedKey { user: user.id, client_id: client_id.to_owned(), write_id };
-        if let Some(rec) = inner.store.applied(&key).await.map_err(store_error)? {
+        if let Some(rec) = inner.store.applied(&key).await.map_err(WireError::from)? {
             records.push((write_id, rec));
         }
     }
@@ -666,6 +656,6 @@ async fn get_rows(inner: &Inner, user: &User, g: &Get) -> Result<Vec<Arc<crate::
     let mut ids = g.ids.clone();
     ids.sort_unstable();
     ids.dedup();
-    let rows = inner.store.get_many(&stream.ty, &ids).await.map_err(store_error)?;
+    let rows = inner.store.get_many(&stream.ty, &ids).await.map_err(WireError::from)?;
     Ok(rows.into_iter().filter(|r| filters.matches(r)).map(Arc::new).collect())
 }

@@ -8,7 +8,7 @@ use crate::auth::User;
 use crate::channel::{Channel, Op};
 use crate::error::{ErrorReason, WireError};
 use crate::ids::{Id, IdKind, Seq, classify_create_id, is_safe_int};
-use crate::policy::{PolicyContext, PolicyError};
+use crate::policy::PolicyContext;
 use crate::protocol::v1::{Operation, Write, WriteOp};
 use crate::row::{Fields, Row, RowKey};
 use crate::schema::{EntityType, Schema, ServerValue};
@@ -39,27 +39,6 @@ pub(crate) enum Outcome {
     Duplicate(AppliedRecord),
     /// Refused: nothing was committed.
     Refused(WireError),
-}
-
-pub(crate) fn store_error(e: StoreError) -> WireError {
-    match e {
-        StoreError::Unavailable(m) => {
-            WireError::new(ErrorReason::Unavailable, format!("the store is unavailable: {m}"))
-        }
-        StoreError::FlushFailed(m) => WireError::new(ErrorReason::Unavailable, format!("the store failed: {m}")),
-        StoreError::OutcomeUnknown(m) => WireError::new(
-            ErrorReason::OutcomeUnknown,
-            format!("the commit's outcome is unknown; resend with the same writeId: {m}"),
-        ),
-        other => WireError::internal(other.to_string()),
-    }
-}
-
-fn policy_error(e: PolicyError) -> WireError {
-    match e {
-        PolicyError::Store(e) => store_error(e),
-        PolicyError::Other(m) => WireError::internal(format!("a policy hook failed: {m}")),
-    }
 }
 
 /// Runs one `write` message through the pipeline.
@@ -101,7 +80,7 @@ async fn run_checked(
     };
     check_writable(inner, actor, context, &ops, batch)?;
     if let Some(key) = &key {
-        if let Some(rec) = inner.store.applied(key).await.map_err(store_error)? {
+        if let Some(rec) = inner.store.applied(key).await.map_err(WireError::from)? {
             // The original may still be on its way to the hub: let it get there first.
             inner.hub.settle.seq(rec.seq).await;
             return duplicate(inner, rec).await;
@@ -150,7 +129,7 @@ async fn run_checked(
                 }
                 return duplicate(inner, rec).await;
             }
-            Err(e) => return Err(commit_error(e)),
+            Err(e) => return Err(e.into()),
         }
     }
     Err(WireError::new(ErrorReason::Contended, "the rows kept changing under this write; try again"))
@@ -160,17 +139,8 @@ async fn run_checked(
 /// is durable: a record read from memory before a failed flush would
 /// otherwise confirm a write that a restart loses.
 async fn duplicate(inner: &Inner, rec: AppliedRecord) -> Result<Outcome, WireError> {
-    inner.store.wait_durable(rec.seq).await.map_err(not_durable)?;
+    inner.store.wait_durable(rec.seq).await.map_err(crate::error::not_durable)?;
     Ok(Outcome::Duplicate(rec))
-}
-
-/// A wait for durability that failed: whatever was read may be lost, so the
-/// client must ask again later (resend with the same writeId).
-pub(crate) fn not_durable(e: StoreError) -> WireError {
-    WireError::new(
-        ErrorReason::OutcomeUnknown,
-        format!("the store could not make this durable ({e}); resend with the same writeId once it is back"),
-    )
 }
 
 /// Waits until every commit that reads made so far may have seen is durable:
@@ -190,7 +160,7 @@ fn note_store_trouble<T>(inner: &Inner, result: &Result<T, CommitError>) {
                 *inner.store_trouble.lock() = None;
             }
         }
-        Err(CommitError::Store(e @ (StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_)))) => {
+        Err(CommitError::Store(e @ (StoreError::Unavailable { .. } | StoreError::OutcomeUnknown { .. }))) => {
             *inner.store_trouble.lock() = Some(e.to_string());
         }
         Err(_) => {}
@@ -218,26 +188,8 @@ fn changed_rows(ops: &[WriteOp]) -> impl Iterator<Item = (String, Id)> + '_ {
         .filter_map(|op| Some((op.instance_type.clone(), op.instance_id?)))
 }
 
-fn commit_error(e: CommitError) -> WireError {
-    match e {
-        CommitError::IdConflict { ty, id } => {
-            WireError::new(ErrorReason::IdConflict, format!("{ty} id {id} is already taken")).with_field("instanceId")
-        }
-        CommitError::Restricted { ty, id, by_ty, by_id } => WireError::new(
-            ErrorReason::Restricted,
-            format!("{ty}#{id} can't be deleted: {by_ty}#{by_id} still references it"),
-        ),
-        CommitError::Invalid(m) => WireError::new(ErrorReason::InvalidData, m),
-        CommitError::Store(e) => store_error(e),
-        CommitError::Conflict { ty, id } => {
-            WireError::new(ErrorReason::Contended, format!("{ty}#{id} changed during the write"))
-        }
-        CommitError::Duplicate(rec) => WireError::internal(format!("unexpected duplicate at seq {}", rec.seq)),
-    }
-}
-
 async fn check_not_stale(inner: &Inner, key: &AppliedKey) -> Result<(), WireError> {
-    let purged = inner.store.purged_write_id(key.user, &key.client_id).await.map_err(store_error)?;
+    let purged = inner.store.purged_write_id(key.user, &key.client_id).await.map_err(WireError::from)?;
     match purged {
         Some(p) if key.write_id <= p => Err(WireError::new(
             ErrorReason::StaleWrite,
@@ -251,7 +203,7 @@ async fn check_not_stale(inner: &Inner, key: &AppliedKey) -> Result<(), WireErro
 async fn check_dependencies(inner: &Inner, key: &AppliedKey, after: &[i64]) -> Result<(), WireError> {
     for &write_id in after {
         let dep = AppliedKey { write_id, ..key.clone() };
-        if inner.store.applied(&dep).await.map_err(store_error)?.is_none() {
+        if inner.store.applied(&dep).await.map_err(WireError::from)?.is_none() {
             return Err(WireError::new(
                 ErrorReason::DependencyFailed,
                 format!("this write depends on write {write_id}, which was not applied"),
@@ -363,7 +315,7 @@ impl<'a> Checker<'a> {
         if id <= 0 {
             return Ok(None);
         }
-        let row = self.inner.store.get(ty, id).await.map_err(store_error)?;
+        let row = self.inner.store.get(ty, id).await.map_err(WireError::from)?;
         if let Some(r) = &row {
             self.noted.entry(key).or_insert(r.version);
         }
@@ -409,7 +361,7 @@ impl<'a> Checker<'a> {
         self.check_references(entity, &data).await?;
         if !self.system {
             let policy = self.context()?.channel.policy.clone();
-            if !policy.can_save(&self.cx, &row, &data).await.map_err(policy_error)? {
+            if !policy.can_save(&self.cx, &row, &data).await.map_err(WireError::from)? {
                 return Err(denied(Op::Save, &row.ty, row.id));
             }
         }
@@ -424,7 +376,7 @@ impl<'a> Checker<'a> {
         let row = self.target(entity, op).await?;
         if !self.system {
             let policy = self.context()?.channel.policy.clone();
-            if !policy.can_delete(&self.cx, &row).await.map_err(policy_error)? {
+            if !policy.can_delete(&self.cx, &row).await.map_err(WireError::from)? {
                 return Err(denied(Op::Delete, &row.ty, row.id));
             }
         }
@@ -458,7 +410,7 @@ impl<'a> Checker<'a> {
         }
         if let (false, Some((parent, _))) = (self.system, &parent) {
             let policy = self.context()?.channel.policy.clone();
-            if !policy.can_create(&self.cx, entity, parent, &data).await.map_err(policy_error)? {
+            if !policy.can_create(&self.cx, entity, parent, &data).await.map_err(WireError::from)? {
                 return Err(WireError::new(
                     ErrorReason::Denied,
                     format!("you may not create a {} under {}#{}", entity.name, parent.ty, parent.id),

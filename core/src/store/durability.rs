@@ -49,7 +49,7 @@ impl DurableWatermark {
     /// Records a failed flush: every waiter, now and later, gets `FlushFailed`.
     pub fn fail(&self, message: &str) -> StoreError {
         self.tx.send_modify(|s| s.failed = Some(message.into()));
-        StoreError::FlushFailed(message.to_owned())
+        StoreError::flush_failed(message.to_owned())
     }
 
     /// Waits until the watermark reaches `seq` (or a flush fails).
@@ -58,9 +58,9 @@ impl DurableWatermark {
         let state = rx
             .wait_for(|s| s.failed.is_some() || s.seq >= seq)
             .await
-            .map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+            .map_err(|_| StoreError::unavailable("the store is closed"))?;
         match &state.failed {
-            Some(msg) => Err(StoreError::FlushFailed(msg.to_string())),
+            Some(msg) => Err(StoreError::flush_failed(msg.to_string())),
             None => Ok(()),
         }
     }
@@ -84,7 +84,7 @@ mod tests {
         w.advance(5);
         assert!(waiter.await.expect("join").is_ok());
         let _ = w.fail("disk gone");
-        assert!(matches!(w.wait(1).await, Err(StoreError::FlushFailed(m)) if m == "disk gone"));
+        assert!(matches!(w.wait(1).await, Err(StoreError::FlushFailed { message, .. }) if message == "disk gone"));
         assert_eq!(w.failure().as_deref(), Some("disk gone"));
     }
 }

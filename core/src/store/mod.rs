@@ -23,20 +23,100 @@ pub use memory::MemoryStore;
 /// committed; `OutcomeUnknown` means a commit may or may not have happened
 /// (e.g. the connection broke during `COMMIT`), answered 503 `OUTCOME_UNKNOWN`
 /// so the client resends with the same writeId.
+///
+/// Each carries a message and, when a library failed (the database driver,
+/// the embedded engine, I/O, a codec), that error as its
+/// [`source`](std::error::Error::source). Build one with the lower-case
+/// constructors and [`with_source`](StoreError::with_source):
+/// `StoreError::unavailable(format!("can't reach the database: {e}")).with_source(e)`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error("store failure: {0}")]
-    Backend(String),
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    #[error("stored data is corrupt: {message}")]
+    Corrupt {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    #[error("store failure: {message}")]
+    Backend {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A flush failed: what was committed since the last flush may be lost.
-    #[error("store flush failed: {0}")]
-    FlushFailed(String),
+    #[error("store flush failed: {message}")]
+    FlushFailed {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The commit was sent but its fate is unknown: it may have been applied.
-    #[error("the outcome of the commit is unknown: {0}")]
-    OutcomeUnknown(String),
+    #[error("the outcome of the commit is unknown: {message}")]
+    OutcomeUnknown {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+/// The library error under a [`StoreError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StoreError {
+    /// The store can't be reached (503 `UNAVAILABLE`).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable { message: message.into(), source: None }
+    }
+
+    /// Stored data can't be read (500).
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::Corrupt { message: message.into(), source: None }
+    }
+
+    /// Any other failure of the backend (500); nothing was committed.
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::Backend { message: message.into(), source: None }
+    }
+
+    /// A flush failed (503 `UNAVAILABLE`).
+    pub fn flush_failed(message: impl Into<String>) -> Self {
+        Self::FlushFailed { message: message.into(), source: None }
+    }
+
+    /// A commit's fate is unknown (503 `OUTCOME_UNKNOWN`).
+    pub fn outcome_unknown(message: impl Into<String>) -> Self {
+        Self::OutcomeUnknown { message: message.into(), source: None }
+    }
+
+    /// The same error, caused by `source`.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        let slot = match &mut self {
+            Self::Unavailable { source, .. }
+            | Self::Corrupt { source, .. }
+            | Self::Backend { source, .. }
+            | Self::FlushFailed { source, .. }
+            | Self::OutcomeUnknown { source, .. } => source,
+        };
+        *slot = Some(source.into());
+        self
+    }
+
+    /// The message, without the kind's prefix.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Unavailable { message, .. }
+            | Self::Corrupt { message, .. }
+            | Self::Backend { message, .. }
+            | Self::FlushFailed { message, .. }
+            | Self::OutcomeUnknown { message, .. } => message,
+        }
+    }
 }
 
 /// How a new row gets its id.
@@ -69,25 +149,7 @@ pub struct AppliedKey {
     pub write_id: i64,
 }
 
-/// A created row's id, and the temp id it replaced.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CreatedId {
-    #[serde(rename = "_type")]
-    pub ty: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temp_id: Option<Id>,
-    pub id: Id,
-}
-
-/// The recorded outcome of an applied write.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppliedRecord {
-    pub seq: Seq,
-    pub created: Vec<CreatedId>,
-    /// When it was applied (Unix milliseconds).
-    pub at_ms: u64,
-}
+pub use statecast_protocol::applied::{AppliedRecord, CreatedId};
 
 /// A transaction for [`Store::commit`].
 #[derive(Clone, Debug, Default)]

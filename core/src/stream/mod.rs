@@ -18,7 +18,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod filter;
+pub use statecast_protocol::filter;
 
 use crate::ids::Id;
 use crate::policy::{PolicyContext, PolicyError};

@@ -117,7 +117,7 @@ function emit(listeners, event) {
 }
 
 // ---- stream filters --------------------------------------------------------
-// The lookups the server decides stream filters with (core/src/stream/filter.rs),
+// The lookups the server decides stream filters with (protocol/src/filter.rs),
 // the same cases checked on both sides (spec/filters/*.json).
 
 const LOOKUPS = new Set(['exact', 'iexact', 'contains', 'icontains', 'startswith', 'in', 'gt', 'gte', 'lt', 'lte', 'isnull']);

@@ -1,42 +1,15 @@
-//! Transports move whole frames: a connection is a stream of incoming frames
-//! and a bounded outbox of outgoing ones, plus a way to close it with a reason.
-//! The same types serve both ends (server connections and client connects).
+//! Statecast's transport seam: transports move whole frames. A connection is a
+//! stream of incoming frames and a bounded outbox of outgoing ones, plus a way
+//! to close it with a reason. The same types serve both ends (server
+//! connections and client connects); the [`Transport`] trait is the server's.
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// Whether a frame is text (JSON) or binary (MessagePack).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum FrameKind {
-    Text,
-    Binary,
-}
-
-/// One whole message. Text frames hold UTF-8.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
-    pub kind: FrameKind,
-    pub data: Bytes,
-}
-
-impl Frame {
-    pub fn text(s: impl Into<String>) -> Self {
-        Self { kind: FrameKind::Text, data: Bytes::from(s.into()) }
-    }
-    pub fn binary(b: impl Into<Bytes>) -> Self {
-        Self { kind: FrameKind::Binary, data: b.into() }
-    }
-    pub fn len(&self) -> usize {
-        self.data.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-}
+pub use statecast_protocol::frame::{Frame, FrameKind};
 
 /// What a connection's reader reports.
 #[derive(Clone, Debug, PartialEq, Eq)]

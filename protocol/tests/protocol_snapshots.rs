@@ -3,12 +3,12 @@
 
 use serde::Serialize;
 use serde_json::json;
-use statecast_core::error::{ErrorReason, WireError};
-use statecast_core::protocol::Codec;
-use statecast_core::protocol::v1::*;
-use statecast_core::store::CreatedId;
-use statecast_core::transport::Frame;
-use statecast_core::{Row, User};
+use statecast_protocol::Codec;
+use statecast_protocol::applied::CreatedId;
+use statecast_protocol::error::{ErrorReason, WireError};
+use statecast_protocol::frame::Frame;
+use statecast_protocol::v1::*;
+use statecast_protocol::{Row, User};
 use std::sync::Arc;
 
 /// JSON text, and MessagePack as hex plus its decoded map (which must equal the JSON).
@@ -24,7 +24,7 @@ fn encoded<T: Serialize>(msg: &T) -> String {
 
 fn row() -> Arc<Row> {
     let fields =
-        statecast_core::row::fields([("job", json!(1)), ("name", json!("Write docs")), ("status", json!("todo"))]);
+        statecast_protocol::row::fields([("job", json!(1)), ("name", json!("Write docs")), ("status", json!("todo"))]);
     Arc::new(Row { ty: "Task".into(), id: 2, version: 17, created: 3, fields })
 }
 
@@ -96,7 +96,7 @@ fn client_messages() {
             rid: None
         }))
     );
-    let data = statecast_core::row::fields([("status", json!("done"))]);
+    let data = statecast_protocol::row::fields([("status", json!("done"))]);
     insta::assert_snapshot!(
         "write_save",
         client(ClientMessage::Write(Write {
@@ -157,7 +157,7 @@ fn stream_messages() {
         id: 2,
         version: 17,
         created: 3,
-        fields: statecast_core::row::fields([("name", json!("Fix bug"))]),
+        fields: statecast_protocol::row::fields([("name", json!("Fix bug"))]),
     });
     insta::assert_snapshot!(
         "subscribed",
@@ -193,7 +193,7 @@ fn stream_messages() {
             prev: 40,
             action: ChangeOp::Update,
             id: 2,
-            data: Some(statecast_core::row::fields([("name", json!("Fix bug")), ("status", json!("done"))])),
+            data: Some(statecast_protocol::row::fields([("name", json!("Fix bug")), ("status", json!("done"))])),
         }))
     );
     insta::assert_snapshot!(
@@ -295,7 +295,7 @@ fn server_messages() {
         ty: "Task".into(),
         id: 2,
         version: 18,
-        fields: statecast_core::row::fields([("status", json!("done"))]),
+        fields: statecast_protocol::row::fields([("status", json!("done"))]),
     };
     insta::assert_snapshot!(
         "delta_writer",

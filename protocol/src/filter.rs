@@ -93,7 +93,7 @@ impl Filter {
 }
 
 /// A set of conditions, all of which must hold (AND). Not yet checked against
-/// a type: [`Stream`](super::Stream) compiles them at subscribe.
+/// a type: a stream (core's `Stream`) compiles them at subscribe.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filters {
     filters: Vec<Filter>,
@@ -265,7 +265,7 @@ impl Kind {
 
 /// A comparable value.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Scalar {
+pub enum Scalar {
     Int(i64),
     Float(f64),
     Str(String),
@@ -300,7 +300,7 @@ impl Scalar {
 
 /// An equality value that routes a change to a group of subscribers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum IndexKey {
+pub enum IndexKey {
     Null,
     Int(i64),
     Str(String),
@@ -309,7 +309,7 @@ pub(crate) enum IndexKey {
 
 impl IndexKey {
     /// The key of a row's value for `field` (`None` = the id).
-    pub(crate) fn of_row(row: &Row, field: Option<&str>) -> Option<IndexKey> {
+    pub fn of_row(row: &Row, field: Option<&str>) -> Option<IndexKey> {
         let Some(field) = field else { return Some(IndexKey::Int(row.id)) };
         match row.get(field) {
             Value::Null => Some(IndexKey::Null),
@@ -452,7 +452,7 @@ impl CompiledFilters {
     /// The equality values the filters fix on `field` (`None` = id): one value
     /// for `exact` (or `isnull: true`), the list for `in`; None when unconstrained
     /// (or constrained by a value kind that doesn't route).
-    pub(crate) fn fixed_values(&self, field: Option<&str>) -> Option<Vec<IndexKey>> {
+    pub fn fixed_values(&self, field: Option<&str>) -> Option<Vec<IndexKey>> {
         self.preds.iter().filter(|p| p.field.as_deref() == field).find_map(|p| match &p.test {
             Test::Eq(v) => v.index_key().map(|k| vec![k]),
             Test::IsNull(true) => Some(vec![IndexKey::Null]),
@@ -494,13 +494,13 @@ impl CompiledFilters {
     }
 
     /// The ids the filters fix (`id` or `id__in`), if any.
-    pub(crate) fn fixed_ids(&self) -> Option<Vec<Id>> {
+    pub fn fixed_ids(&self) -> Option<Vec<Id>> {
         let keys = self.fixed_values(None)?;
         keys.into_iter().map(|k| if let IndexKey::Int(i) = k { Some(i) } else { None }).collect()
     }
 
     /// A reference field the filters fix to a list of ids, for the snapshot.
-    pub(crate) fn fixed_reference<'a>(&self, ty: &'a EntityType) -> Option<(&'a str, Vec<Id>)> {
+    pub fn fixed_reference<'a>(&self, ty: &'a EntityType) -> Option<(&'a str, Vec<Id>)> {
         ty.fields.iter().filter(|f| f.target().is_some()).find_map(|f| {
             let keys = self.fixed_values(Some(&f.name))?;
             let ids: Option<Vec<Id>> =

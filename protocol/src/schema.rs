@@ -506,7 +506,7 @@ fn check_relation(types: &BTreeMap<String, EntityType>, rel: &Relation) -> Resul
 /// (named has-many through a reference field) that channels nest.
 ///
 /// ```
-/// use statecast_core::{OnDelete, Schema, ServerValue};
+/// use statecast_protocol::{OnDelete, Schema, ServerValue};
 ///
 /// let schema = Schema::builder()
 ///     .entity("User", |t| {
@@ -526,7 +526,7 @@ fn check_relation(types: &BTreeMap<String, EntityType>, rel: &Relation) -> Resul
 ///     .build()?;
 /// assert!(schema.entity("Task").is_some_and(|t| t.field("created_by").is_some_and(|f| f.read_only)));
 /// assert_eq!(schema.relation("Job", "tasks").map(|r| r.field.as_str()), Some("job"));
-/// # Ok::<(), statecast_core::SchemaError>(())
+/// # Ok::<(), statecast_protocol::SchemaError>(())
 /// ```
 #[derive(Debug, Serialize)]
 pub struct Schema {

@@ -1,12 +1,12 @@
 //! Protocol v1 messages (names in camelCase as in the seed protocol). Clients
 //! and servers share these types; both codecs encode them as maps.
 
-use crate::auth::User;
-use crate::channel::Op;
+use crate::applied::{AppliedRecord, CreatedId};
+use crate::context::Op;
 use crate::error::WireError;
 use crate::ids::{Id, Seq};
 use crate::row::{Fields, Row};
-use crate::store::{AppliedRecord, CreatedId};
+use crate::user::User;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -211,7 +211,7 @@ impl Write {
 /// it does instead of a hand-built JSON object.
 ///
 /// ```
-/// use statecast_core::protocol::v1::{Operation, Write};
+/// use statecast_protocol::v1::{Operation, Write};
 ///
 /// // Save: change fields of an existing row, within a context.
 /// let save = Write::save("Task", 1).set("status", "done").context("job/1").write_id(7);

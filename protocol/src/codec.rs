@@ -3,7 +3,7 @@
 
 use super::v1::{ClientMessage, ServerMessage};
 use crate::error::{ErrorReason, WireError};
-use crate::transport::{Frame, FrameKind};
+use crate::frame::{Frame, FrameKind};
 use bytes::Bytes;
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -201,7 +201,7 @@ fn typed<T: DeserializeOwned>(value: Value, ty: String) -> Result<T, DecodeError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::v1::ClientMessage;
+    use crate::v1::ClientMessage;
     use serde_json::json;
 
     fn msgpack(v: &Value) -> Frame {

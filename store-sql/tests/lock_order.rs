@@ -86,12 +86,16 @@ async fn a_row_only_checked_is_locked_shared() {
         let (store, tx) = (store.clone(), checking("after the writer"));
         async move { store.commit(tx).await.map(|c| c.seq) }
     });
-    // The commit is parked on the row lock: its transaction shows as waiting for a lock.
-    let waits = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-                 AND query LIKE '%\"Note\" WHERE id = %FOR SHARE%' AND datname = current_database()";
+    // The commit is parked on the row lock: its transaction waits for the
+    // holder (counted by the holder's pid: other tests run beside this one).
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut holder).await.expect("pid");
+    let waits = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query LIKE '%\"Note\" WHERE id = %FOR SHARE%' AND {holder_pid} = ANY(pg_blocking_pids(pid))"
+    );
     let mut seen = 0i64;
     for _ in 0..300 {
-        seen = sqlx::query_scalar(waits).fetch_one(&mut pg.admin).await.expect("activity");
+        seen = sqlx::query_scalar(sqlx::AssertSqlSafe(waits.clone())).fetch_one(&mut pg.admin).await.expect("activity");
         if seen > 0 || waiting.is_finished() {
             break;
         }

@@ -24,7 +24,10 @@ async fn logs_are_plain_and_quiet_and_refusals_are_logged_and_counted() {
     assert!(metrics.contains(r#"statecast_refusals_total{what="write",reason="DENIED"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"statecast_refusals_total{what="hello",reason="UNAUTHENTICATED"} 1"#), "{metrics}");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !server.stderr().contains("reason=\"DENIED\"") && std::time::Instant::now() < deadline {
+    // Both refusals are logged by the server's own tasks: wait for both lines,
+    // not only the first (the hello's line may trail the metrics answer).
+    let logged = |log: String| log.contains("reason=\"DENIED\"") && log.contains("reason=\"UNAUTHENTICATED\"");
+    while !logged(server.stderr()) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let log = server.stderr();

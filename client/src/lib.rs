@@ -32,6 +32,7 @@ use statecast_protocol::error::{ErrorReason, WireError};
 use statecast_protocol::ids::Id;
 use statecast_protocol::row::Fields;
 use statecast_protocol::v1::{Operation, WriteOp};
+pub use statecast_protocol::v1::{PresenceEntry, PresenceUser};
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::path::PathBuf;
@@ -135,6 +136,8 @@ pub enum ViewEvent {
     Closed(statecast_protocol::v1::UnsubscribeReason),
     /// The server's store changed (new epoch): the context was loaded afresh.
     Reset,
+    /// Who else is here, or what they show, changed: read [`Context::presence`].
+    Presence,
 }
 
 pub(crate) enum Command {
@@ -377,6 +380,23 @@ impl Context {
         };
         self.client.command(Command::Flush)?;
         Ok(WriteHandle { write_id, created, rx, timeout: shared.config.write_timeout })
+    }
+
+    /// The other connections' presence here: who (`user`), on which
+    /// connection, showing what (`data`), in the order they arrived.
+    pub fn presence(&self) -> Vec<PresenceEntry> {
+        self.client.shared.state.lock().presence(&self.name).to_vec()
+    }
+
+    /// Shows `data` (any JSON of at most 1 KiB; `null` clears) to the
+    /// context's other subscribers. Never stored; shown again after a
+    /// reconnect. The server relays at most 20 updates a second per
+    /// connection, the latest winning, so calling this on every keystroke
+    /// or mouse move is fine.
+    pub fn set_presence(&self, data: Value) -> Result<(), ClientError> {
+        let shared = &self.client.shared;
+        shared.state.lock().set_presence(&self.name, data).map_err(ClientError::Refused)?;
+        self.client.command(Command::Flush)
     }
 
     /// Stops holding the context at once (its view empties, its unsent

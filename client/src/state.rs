@@ -14,8 +14,9 @@ use statecast_protocol::error::{ErrorReason, WireError};
 use statecast_protocol::ids::{Id, Seq, mint_id};
 use statecast_protocol::row::{Fields, Row, RowKey};
 use statecast_protocol::v1::{
-    AppliedOutcome, ChangeOp, ClientMessage, Delta, Operation, ServerMessage, State, Subscribe, Unsubscribe,
-    UnsubscribeReason, Welcome, Write, WriteOp, WriteResponse,
+    AppliedOutcome, ChangeOp, ClientMessage, Delta, MAX_PRESENCE_BYTES, Operation, Presence, PresenceEntry,
+    ServerMessage, SetPresence, State, Subscribe, Unsubscribe, UnsubscribeReason, Welcome, Write, WriteOp,
+    WriteResponse,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -87,6 +88,8 @@ pub enum Effect {
     StreamChanged { stream: u64, changes: Vec<ViewChange> },
     /// The server ended a stream view's subscription (the view is gone).
     StreamClosed { stream: u64, reason: UnsubscribeReason },
+    /// Who else is in a context, or what they show, changed.
+    PresenceChanged { context: String },
 }
 
 /// A row as the app sees it.
@@ -158,6 +161,10 @@ struct Ctx {
     view: HashMap<RowKey, ViewRow>,
     /// The `rid` of the newest subscribe sent for it: answers naming another rid are stale.
     rid: Option<u64>,
+    /// The other connections' presence, in the server's order.
+    presence: Vec<PresenceEntry>,
+    /// What this client shows here (sent again after a reconnect).
+    my_presence: Option<Value>,
 }
 
 /// The optimistic state of one client. See the module docs.
@@ -272,6 +279,75 @@ impl ClientState {
             rid: Some(Value::from(rid)),
             ..Subscribe::default()
         }));
+        // The server forgot it with the old connection (or subscription).
+        if let Some(data) = self.contexts.get(context).and_then(|c| c.my_presence.clone()) {
+            self.queue_presence(context, data);
+        }
+    }
+
+    /// Shows `data` to the context's other subscribers (`null` clears). Kept
+    /// and shown again after a reconnect. Refused when the context is not
+    /// held or `data` exceeds the protocol's limit; an update not yet sent
+    /// is replaced, not queued behind.
+    pub fn set_presence(&mut self, context: &str, data: Value) -> Result<(), WireError> {
+        let size = serde_json::to_vec(&data).map_or(usize::MAX, |v| v.len());
+        if size > MAX_PRESENCE_BYTES {
+            return Err(WireError::invalid_data(
+                "data",
+                format!("presence `data` is at most {MAX_PRESENCE_BYTES} bytes as JSON, got {size}"),
+            ));
+        }
+        let Some(ctx) = self.contexts.get_mut(context) else {
+            return Err(WireError::new(ErrorReason::NotSubscribed, format!("`{context}` is not held")));
+        };
+        ctx.my_presence = (!data.is_null()).then(|| data.clone());
+        self.queue_presence(context, data);
+        Ok(())
+    }
+
+    fn queue_presence(&mut self, context: &str, data: Value) {
+        if !self.online {
+            return;
+        }
+        let unsent = self.outbox.iter_mut().find_map(|m| match m {
+            ClientMessage::Presence(p) if p.context == context => Some(p),
+            _ => None,
+        });
+        if let Some(p) = unsent {
+            p.data = data;
+            return;
+        }
+        // A rid of its own: a refusal (`error` naming the context) must not
+        // read as the subscription's.
+        let rid = self.next_rid();
+        let msg = SetPresence { context: context.to_owned(), data, rid: Some(Value::from(rid)) };
+        self.outbox.push(ClientMessage::Presence(msg));
+    }
+
+    /// The other connections' presence in a context (none when not held).
+    pub fn presence(&self, context: &str) -> &[PresenceEntry] {
+        self.contexts.get(context).map_or(&[], |c| &c.presence)
+    }
+
+    /// What this client shows in a context.
+    pub fn my_presence(&self, context: &str) -> Option<&Value> {
+        self.contexts.get(context).and_then(|c| c.my_presence.as_ref())
+    }
+
+    fn on_presence(&mut self, p: Presence) -> Vec<Effect> {
+        let Some(ctx) = self.contexts.get_mut(&p.context) else { return Vec::new() };
+        let at = ctx.presence.iter().position(|e| e.connection_id == p.connection_id);
+        match (at, p.data.is_null()) {
+            (Some(i), true) => {
+                ctx.presence.remove(i);
+            }
+            (None, true) => return Vec::new(),
+            (Some(i), false) => ctx.presence[i].data = p.data,
+            (None, false) => {
+                ctx.presence.push(PresenceEntry { connection_id: p.connection_id, user: p.user, data: p.data })
+            }
+        }
+        vec![Effect::PresenceChanged { context: p.context }]
     }
 
     /// Stops holding a context at once: its view empties, its unsent writes
@@ -593,6 +669,8 @@ impl ClientState {
         for ctx in self.contexts.values_mut() {
             ctx.parts.clear();
             ctx.delta_parts.clear();
+            // Stale until the next state lists it again.
+            ctx.presence.clear();
         }
     }
 
@@ -829,6 +907,7 @@ impl ClientState {
                 },
             },
             ServerMessage::Welcome(w) => self.connected(&w),
+            ServerMessage::Presence(p) => self.on_presence(p),
             ServerMessage::Authenticated(_)
             | ServerMessage::Pong(_)
             | ServerMessage::Goaway(_)
@@ -865,7 +944,9 @@ impl ClientState {
         let mut order = self.next_order;
         let mut rows = Vec::new();
         let mut removed = Vec::new();
+        let mut presence = Vec::new();
         for part in parts {
+            presence.extend(part.presence);
             rows.extend(part.instances.into_iter().map(|r| (*r).clone()));
             removed.extend(part.removed);
         }
@@ -892,6 +973,11 @@ impl ClientState {
         ctx.epoch = Some(last.1);
         ctx.loaded = true;
         ctx.resync = false;
+        // Every state lists the presence in full.
+        if ctx.presence != presence {
+            ctx.presence = presence;
+            effects.push(Effect::PresenceChanged { context: name.clone() });
+        }
         let (retired_keys, _) = self.retire_reached(&name);
         dirty.extend(retired_keys);
         dirty.extend(self.touching.keys().cloned());
@@ -995,6 +1081,9 @@ impl ClientState {
     fn drop_context(&mut self, context: &str, reason: UnsubscribeReason) -> Vec<Effect> {
         let Some(ctx) = self.contexts.remove(context) else { return Vec::new() };
         let mut effects = vec![Effect::Closed { context: context.to_owned(), reason }];
+        if !ctx.presence.is_empty() {
+            effects.push(Effect::PresenceChanged { context: context.to_owned() });
+        }
         let removed: Vec<ViewChange> =
             ctx.view.values().map(|v| ViewChange { ty: v.ty.clone(), key: v.key, kind: ChangeKind::Removed }).collect();
         if !removed.is_empty() {

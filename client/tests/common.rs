@@ -40,6 +40,7 @@ pub fn state(context: &str, anchor: i64, seq: u64, rows: Vec<Arc<Row>>) -> State
         instances: rows,
         incremental: false,
         removed: vec![],
+        presence: vec![],
         part: None,
         last: None,
         rid: None,

@@ -687,3 +687,38 @@ async fn the_repl_sends_each_line_and_prints_every_frame() {
     assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
     assert!(String::from_utf8_lossy(&refused.stdout).contains("UNAUTHENTICATED"));
 }
+
+#[tokio::test]
+async fn presence_is_shown_to_the_others_and_shown_again_after_a_reconnect() {
+    let mut server = Server::start();
+    let (alice, bob) = (client(&server, "alice").await, client(&server, "bob").await);
+    let (a, b) = (alice.subscribe("job", 1).await.expect("a"), bob.subscribe("job", 1).await.expect("b"));
+    let mut b_events = b.watch();
+    a.set_presence(json!({"editing": 2})).expect("set");
+    eventually("bob sees alice's presence", || b.presence().len() == 1).await;
+    let entry = &b.presence()[0];
+    assert_eq!((entry.user.name.as_str(), entry.data.clone()), ("alice", json!({"editing": 2})));
+    assert!(a.presence().is_empty(), "alice is not shown her own presence");
+    let mut saw_event = false;
+    while let Ok(e) = b_events.try_recv() {
+        saw_event |= e == ViewEvent::Presence;
+    }
+    assert!(saw_event, "bob's watchers heard of it");
+
+    // Refused locally, and nothing changes: over 1 KiB.
+    let big = a.set_presence(json!({"blob": "x".repeat(2000)}));
+    assert!(matches!(big, Err(ClientError::Refused(ref e)) if e.reason == ErrorReason::InvalidData), "{big:?}");
+
+    // The server restarts: alice's presence is shown again once she is back.
+    server.kill9();
+    eventually("bob's list empties while offline (it would be stale)", || b.presence().is_empty()).await;
+    server.restart_same_port();
+    eventually("bob sees alice's presence again after the restart", || {
+        b.presence().iter().any(|e| e.user.name == "alice" && e.data == json!({"editing": 2}))
+    })
+    .await;
+
+    // Cleared: gone for bob.
+    a.set_presence(Value::Null).expect("clear");
+    eventually("bob sees it cleared", || b.presence().is_empty()).await;
+}

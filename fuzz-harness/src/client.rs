@@ -204,6 +204,7 @@ impl Run<'_> {
                     instances,
                     incremental,
                     removed,
+                    presence: Vec::new(),
                     part,
                     last,
                     rid: None,

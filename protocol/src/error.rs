@@ -19,6 +19,8 @@ pub enum ErrorReason {
     BadFrame,
     UnsupportedProtocol,
     SnapshotTooLarge,
+    /// A message about a context this connection does not subscribe to.
+    NotSubscribed,
     // 401
     Unauthenticated,
     TokenExpired,
@@ -58,7 +60,7 @@ impl ErrorReason {
         use ErrorReason::*;
         match self {
             InvalidData | NotFound | NotInContext | InvalidId | UnknownType | UnknownRelation | DependencyFailed
-            | BadFrame | UnsupportedProtocol | SnapshotTooLarge => 400,
+            | BadFrame | UnsupportedProtocol | SnapshotTooLarge | NotSubscribed => 400,
             Unauthenticated | TokenExpired => 401,
             NotWritable | Denied => 403,
             UnknownChannel | UnknownStream | AnchorNotFound => 404,
@@ -84,6 +86,7 @@ impl ErrorReason {
             BadFrame => "BAD_FRAME",
             UnsupportedProtocol => "UNSUPPORTED_PROTOCOL",
             SnapshotTooLarge => "SNAPSHOT_TOO_LARGE",
+            NotSubscribed => "NOT_SUBSCRIBED",
             Unauthenticated => "UNAUTHENTICATED",
             TokenExpired => "TOKEN_EXPIRED",
             NotWritable => "NOT_WRITABLE",
@@ -156,7 +159,9 @@ mod tests {
 
     #[test]
     fn reason_strings_match_serde() {
-        for r in [ErrorReason::InvalidData, ErrorReason::StaleWrite, ErrorReason::OutcomeUnknown] {
+        for r in
+            [ErrorReason::InvalidData, ErrorReason::StaleWrite, ErrorReason::OutcomeUnknown, ErrorReason::NotSubscribed]
+        {
             assert_eq!(serde_json::to_value(r).ok(), Some(serde_json::Value::String(r.as_str().into())));
         }
     }

@@ -27,11 +27,13 @@ pub enum ClientMessage {
     Get(Get),
     Auth(Auth),
     Ping(Ping),
+    Presence(SetPresence),
 }
 
 impl ClientMessage {
     /// The message's `type` names (for the decoder's error messages).
-    pub const TYPES: &'static [&'static str] = &["hello", "subscribe", "unsubscribe", "write", "get", "auth", "ping"];
+    pub const TYPES: &'static [&'static str] =
+        &["hello", "subscribe", "unsubscribe", "write", "get", "auth", "ping", "presence"];
 
     pub fn rid(&self) -> Rid {
         match self {
@@ -42,6 +44,7 @@ impl ClientMessage {
             ClientMessage::Get(m) => m.rid.clone(),
             ClientMessage::Auth(m) => m.rid.clone(),
             ClientMessage::Ping(m) => m.rid.clone(),
+            ClientMessage::Presence(m) => m.rid.clone(),
         }
     }
 }
@@ -404,6 +407,62 @@ pub struct Ping {
     pub rid: Rid,
 }
 
+/// The most bytes a presence's `data` may take, encoded as JSON.
+pub const MAX_PRESENCE_BYTES: usize = 1024;
+
+/// The most presence updates per second one connection has relayed; beyond
+/// that the latest per context waits for its turn (nothing queues).
+pub const PRESENCE_UPDATES_PER_SECOND: u32 = 20;
+
+/// Client → server: what this connection shows the other subscribers of a
+/// context it subscribes to (`data: null` clears it). Never stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetPresence {
+    pub context: String,
+    /// At most [`MAX_PRESENCE_BYTES`] as JSON; `null` clears.
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Rid,
+}
+
+/// Who a presence belongs to: the user's id and name, never the token's claims.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceUser {
+    pub id: Id,
+    pub name: String,
+}
+
+impl From<&User> for PresenceUser {
+    fn from(u: &User) -> Self {
+        Self { id: u.id, name: u.name.clone() }
+    }
+}
+
+/// One connection's presence in a context, as a `state` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceEntry {
+    pub connection_id: String,
+    pub user: PresenceUser,
+    pub data: Value,
+}
+
+/// Server → client: another connection's presence in a context changed.
+/// `data: null` means it cleared it; with `left: true`, the connection left
+/// the context (unsubscribed, disconnected or lost the right to read it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presence {
+    pub context: String,
+    pub connection_id: String,
+    pub user: PresenceUser,
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub left: bool,
+}
+
 /// Server → client.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -420,6 +479,7 @@ pub enum ServerMessage {
     Subscribed(Subscribed),
     Event(Event),
     Rows(Rows),
+    Presence(Presence),
 }
 
 impl ServerMessage {
@@ -437,6 +497,7 @@ impl ServerMessage {
         "subscribed",
         "event",
         "rows",
+        "presence",
     ];
 }
 
@@ -490,6 +551,10 @@ pub struct State {
     pub incremental: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<Removed>,
+    /// The other connections' presence in this context (absent when none;
+    /// in the first part of a state sent in parts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub presence: Vec<PresenceEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -148,6 +148,22 @@ fn client_messages() {
     );
     insta::assert_snapshot!("auth", client(ClientMessage::Auth(Auth { token: "t".into(), rid: None })));
     insta::assert_snapshot!("ping", client(ClientMessage::Ping(Ping { rid: Some(json!("r")) })));
+    insta::assert_snapshot!(
+        "presence_set",
+        client(ClientMessage::Presence(SetPresence {
+            context: "job/1".into(),
+            data: json!({"editing": 3}),
+            rid: None
+        }))
+    );
+    insta::assert_snapshot!(
+        "presence_clear",
+        client(ClientMessage::Presence(SetPresence {
+            context: "job/1".into(),
+            data: serde_json::Value::Null,
+            rid: Some(json!(7))
+        }))
+    );
 }
 
 #[test]
@@ -269,9 +285,51 @@ fn server_messages() {
             instances: vec![row()],
             incremental: false,
             removed: vec![],
+            presence: vec![],
             part: None,
             last: None,
             rid: None
+        }))
+    );
+    insta::assert_snapshot!(
+        "state_presence",
+        encoded(&ServerMessage::State(State {
+            context: "job/1".into(),
+            channel: "job".into(),
+            anchor_id: 1,
+            epoch: "e1".into(),
+            seq: 17,
+            instances: vec![row()],
+            incremental: false,
+            removed: vec![],
+            presence: vec![PresenceEntry {
+                connection_id: "c2".into(),
+                user: PresenceUser { id: 2, name: "bob".into() },
+                data: json!({"editing": 2}),
+            }],
+            part: None,
+            last: None,
+            rid: None
+        }))
+    );
+    insta::assert_snapshot!(
+        "presence",
+        encoded(&ServerMessage::Presence(Presence {
+            context: "job/1".into(),
+            connection_id: "c2".into(),
+            user: PresenceUser { id: 2, name: "bob".into() },
+            data: json!({"editing": 2, "cursor": [3, 14]}),
+            left: false,
+        }))
+    );
+    insta::assert_snapshot!(
+        "presence_left",
+        encoded(&ServerMessage::Presence(Presence {
+            context: "job/1".into(),
+            connection_id: "c2@3fa2b1c0".into(),
+            user: PresenceUser { id: 2, name: "bob".into() },
+            data: serde_json::Value::Null,
+            left: true,
         }))
     );
     insta::assert_snapshot!(
@@ -285,6 +343,7 @@ fn server_messages() {
             instances: vec![row()],
             incremental: true,
             removed: vec![Removed { ty: "Task".into(), id: 3 }],
+            presence: vec![],
             part: Some(0),
             last: Some(true),
             rid: None

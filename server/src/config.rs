@@ -261,6 +261,11 @@ pub struct Args {
     /// confirmation waits that much longer. At most 1000 [default: 0].
     #[arg(long, value_name = "MS")]
     pub flush_delay_ms: Option<u64>,
+    /// How often the server pings each connection; one that answers nothing
+    /// for 1.5 intervals is dropped (its presence leaves within two), 1 to
+    /// 3600 [default: 20].
+    #[arg(long, value_name = "SECS")]
+    pub ping_interval: Option<u64>,
     /// Serve the inspector page at `/` [default: true, false in prod mode].
     #[arg(long, value_name = "BOOL")]
     pub inspector: Option<bool>,
@@ -321,6 +326,7 @@ pub struct FileConfig {
     pub log_keep: Option<u64>,
     pub log_max_age: Option<u64>,
     pub flush_delay_ms: Option<u64>,
+    pub ping_interval: Option<u64>,
     pub inspector: Option<bool>,
     pub metrics: Option<bool>,
     pub log: Option<String>,
@@ -374,11 +380,22 @@ pub struct Config {
     pub log_max_age: Option<Duration>,
     /// The embedded stores' group-commit delay before each sync.
     pub flush_delay: Duration,
+    /// How often connections are pinged (a silent one is dropped after 1.5×).
+    pub ping_interval: Duration,
     /// Serve the inspector page.
     pub inspector: bool,
     /// Serve `/metrics`.
     pub metrics: bool,
     pub log: String,
+}
+
+impl Config {
+    /// How long a connection may stay silent (pongs included) before it is
+    /// dropped: 1.5 ping intervals, so a peer that vanished is noticed at
+    /// the second ping at the latest.
+    pub fn idle_timeout(&self) -> Duration {
+        self.ping_interval * 3 / 2
+    }
 }
 
 /// Where a value came from, to name it in an error.
@@ -584,6 +601,12 @@ impl Config {
                 .invalid(from_flag, "PostgreSQL makes each commit durable itself: use its `commit_delay`"));
         }
         let flush_delay = Duration::from_millis(flush_delay_ms);
+        let (ping_secs, from_flag) = pick(args.ping_interval, file.ping_interval).unwrap_or((20, false));
+        if !(1..=3600).contains(&ping_secs) {
+            return Err(origin("--ping-interval", "ping_interval")
+                .invalid(from_flag, format!("{ping_secs} s is not between 1 and 3600 s")));
+        }
+        let ping_interval = Duration::from_secs(ping_secs);
         let inspector = args.inspector.or(file.inspector).unwrap_or(mode != Mode::Prod);
         let metrics = args.metrics.or(file.metrics).unwrap_or(true);
 
@@ -630,6 +653,7 @@ impl Config {
             log_keep,
             log_max_age,
             flush_delay,
+            ping_interval,
             inspector,
             metrics,
             log,

@@ -124,6 +124,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         outbox_capacity: config.outbox_capacity,
         outbox_bytes: config.outbox_bytes,
         path: config.ws_path.clone(),
+        ping_interval: Some(config.ping_interval),
+        idle_timeout: config.idle_timeout(),
         ..WsConfig::default()
     };
     let mut builder = ServerBuilder::new(schema.clone())
@@ -139,6 +141,8 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             frame_limit: config.frame_limit,
             outbox_capacity: config.outbox_capacity,
             outbox_bytes: config.outbox_bytes,
+            keep_alive_interval: Some(config.ping_interval),
+            idle_timeout: config.idle_timeout(),
             ..QuicConfig::with_tls(config.quic_tls())
         };
         builder = builder.quic(addr, quic);

@@ -46,7 +46,7 @@ use statecast_core::{Id, Row, Schema, Seq};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tables::{APPLIED, IDS, LOG, META, PURGED, RowLock, SEQ, Tables};
 use tokio::sync::Notify;
@@ -164,6 +164,12 @@ struct Shared {
     notify_pending: AtomicBool,
     /// PostgreSQL: the `NOTIFY` channel of this store (one per schema).
     channel: String,
+    /// PostgreSQL: the `NOTIFY` channel of the processes' [`Bus`](statecast_core::store::Bus).
+    bus_channel: String,
+    /// PostgreSQL: what the bus received, for the engine.
+    bus_in: tokio::sync::broadcast::Sender<statecast_core::store::BusEvent>,
+    /// PostgreSQL: bus messages published and not yet sent.
+    bus_pending: AtomicUsize,
     /// PostgreSQL: the first hole the tailer waits at (see [`Hole`]).
     hole: parking_lot::Mutex<Option<Hole>>,
     /// When the change log was last trimmed by age (ms since the epoch).
@@ -196,7 +202,14 @@ pub struct SqlStore {
     flusher: parking_lot::Mutex<Option<JoinHandle<()>>>,
     /// PostgreSQL: the task that `LISTEN`s for commits of other processes.
     listener: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// PostgreSQL: messages between the processes (presence).
+    bus: Option<Arc<dyn statecast_core::store::Bus>>,
+    /// PostgreSQL: the task sending the bus's messages.
+    bus_sender: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
+
+/// Bus messages a slow engine may fall behind by before it misses some.
+const BUS_BACKLOG: usize = 4096;
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -263,6 +276,9 @@ impl SqlStore {
             flushes: AtomicU64::new(0),
             log_wake: Notify::new(),
             notify_pending: AtomicBool::new(false),
+            bus_channel: channel.replacen("statecast_log_", "statecast_bus_", 1),
+            bus_in: tokio::sync::broadcast::channel(BUS_BACKLOG).0,
+            bus_pending: AtomicUsize::new(0),
             channel,
             hole: parking_lot::Mutex::new(None),
             last_age_trim_ms: AtomicU64::new(0),
@@ -272,7 +288,23 @@ impl SqlStore {
         let listener = (!sqlite).then(|| tokio::spawn(run_listener(shared.clone())));
         #[cfg(not(feature = "postgres"))]
         let listener = None;
-        SqlStore { shared, flusher: parking_lot::Mutex::new(flusher), listener: parking_lot::Mutex::new(listener) }
+        #[cfg(feature = "postgres")]
+        let (bus, bus_sender) = match sqlite {
+            false => {
+                let (bus, sender) = postgres::PgBus::start(shared.clone());
+                (Some(bus as Arc<dyn statecast_core::store::Bus>), Some(sender))
+            }
+            true => (None, None),
+        };
+        #[cfg(not(feature = "postgres"))]
+        let (bus, bus_sender) = (None, None);
+        SqlStore {
+            shared,
+            flusher: parking_lot::Mutex::new(flusher),
+            listener: parking_lot::Mutex::new(listener),
+            bus,
+            bus_sender: parking_lot::Mutex::new(bus_sender),
+        }
     }
 
     /// `"sqlite"` or `"postgres"`.
@@ -296,6 +328,9 @@ impl Drop for SqlStore {
         self.shared.wake.notify_one();
         if let Some(listener) = self.listener.lock().take() {
             listener.abort();
+        }
+        if let Some(sender) = self.bus_sender.lock().take() {
+            sender.abort();
         }
     }
 }
@@ -807,6 +842,10 @@ impl Store for SqlStore {
         }
     }
 
+    fn bus(&self) -> Option<Arc<dyn statecast_core::store::Bus>> {
+        self.bus.clone()
+    }
+
     async fn wait_log(&self, max: Duration) {
         let _ = tokio::time::timeout(max, self.shared.log_wake.notified()).await;
     }
@@ -844,6 +883,13 @@ impl Store for SqlStore {
         shared.wake.notify_one();
         if let Some(listener) = self.listener.lock().take() {
             listener.abort();
+        }
+        let sender = self.bus_sender.lock().take();
+        if let Some(sender) = sender {
+            // What the engine said last (its `bye`) goes out first.
+            #[cfg(feature = "postgres")]
+            postgres::drain_bus(shared).await;
+            sender.abort();
         }
         let flusher = self.flusher.lock().take();
         if let Some(handle) = flusher

@@ -5,6 +5,7 @@
 
 use super::*;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use statecast_core::store::BusEvent;
 
 /// The fingerprint the tables were last migrated to, if they exist.
 pub(crate) async fn stored_fingerprint(conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>) -> Option<String> {
@@ -128,11 +129,12 @@ pub(crate) async fn run_listener(shared: Arc<Shared>) {
     while !shared.stopping.load(Ordering::SeqCst) {
         let Some(l) = listener.as_mut() else {
             match PgListener::connect_with(pool).await {
-                Ok(mut l) => match l.listen(&shared.channel).await {
+                Ok(mut l) => match l.listen_all([shared.channel.as_str(), shared.bus_channel.as_str()]).await {
                     Ok(()) => {
                         tracing::debug!(channel = %shared.channel, "listening for commits of other processes");
                         listener = Some(l);
                         shared.log_wake.notify_one();
+                        let _ = shared.bus_in.send(BusEvent::Joined);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN failed; the tailer polls meanwhile");
@@ -147,6 +149,10 @@ pub(crate) async fn run_listener(shared: Arc<Shared>) {
             continue;
         };
         match l.recv().await {
+            Ok(n) if n.channel() == shared.bus_channel => {
+                // Nobody listening (no engine yet) is not an error.
+                let _ = shared.bus_in.send(BusEvent::Message(Arc::from(n.payload())));
+            }
             Ok(_) => shared.log_wake.notify_one(),
             Err(e) => {
                 tracing::warn!(error = %e, "the LISTEN connection failed; reconnecting");
@@ -394,5 +400,59 @@ impl Shared {
         if let Err(e) = result {
             tracing::warn!(error = %e, floor, "couldn't trim the change log; will retry later");
         }
+    }
+}
+
+/// PostgreSQL: the [`Bus`](statecast_core::store::Bus) between the
+/// processes on this database, on `NOTIFY` (a channel per schema, beside the
+/// log's). One task sends the messages one after another, so they arrive in
+/// the order published; the listener above receives them.
+pub(crate) struct PgBus {
+    out: tokio::sync::mpsc::UnboundedSender<String>,
+    shared: Arc<Shared>,
+}
+
+impl PgBus {
+    pub(crate) fn start(shared: Arc<Shared>) -> (Arc<PgBus>, JoinHandle<()>) {
+        let (out, rx) = tokio::sync::mpsc::unbounded_channel();
+        let sender = tokio::spawn(run_bus_sender(shared.clone(), rx));
+        (Arc::new(PgBus { out, shared }), sender)
+    }
+}
+
+impl statecast_core::store::Bus for PgBus {
+    fn publish(&self, message: String) {
+        self.shared.bus_pending.fetch_add(1, Ordering::SeqCst);
+        if self.out.send(message).is_err() {
+            self.shared.bus_pending.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<BusEvent> {
+        self.shared.bus_in.subscribe()
+    }
+}
+
+async fn run_bus_sender(shared: Arc<Shared>, mut rx: tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let Backend::Postgres(pool) = &shared.backend else { return };
+    while let Some(message) = rx.recv().await {
+        // Best effort, as the bus promises: its users repeat themselves.
+        if let Err(e) =
+            sqlx::query("SELECT pg_notify($1, $2)").bind(&shared.bus_channel).bind(&message).execute(pool).await
+        {
+            tracing::debug!(error = %e, "a bus message was not sent");
+        }
+        shared.bus_pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long closing waits for the bus's last messages (the engine's `bye`).
+const BUS_DRAIN: Duration = Duration::from_secs(1);
+
+/// Waits (at most [`BUS_DRAIN`]) until every message published is sent.
+pub(crate) async fn drain_bus(shared: &Shared) {
+    let deadline = tokio::time::Instant::now() + BUS_DRAIN;
+    while shared.bus_pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

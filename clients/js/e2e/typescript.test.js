@@ -15,7 +15,7 @@ const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
 const client = join(REPO, 'clients/js/packages/client/src/statecast.js');
 
 const usage = `
-import { Replica, StatecastClient, StatecastError, isPending, type ChangeEvent, type ViewRow } from ${JSON.stringify(client)};
+import { Replica, StatecastClient, StatecastError, isPending, type ChangeEvent, type PresenceEntry, type ViewRow } from ${JSON.stringify(client)};
 import type { Channels, Entities, Task, TaskCreate, TaskSave } from './schema.js';
 
 const client = new StatecastClient<Entities>({ url: 'ws://127.0.0.1:7100/ws', token: 'alice', ids: 'temp' });
@@ -53,6 +53,14 @@ const batch = job.batch((b) => {
 const ids: number[] = batch.ids;
 const anchor: Channels['job']['anchor'] = 'Job';
 client.on('write', (w) => w.status === 'refused' && w.error?.reason);
+job.setPresence({ editing: id });
+const here: ReadonlyArray<PresenceEntry<{ editing: number }>> = job.presence<{ editing: number }>();
+const names: string[] = here.map((p) => \`\${p.user.name} \${p.user.id} \${p.connectionId} \${p.data.editing}\`);
+job.onPresence((e) => e.cause === 'left' && e.entry?.connectionId);
+client.setPresence('job/1', null);
+// @ts-expect-error: presence() entries are read-only
+here[0].data = { editing: 2 };
+void names;
 void [ids, anchor];
 const frames: Array<Record<string, unknown>> = [];
 const replica = new Replica<Entities>({ send: (f) => frames.push(f) });

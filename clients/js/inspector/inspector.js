@@ -143,7 +143,10 @@ function open(channel, anchorId) {
   const ctx = client.subscribe(channel, anchorId);
   app.ctx = ctx;
   $('context-name').textContent = ctx.name;
-  app.stopCtx = ctx.onChange((e) => {
+  const offPresence = ctx.onPresence(() => {
+    if (app.ctx === ctx) renderPresence(ctx);
+  });
+  const offChange = ctx.onChange((e) => {
     app.events.push({
       cause: e.cause,
       added: e.added.map((r) => `${r._type}:${r._key}:${r._pending ? 'pending' : 'canonical'}`),
@@ -153,6 +156,10 @@ function open(channel, anchorId) {
     if (app.events.length > 1_000) app.events.splice(0, app.events.length - 1_000);
     if (app.ctx === ctx) render();
   });
+  app.stopCtx = () => {
+    offChange();
+    offPresence();
+  };
   render();
   ctx.ready.catch((e) => {
     if (app.ctx === ctx) notice('error', `${e.code} ${e.reason}`, e.message);
@@ -169,6 +176,35 @@ function render() {
   if (!ctx) return;
   renderTree(ctx);
   renderTables(ctx);
+  renderPresence(ctx);
+}
+
+/** Who else is in the context (user, connection id, data as compact JSON), and this client's own presence. */
+function renderPresence(ctx) {
+  const list = ctx.presence();
+  const closed = ctx.status === 'closed';
+  $('presence-count').textContent = closed ? '' : `${list.length} other${list.length === 1 ? '' : 's'}`;
+  const items = list.map((p) =>
+    h('li', { 'data-connection': p.connectionId, 'data-user': p.user?.name ?? '' },
+      h('span', { class: 'who-name', title: `user ${p.user?.id}` }, p.user?.name ?? `user ${p.user?.id}`),
+      h('span', { class: 'conn', title: 'connection id' }, p.connectionId),
+      h('code', { class: 'data' }, JSON.stringify(p.data))));
+  if (items.length === 0) items.push(h('li', { class: 'muted' }, closed ? `closed (${ctx.closeReason})` : 'nobody else'));
+  if (!closed && ctx.myPresence !== null) {
+    items.push(h('li', { class: 'self', 'data-self': '' }, h('span', { class: 'who-name' }, 'you'), h('code', { class: 'data' }, JSON.stringify(ctx.myPresence))));
+  }
+  $('presence').replaceChildren(...items);
+  for (const id of ['presence-data', 'set-presence', 'clear-presence']) $(id).disabled = closed;
+}
+
+function setMyPresence(data) {
+  const ctx = app.ctx;
+  if (!ctx) return;
+  try {
+    ctx.setPresence(data);
+  } catch (e) {
+    notice('error', `${e.code} ${e.reason}`, e.message);
+  }
 }
 
 function renderTree(ctx) {
@@ -531,6 +567,10 @@ function frameSummary(m) {
       return `clientId ${String(m.clientId).slice(0, 8)}…${m.pending?.length ? ` pending ${m.pending.join(',')}` : ''}`;
     case 'error':
       return `${m.code} ${m.reason} ${m.message ?? ''}`;
+    case 'presence': {
+      const who = m.user ? `${m.user.name ?? m.user.id} (${m.connectionId}) ` : '';
+      return `${m.context} ${who}${m.left ? 'left' : m.data === null ? 'cleared' : JSON.stringify(m.data)}`;
+    }
     default:
       return '';
   }
@@ -775,6 +815,23 @@ $('picker').addEventListener('submit', (e) => {
   const anchor = Number($('anchor').value);
   if (!Number.isSafeInteger(anchor) || anchor < 1) return notice('error', 'bad anchor', 'the anchor is a row id: a whole number from 1');
   open($('channel').value, anchor);
+});
+
+$('my-presence').addEventListener('submit', (e) => {
+  e.preventDefault();
+  const text = $('presence-data').value.trim();
+  if (!text) return setMyPresence(null);
+  let data;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    data = text; // not JSON: shown as a string
+  }
+  setMyPresence(data);
+});
+$('clear-presence').addEventListener('click', () => {
+  $('presence-data').value = '';
+  setMyPresence(null);
 });
 
 $('frame-filter').addEventListener('input', refilterFrames);

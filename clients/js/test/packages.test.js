@@ -54,21 +54,21 @@ test('each package packs to a tarball that installs into an empty directory, imp
     assert.equal(client.dependencies, undefined);
     const script = `
       import { StatecastClient, StatecastError, TabClient } from '@statecast/client';
-      import { contextSource, writesSource } from '@statecast/client/store';
-      import { StatecastProvider, useContext, useStream, useWrites } from '@statecast/react';
-      import { contextStore, streamStore, writesStore } from '@statecast/svelte';
-      const out = [StatecastClient, StatecastError, TabClient, contextSource, writesSource, StatecastProvider, useContext, useStream, useWrites, contextStore, streamStore, writesStore].map((f) => typeof f);
+      import { contextSource, presenceSource, writesSource } from '@statecast/client/store';
+      import { StatecastProvider, useContext, usePresence, useStream, useWrites } from '@statecast/react';
+      import { contextStore, presenceStore, streamStore, writesStore } from '@statecast/svelte';
+      const out = [StatecastClient, StatecastError, TabClient, contextSource, presenceSource, writesSource, StatecastProvider, useContext, usePresence, useStream, useWrites, contextStore, presenceStore, streamStore, writesStore].map((f) => typeof f);
       console.log(JSON.stringify(out));
     `;
     const printed = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: app, encoding: 'utf8' });
-    assert.deepEqual(JSON.parse(printed), Array(12).fill('function'));
+    assert.deepEqual(JSON.parse(printed), Array(15).fill('function'));
     // The declarations, as a TypeScript app resolves them (strict, NodeNext).
     writeFileSync(
       join(app, 'app.ts'),
       `
-      import { StatecastClient, TabClient, type ViewRow } from '@statecast/client';
-      import { useContext, useStream, useWrites } from '@statecast/react';
-      import { contextStore, writesStore } from '@statecast/svelte';
+      import { StatecastClient, TabClient, type PresenceEntry, type PresenceEvent, type ViewRow } from '@statecast/client';
+      import { useContext, usePresence, useStream, useWrites } from '@statecast/react';
+      import { contextStore, presenceStore, writesStore } from '@statecast/svelte';
       import type { Readable } from 'svelte/store';
       const client = new StatecastClient({ url: 'ws://127.0.0.1:7100/ws', token: 'alice' });
       const tabs = new TabClient({ url: 'ws://127.0.0.1:7100/ws', token: 'alice', storage: 'indexeddb' });
@@ -79,11 +79,25 @@ test('each package packs to a tarball that installs into an empty directory, imp
         const { pending, refused } = useWrites();
         const codes: number[] = refused.map((r) => r.code);
         void job.save('Task', 1, { status: 'done' });
-        return [rows.length, mine.status, pending.length, codes];
+        const { presence, myPresence, setPresence } = usePresence<{ editing: number }>('job', 1);
+        const editing: number[] = presence.map((p) => p.data.editing);
+        const names: string[] = presence.map((p) => \`\${p.user.name} \${p.user.id} \${p.connectionId}\`);
+        setPresence({ editing: 1 });
+        setPresence(null);
+        return [rows.length, mine.status, pending.length, codes, editing, names, myPresence?.editing];
       }
       const store = contextStore(client, 'job', 1);
       const writes: Readable<{ refused: { reason: string }[] }> = writesStore(tabs);
-      void [store, writes];
+      const here: Readable<{ presence: ReadonlyArray<PresenceEntry<{ x: number }>> }> = presenceStore<{ x: number }>(tabs, 'job', 1);
+      const ctx = client.subscribe('job', 1);
+      ctx.setPresence({ cursor: [1, 2] });
+      const off = ctx.onPresence((e: PresenceEvent) => e.cause === 'left' && e.entry?.user.name);
+      client.on('presence', (e) => e.presence.length);
+      client.setPresence('job/1', null);
+      const tabJob = tabs.subscribe('job', 1);
+      tabJob.setPresence({ tab: 1 });
+      const who: string[] = tabJob.presence().map((p) => p.user.name).concat(tabs.presence('job/1').map((p) => p.connectionId));
+      void [store, writes, here, off, who, ctx.myPresence];
       `,
     );
     writeFileSync(

@@ -5,6 +5,8 @@
 //! a context is loaded once, kept in memory while subscribed, and its state
 //! is served from that cache.
 
+mod presence;
+
 use super::commit_lock::CommitLock;
 use super::load::load_context;
 use super::metrics::Metrics;
@@ -147,6 +149,18 @@ pub(crate) enum HubMsg {
         subscription: String,
         rid: Rid,
     },
+    /// A connection's presence in a context it holds (paced by its session).
+    Presence {
+        conn: ConnId,
+        context: String,
+        data: serde_json::Value,
+    },
+    /// A message from the other processes on the store (see [`crate::store::Bus`]).
+    Bus(Arc<str>),
+    /// This process (re)joined the bus.
+    BusJoined,
+    /// Presence's heartbeat on the bus, with the time.
+    PresenceTick(Instant),
 }
 
 pub(crate) struct StreamSubscribeRequest {
@@ -245,10 +259,12 @@ impl HubHandle {
     }
 }
 
-/// The hub's stream settings.
-pub(crate) struct StreamSettings {
+/// The hub's settings.
+pub(crate) struct HubSettings {
     pub snapshot_limit: usize,
     pub limits: super::ConnectionLimits,
+    /// Appended to connection ids (see [`super::Inner::conn_suffix`]).
+    pub conn_suffix: String,
 }
 
 pub(crate) fn spawn(
@@ -257,7 +273,7 @@ pub(crate) fn spawn(
     metrics: Arc<Metrics>,
     frame_limit: usize,
     commit_lock: CommitLock,
-    stream_settings: StreamSettings,
+    settings: HubSettings,
     revalidate: Option<Revalidate>,
 ) -> HubHandle {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -267,6 +283,7 @@ pub(crate) fn spawn(
     if store.shared_log() {
         tokio::spawn(run_tailer(store.clone(), tx.downgrade(), commit_lock.clone(), store.last_seq()));
     }
+    let bus = store.bus();
     let mut hub = Hub {
         shared_log: store.shared_log(),
         delivered,
@@ -286,16 +303,28 @@ pub(crate) fn spawn(
         index: RowIndex::default(),
         streams: StreamRegistry::default(),
         pending_streams: HashMap::new(),
-        snapshot_limit: stream_settings.snapshot_limit,
-        limits: stream_settings.limits,
+        snapshot_limit: settings.snapshot_limit,
+        limits: settings.limits,
         revalidate,
+        presence: super::presence::PresenceBook::new(store_bus_origin(&bus, &settings.conn_suffix)),
+        bus: bus.clone(),
+        conn_suffix: settings.conn_suffix,
     };
+    if let Some(bus) = bus {
+        presence::spawn_bus_reader(bus, tx.downgrade());
+        hub.bus_joined();
+    }
     tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             hub.handle(msg).await;
         }
     });
     HubHandle { tx, healthy, settle }
+}
+
+/// This process's name on the bus: its connection ids' suffix (without `@`).
+fn store_bus_origin(bus: &Option<Arc<dyn crate::store::Bus>>, conn_suffix: &str) -> Option<String> {
+    bus.as_ref().map(|_| conn_suffix.trim_start_matches('@').to_owned())
 }
 
 /// Shared log: reads the log in seq order (woken by notifications, else every
@@ -456,6 +485,11 @@ struct Hub {
     /// Where commits that touch what a policy reads are reported (none when
     /// no policy declares what it reads).
     revalidate: Option<Revalidate>,
+    presence: super::presence::PresenceBook,
+    /// The other processes on the store (None: alone).
+    bus: Option<Arc<dyn crate::store::Bus>>,
+    /// Makes connection ids unique across the processes on a bus (`@…`).
+    conn_suffix: String,
 }
 
 /// The revalidator's inbox and what it watches.
@@ -505,6 +539,7 @@ impl Hub {
             HubMsg::Unsubscribe { conn, context, rid } => self.unsubscribe(conn, context, rid),
             HubMsg::Reply { conn, msg } => self.answer(conn, *msg, None),
             HubMsg::Goaway => {
+                self.presence_bye();
                 let ids: Vec<ConnId> = self.conns.keys().copied().collect();
                 for conn in ids {
                     self.send_msg(conn, &ServerMessage::Goaway(Goaway { reason: Some("SERVER_DRAINING".into()) }));
@@ -517,6 +552,10 @@ impl Hub {
             HubMsg::StreamSubscribe(req) => self.stream_subscribe(*req),
             HubMsg::StreamLoaded { sub, result } => self.stream_loaded(sub, result),
             HubMsg::StreamUnsubscribe { conn, subscription, rid } => self.stream_unsubscribe(conn, subscription, rid),
+            HubMsg::Presence { conn, context, data } => self.set_presence(conn, context, data),
+            HubMsg::Bus(raw) => self.bus_message(&raw),
+            HubMsg::BusJoined => self.bus_joined(),
+            HubMsg::PresenceTick(now) => self.presence_tick(now),
         }
     }
 
@@ -622,6 +661,7 @@ impl Hub {
             }
             None => (false, 0),
         };
+        self.leave_presence(conn, context);
         for _ in 0..withdrawn {
             self.unpark(conn);
         }
@@ -931,6 +971,9 @@ impl Hub {
         let Some(codec) = self.conns.get(&req.conn).map(|c| c.codec) else {
             return Arc::from([]);
         };
+        // Everyone else's presence rides on the state; only a state without
+        // any is the same for every subscriber, and cached.
+        let presence = self.presence.entries(&req.context, req.conn);
         let (epoch, limit) = (self.epoch.as_str(), self.frame_limit);
         let Some(Slot::Live(ctx)) = self.contexts.get_mut(&req.context) else {
             return Arc::from([]);
@@ -939,18 +982,17 @@ impl Hub {
             && ep.as_deref() == Some(epoch)
             && let Some((instances, removed)) = ctx.changes_since(*since)
         {
-            let state = ctx.state_message(epoch, instances, removed, true, req.rid.clone());
+            let state = State { presence, ..ctx.state_message(epoch, instances, removed, true, req.rid.clone()) };
             return split_state(codec, state, limit).into();
         }
-        if req.rid.is_none()
-            && let Some(cached) = &ctx.state_cache[codec.index()]
-        {
+        let shared = req.rid.is_none() && presence.is_empty();
+        if shared && let Some(cached) = &ctx.state_cache[codec.index()] {
             return cached.clone();
         }
         let instances = ctx.ordered_rows();
-        let state = ctx.state_message(epoch, instances, Vec::new(), false, req.rid.clone());
+        let state = State { presence, ..ctx.state_message(epoch, instances, Vec::new(), false, req.rid.clone()) };
         let frames: Arc<[Frame]> = split_state(codec, state, limit).into();
-        if req.rid.is_none() {
+        if shared {
             ctx.state_cache[codec.index()] = Some(frames.clone());
         }
         frames
@@ -1212,6 +1254,7 @@ impl Hub {
         };
         let subscribers: Vec<ConnId> = ctx.subscribers.iter().copied().collect();
         self.drop_context(context);
+        self.end_presence(context);
         for conn in subscribers {
             if let Some(entry) = self.conns.get(&conn) {
                 entry.subs.lock().remove(context);
@@ -1821,6 +1864,7 @@ impl LiveContext {
             instances,
             incremental,
             removed,
+            presence: Vec::new(),
             part: None,
             last: None,
             rid,

@@ -6,6 +6,7 @@ mod commit_lock;
 mod hub;
 mod load;
 mod metrics;
+mod presence;
 mod revocation;
 mod row_turns;
 mod session;
@@ -179,13 +180,20 @@ impl EngineBuilder {
         let watch = revocation::Watch::new(&channels);
         let (revalidate_tx, revalidate_rx) = tokio::sync::mpsc::unbounded_channel();
         let revalidate = (!watch.is_empty()).then(|| hub::Revalidate { watch, tx: revalidate_tx });
+        // With other processes on the store, connection ids name this process too.
+        let conn_suffix =
+            if self.store.bus().is_some() { format!("@{:08x}", rand::random::<u32>()) } else { String::new() };
         let hub = hub::spawn(
             self.schema.clone(),
             self.store.clone(),
             metrics.clone(),
             self.config.frame_limit,
             commit_lock.clone(),
-            hub::StreamSettings { snapshot_limit: self.config.snapshot_limit, limits: self.config.limits.clone() },
+            hub::HubSettings {
+                snapshot_limit: self.config.snapshot_limit,
+                limits: self.config.limits.clone(),
+                conn_suffix: conn_suffix.clone(),
+            },
             revalidate,
         );
         let inner = Arc::new(Inner {
@@ -204,6 +212,7 @@ impl EngineBuilder {
             next_sub: AtomicU64::new(1),
             accepting: AtomicBool::new(true),
             store_trouble: parking_lot::Mutex::new(None),
+            conn_suffix,
         });
         spawn_purger(&inner);
         revocation::spawn(Arc::downgrade(&inner), revalidate_rx);
@@ -235,6 +244,9 @@ pub(crate) struct Inner {
     /// Why the last commit failed for want of the store (a full disk, a lost
     /// database), until a commit succeeds again: `/readyz` reports it.
     pub store_trouble: parking_lot::Mutex<Option<String>>,
+    /// Appended to connection ids (`c7@3fa2b1c0`) when other processes share
+    /// the store, so presence tells their connections apart; empty alone.
+    pub conn_suffix: String,
 }
 
 fn schema_info(

@@ -4,6 +4,7 @@
 //! write's answer go through the hub's ordered queue.
 
 use super::hub::{ConnId, HubMsg, ReplyTarget, SharedSubs, StreamSubscribeRequest, SubscribeRequest};
+use super::presence::PresenceOutbox;
 use super::streams::{Actions, StreamSub, route_of};
 use super::write::{self, ClientInfo, Outcome, WriteContext};
 use super::{Actor, Inner};
@@ -13,8 +14,9 @@ use crate::error::{ErrorReason, WireError};
 use crate::policy::PolicyContext;
 use crate::protocol::Codec;
 use crate::protocol::v1::{
-    AppliedOutcome, Auth, Authenticated, ClientMessage, ErrorMessage, Get, Hello, Operation, PROTOCOL_VERSION, Ping,
-    Rid, Rows, ServerMessage, Subscribe, Unsubscribe, UnsubscribeReason, Unsubscribed, Welcome, Write, WriteResponse,
+    AppliedOutcome, Auth, Authenticated, ClientMessage, ErrorMessage, Get, Hello, MAX_PRESENCE_BYTES, Operation,
+    PROTOCOL_VERSION, Ping, Rid, Rows, ServerMessage, SetPresence, Subscribe, Unsubscribe, UnsubscribeReason,
+    Unsubscribed, Welcome, Write, WriteResponse,
 };
 use crate::store::AppliedKey;
 use crate::stream::{CompiledFilters, Filters, Payload, Stream, StreamRequest};
@@ -42,6 +44,8 @@ struct Session {
     client_id: String,
     subs: SharedSubs,
     in_flight: Arc<AtomicUsize>,
+    /// Paces this connection's presence updates.
+    presence: PresenceOutbox,
 }
 
 pub(crate) async fn run(inner: Arc<Inner>, conn: Connection) {
@@ -58,6 +62,7 @@ pub(crate) async fn run(inner: Arc<Inner>, conn: Connection) {
         client_id: String::new(),
         subs: Arc::new(parking_lot::Mutex::new(HashSet::new())),
         in_flight: Arc::new(AtomicUsize::new(0)),
+        presence: PresenceOutbox::default(),
     };
     let hello_by = Instant::now() + s.inner.config.hello_timeout;
     loop {
@@ -75,6 +80,7 @@ pub(crate) async fn run(inner: Arc<Inner>, conn: Connection) {
                 None => s.hello_timed_out(),
                 Some(_) => s.token_expired(),
             },
+            _ = sleep_until(s.presence.due().map(Instant::from_std)) => s.presence_due(),
             _ = s.outbox.closed() => Flow::Close,
         };
         if let Flow::Close = flow {
@@ -150,6 +156,41 @@ impl Session {
             ClientMessage::Get(g) => self.get(g).await,
             ClientMessage::Auth(a) => self.auth(a).await,
             ClientMessage::Ping(p) => self.reply(ServerMessage::Pong(Ping { rid: p.rid }), codec),
+            ClientMessage::Presence(p) => self.presence(p),
+        }
+        Flow::Continue
+    }
+
+    /// A presence update: checked here, paced here, announced by the hub.
+    fn presence(&mut self, p: SetPresence) {
+        let codec = self.codec();
+        if !self.subs.lock().contains(&p.context) {
+            let e = WireError::new(
+                ErrorReason::NotSubscribed,
+                format!(
+                    "presence is shown in a context this connection subscribes to; subscribe to {} first",
+                    p.context
+                ),
+            );
+            return self.reply(context_error(e, Some(p.context), p.rid), codec);
+        }
+        let size = serde_json::to_vec(&p.data).map_or(usize::MAX, |v| v.len());
+        if size > MAX_PRESENCE_BYTES {
+            let e = WireError::invalid_data(
+                "data",
+                format!("presence `data` is at most {MAX_PRESENCE_BYTES} bytes as JSON, got {size}"),
+            );
+            return self.reply(context_error(e, Some(p.context), p.rid), codec);
+        }
+        if let Some((context, data)) = self.presence.offer(p.context, p.data, std::time::Instant::now()) {
+            self.inner.hub.send(HubMsg::Presence { conn: self.id, context, data });
+        }
+    }
+
+    /// A presence update that waited for its turn.
+    fn presence_due(&mut self) -> Flow {
+        if let Some((context, data)) = self.presence.take_due(std::time::Instant::now()) {
+            self.inner.hub.send(HubMsg::Presence { conn: self.id, context, data });
         }
         Flow::Continue
     }
@@ -225,7 +266,7 @@ impl Session {
             subs: self.subs.clone(),
         });
         let welcome = Welcome {
-            connection_id: format!("c{}", self.id),
+            connection_id: format!("c{}{}", self.id, self.inner.conn_suffix),
             user: user.clone(),
             schema: self.inner.schema_info.clone(),
             epoch: self.inner.store.epoch().to_owned(),
@@ -308,6 +349,7 @@ impl Session {
         let codec = self.codec();
         match (u.context, u.subscription) {
             (Some(context), _) => {
+                self.presence.forget(&context);
                 let held = self.subs.lock().remove(&context);
                 if held {
                     self.inner.hub.send(HubMsg::Unsubscribe { conn: self.id, context, rid: u.rid });

@@ -69,6 +69,7 @@ pub(crate) fn split_state(codec: Codec, state: State, limit: usize) -> Vec<Frame
         let part = State {
             instances: rows.to_vec(),
             removed: if at.is_last() { state.removed.clone() } else { Vec::new() },
+            presence: if at.index == 0 { state.presence.clone() } else { Vec::new() },
             part: at.part(),
             last: at.last(),
             ..state.clone()
@@ -118,6 +119,7 @@ mod tests {
             instances: rows,
             incremental: true,
             removed: vec![Removed { ty: "Task".into(), id: 99 }],
+            presence: Vec::new(),
             part: None,
             last: None,
             rid: None,

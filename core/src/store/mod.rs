@@ -328,9 +328,43 @@ pub trait Store: Send + Sync + 'static {
     /// True when the store holds no rows at all.
     async fn is_empty(&self) -> Result<bool, StoreError>;
 
+    /// Shared log: messages between the processes on this store for what is
+    /// never stored (presence). None when this process is alone.
+    fn bus(&self) -> Option<Arc<dyn Bus>> {
+        None
+    }
+
     /// Flushes everything and stops background work.
     async fn close(&self) -> Result<(), StoreError>;
 }
+
+/// Messages between the processes sharing a store (PostgreSQL: `NOTIFY`),
+/// for state that lives only in memory (presence). Best effort: a message
+/// may be lost (a reconnect), so its users repair by repeating themselves
+/// (heartbeats, a sync on start). Payloads are at most [`BUS_MAX_MESSAGE`] bytes.
+pub trait Bus: Send + Sync {
+    /// Sends to every process on the store (this one too), in the order
+    /// published.
+    fn publish(&self, message: String);
+
+    /// Messages published by every process on the store from now on, and
+    /// [`BusEvent::Joined`] whenever this process (re)joined the bus.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<BusEvent>;
+}
+
+/// What a [`Bus`] delivers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BusEvent {
+    /// A message some process published.
+    Message(Arc<str>),
+    /// This process (re)joined the bus: messages sent before may have been
+    /// missed, so ask the others again.
+    Joined,
+}
+
+/// The largest message a [`Bus`] carries (PostgreSQL's `NOTIFY` payload
+/// limit is 8000 bytes).
+pub const BUS_MAX_MESSAGE: usize = 7900;
 
 /// Current time in Unix milliseconds.
 pub fn now_ms() -> u64 {

@@ -8,6 +8,15 @@ export const MINTED_MIN = 2 ** 52;
 /** 2^53: one past the largest client-minted id. */
 export const MINTED_END = 2 ** 53;
 
+/** The most bytes a presence's `data` may take, encoded as JSON (UTF-8). */
+export const MAX_PRESENCE_BYTES = 1024;
+/** The most presence frames a connection sends per second; the client spaces them 1000 / 20 ms apart. */
+export const PRESENCE_RATE = 20;
+const PRESENCE_INTERVAL = 1000 / PRESENCE_RATE;
+/** How many presence rids are remembered, to tell a presence refusal from a context's error. */
+const PRESENCE_RIDS = 64;
+const NO_PRESENCE = Object.freeze([]);
+
 /** Server reasons that mean "nothing certain happened yet": the write stays pending and is sent again. */
 const RETRYABLE = new Set(['OUTCOME_UNKNOWN', 'UNAVAILABLE', 'RATE_LIMITED']);
 
@@ -70,6 +79,35 @@ export function mintId() {
 
 /** The map key of a row: `"Task:4"`. */
 export const rowKey = (type, id) => `${type}:${id}`;
+
+let utf8;
+
+/**
+ * The JSON text of presence `data` for `context`, checked as the server
+ * checks it: a JSON value (null clears) of at most MAX_PRESENCE_BYTES bytes.
+ * Throws a StatecastError 400 `INVALID_DATA` (field `data`) otherwise.
+ */
+export function presenceJson(data, context) {
+  const bad = (why) => new StatecastError(400, 'INVALID_DATA', `presence data for ${context} ${why}`, { field: 'data', context });
+  let json;
+  try {
+    json = JSON.stringify(data);
+  } catch (e) {
+    throw bad(`is not JSON: ${e.message}`);
+  }
+  if (json === undefined) throw bad('must be a JSON value (null clears it)');
+  if (json.length > MAX_PRESENCE_BYTES / 3) {
+    utf8 ??= new TextEncoder();
+    const bytes = utf8.encode(json).length;
+    if (bytes > MAX_PRESENCE_BYTES) throw bad(`is ${bytes} bytes as JSON; at most ${MAX_PRESENCE_BYTES}`);
+  }
+  return json;
+}
+
+/** A presence entry as the server lists it: `{connectionId, user: {id, name}, data}`, frozen. */
+function presenceEntry(e) {
+  return Object.freeze({ connectionId: e.connectionId, user: e.user, data: e.data });
+}
 
 /** A promise with its resolve and reject. */
 export function deferred() {
@@ -305,6 +343,15 @@ export class Context {
     this.deltaParts = null; // the parts of a multi-part delta so far
     /** The `rid` of the newest subscribe sent: answers naming another rid are stale. */
     this.rid = null;
+    /** The other connections' presence here, by connection id, in the order they arrived. */
+    this.others = new Map();
+    this.presenceList = NO_PRESENCE; // `presence()`; null until read again after a change
+    this.presenceListeners = new Set();
+    /** What this client last set as its presence here (null: none). */
+    this.myPresence = null;
+    this.myPresenceJson = 'null';
+    /** The JSON of the presence the server holds for this connection here ('null': none; undefined: not known). */
+    this.presenceOnServer = 'null';
     const ready = deferred();
     ready.promise.catch(() => {}); // rejected only when the subscription fails; callers may not await it
     this.readyDeferred = ready;
@@ -434,6 +481,43 @@ export class Context {
     const handle = this.replica.write(this.name, 'batch', ops, options);
     handle.ids = ids;
     return handle;
+  }
+
+  /**
+   * The other connections' presence in this context:
+   * `[{connectionId, user: {id, name}, data}]`, in the order they arrived
+   * (a state's list in the server's order, then newcomers at the end; an
+   * update keeps an entry's place). Frozen; a new array after every change.
+   * Empty while the connection is down and once the context is closed. This
+   * connection's own presence is never in it (see `myPresence`).
+   */
+  presence() {
+    this.presenceList ??= Object.freeze([...this.others.values()]);
+    return this.presenceList;
+  }
+
+  /**
+   * Shows `data` (any JSON value of at most 1024 bytes as JSON; null clears)
+   * to the other subscribers of this context. Throws a StatecastError 400
+   * `INVALID_DATA` at once for data too large or not JSON, 410
+   * `CONTEXT_CLOSED` on a closed context. Sent once the context is ready,
+   * at most 20 frames a second per connection (only the latest data of each
+   * context goes out), and sent again after a reconnect.
+   */
+  setPresence(data) {
+    this.replica.setPresence(this, data);
+  }
+
+  /**
+   * Calls `fn({context, cause, presence, entry})` after every change of
+   * `presence()` or `myPresence`; returns a function that stops it. Causes:
+   * `state` (a state's list replaced it), `set`, `cleared` and `left` (one
+   * other connection's entry, as `entry`), `self` (this client's
+   * `setPresence`), `closed` and `disconnected` (the list emptied).
+   */
+  onPresence(fn) {
+    this.presenceListeners.add(fn);
+    return () => this.presenceListeners.delete(fn);
   }
 
   /** Stops the subscription; its unsent writes fail with CONTEXT_CLOSED. */
@@ -640,6 +724,13 @@ export class Replica {
     this.storageKey = options.storageKey ?? 'statecast';
     /** origin → outcome of the last settled writes that carried an origin. */
     this.settled = new Map();
+    /** Asks the driver to call `tick()` (or `flushPresence()`) in this many ms: a presence waits for its turn. */
+    this.wake = options.wake ?? (() => {});
+    /** Contexts whose presence the server should learn, oldest first (only the latest data of each goes). */
+    this.presenceQueue = new Set();
+    this.presenceSentAt = -Infinity;
+    this.presenceRids = new Map(); // rid → context of the last presence frames sent
+    this.presenceListeners = new Set();
     if (this.storage) this.restore();
   }
 
@@ -747,6 +838,8 @@ export class Replica {
     ctx.partial = null;
     ctx.deltaParts = null;
     ctx.rid = ++this.nextRid;
+    // The same connection subscribing again: whether the server kept this connection's presence is not known.
+    if (ctx.presenceOnServer !== 'null') ctx.presenceOnServer = undefined;
     const frame = { type: 'subscribe', channel: ctx.channel, anchorId: ctx.anchorId, rid: ctx.rid };
     if (ctx.seq !== null && ctx.epoch !== null) {
       frame.since = ctx.seq;
@@ -777,6 +870,8 @@ export class Replica {
     }
     this.gc(); // confirmed writes waiting only for this context's state are done
     this.refresh('closed', ctx);
+    this.presenceQueue.delete(ctx);
+    this.replacePresence(ctx, [], 'closed');
   }
 
   // ---- the connection ------------------------------------------------------
@@ -811,6 +906,7 @@ export class Replica {
       if (w && !w.settled) this.confirm(w, { ...a, success: true, duplicate: true });
     }
     this.online = true; // only now: resubscribe first, then resend
+    this.presenceSentAt = -Infinity; // the presence rate is per connection
     for (const ctx of this.contexts.values()) this.sendSubscribe(ctx);
     for (const view of this.streams.values()) {
       if (newEpoch) view.seq = null; // a new store: a fresh snapshot
@@ -828,6 +924,8 @@ export class Replica {
     for (const ctx of this.contexts.values()) {
       ctx.partial = null;
       ctx.deltaParts = null;
+      ctx.presenceOnServer = 'null'; // the server forgets a connection's presence with it
+      this.replacePresence(ctx, [], 'disconnected');
     }
     for (const view of this.streams.values()) {
       view.subscription = null;
@@ -851,6 +949,8 @@ export class Replica {
         return this.onSubscribed(msg);
       case 'event':
         return this.onEvent(msg);
+      case 'presence':
+        return this.onPresenceMessage(msg);
       case 'error':
         return this.onError(msg);
       default:
@@ -861,6 +961,10 @@ export class Replica {
   onState(msg) {
     const ctx = this.contexts.get(msg.context);
     if (!ctx || !this.current(ctx, msg)) return; // an answer to an older subscribe of a reopened context
+    if (msg.part === 0 || msg.part == null) {
+      // The other connections' presence comes whole with the first part (absent: none).
+      this.replacePresence(ctx, msg.presence ?? [], 'state');
+    }
     if (msg.part != null) {
       if (msg.part === 0 || !ctx.partial) ctx.partial = { instances: [], removed: [] };
       ctx.partial.instances.push(...(msg.instances ?? []));
@@ -894,6 +998,8 @@ export class Replica {
     }
     this.gc();
     this.refresh('state', ctx);
+    // This connection's presence here, if the server does not hold it (a new connection forgot it).
+    if (ctx.myPresenceJson !== ctx.presenceOnServer) this.queuePresence(ctx);
     ctx.readyDeferred.resolve(ctx);
   }
 
@@ -970,10 +1076,113 @@ export class Replica {
   }
 
   onError(msg) {
+    if (msg.rid != null && this.presenceRids.has(msg.rid)) {
+      // A presence refused (the client's `error` event reports it): the context stays open.
+      const ctx = this.contexts.get(this.presenceRids.get(msg.rid));
+      this.presenceRids.delete(msg.rid);
+      if (ctx) ctx.presenceOnServer = undefined;
+      return;
+    }
     const view = msg.rid != null ? [...this.streams.values()].find((v) => v.rid === msg.rid) : undefined;
     if (view) return this.dropStream(view, msg.reason, StatecastError.from(msg));
     const ctx = msg.context ? this.contexts.get(msg.context) : undefined;
     if (ctx && this.current(ctx, msg)) this.dropContext(ctx, msg.reason, StatecastError.from(msg, { context: msg.context }));
+  }
+
+  // ---- presence --------------------------------------------------------------
+
+  /** Sets this client's presence in `ctx` (see `Context.setPresence`). */
+  setPresence(ctx, data) {
+    if (ctx.status === 'closed' || this.contexts.get(ctx.name) !== ctx) {
+      throw new StatecastError(410, 'CONTEXT_CLOSED', `${ctx.name} is closed: no presence can be set there`, { context: ctx.name });
+    }
+    const json = presenceJson(data, ctx.name);
+    if (json === ctx.myPresenceJson) return;
+    ctx.myPresence = JSON.parse(json); // a copy, as the others get it
+    ctx.myPresenceJson = json;
+    this.emitPresence(ctx, 'self', null);
+    this.queuePresence(ctx);
+  }
+
+  queuePresence(ctx) {
+    this.presenceQueue.add(ctx); // a context already waiting keeps its turn, with its latest data
+    this.flushPresence();
+  }
+
+  /**
+   * Sends the presence frames that are due: at most one per 1000 / 20 ms per
+   * connection, the contexts in the order their presence changed, each with
+   * its latest data (a value set and replaced before its turn never goes
+   * out). Only for ready contexts: one still loading sends at its state.
+   * When a frame must wait, asks the driver (`wake`) to come back.
+   */
+  flushPresence() {
+    if (!this.online) return;
+    for (const ctx of this.presenceQueue) {
+      if (this.contexts.get(ctx.name) !== ctx || ctx.status !== 'ready' || ctx.myPresenceJson === ctx.presenceOnServer) {
+        this.presenceQueue.delete(ctx);
+        continue;
+      }
+      const wait = this.presenceSentAt + PRESENCE_INTERVAL - this.now();
+      if (wait > 0) {
+        this.wake(wait);
+        return;
+      }
+      this.presenceQueue.delete(ctx);
+      this.presenceSentAt = this.now();
+      ctx.presenceOnServer = ctx.myPresenceJson;
+      const rid = ++this.nextRid;
+      this.presenceRids.set(rid, ctx.name);
+      if (this.presenceRids.size > PRESENCE_RIDS) this.presenceRids.delete(this.presenceRids.keys().next().value);
+      this.transmit({ type: 'presence', context: ctx.name, data: ctx.myPresence, rid });
+    }
+  }
+
+  /** Is this `error` the refusal of a presence frame (not of the context it names)? */
+  isPresenceError(msg) {
+    return msg?.rid != null && this.presenceRids.has(msg.rid);
+  }
+
+  /** Another connection's presence changed (`data: null` cleared it; `left`: it left the context). */
+  onPresenceMessage(msg) {
+    const ctx = this.contexts.get(msg.context);
+    if (!ctx || msg.connectionId == null) return;
+    const id = msg.connectionId;
+    if (msg.left || msg.data === null || msg.data === undefined) {
+      const entry = ctx.others.get(id);
+      if (!entry) return;
+      ctx.others.delete(id);
+      ctx.presenceList = null;
+      this.emitPresence(ctx, msg.left ? 'left' : 'cleared', entry);
+      return;
+    }
+    const entry = presenceEntry(msg);
+    ctx.others.set(id, entry); // an update keeps its place
+    ctx.presenceList = null;
+    this.emitPresence(ctx, 'set', entry);
+  }
+
+  /** Replaces the other connections' presence in `ctx` (a state's list; empty when it closes or the connection drops). */
+  replacePresence(ctx, list, cause) {
+    if (ctx.others.size === 0 && list.length === 0) return;
+    ctx.others = new Map();
+    for (const e of list) {
+      if (e?.connectionId != null && e.data !== null && e.data !== undefined) ctx.others.set(e.connectionId, presenceEntry(e));
+    }
+    ctx.presenceList = null;
+    this.emitPresence(ctx, cause, null);
+  }
+
+  emitPresence(ctx, cause, entry) {
+    const event = { context: ctx.name, cause, presence: ctx.presence(), entry };
+    emit(ctx.presenceListeners, event);
+    emit(this.presenceListeners, event);
+  }
+
+  /** Calls `fn(event)` after every presence change of any context (see `Context.onPresence`). */
+  onPresence(fn) {
+    this.presenceListeners.add(fn);
+    return () => this.presenceListeners.delete(fn);
   }
 
   // ---- writes --------------------------------------------------------------
@@ -1236,6 +1445,7 @@ export class Replica {
       }
     }
     this.pump();
+    this.flushPresence();
   }
 
   confirm(w, msg) {

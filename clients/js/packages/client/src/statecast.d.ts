@@ -11,6 +11,10 @@ export const MINTED_MIN: number;
 export const MINTED_END: number;
 /** The protocol version this client speaks. */
 export const PROTOCOL: 1;
+/** 1024: the most bytes a presence's `data` may take, as JSON (UTF-8). */
+export const MAX_PRESENCE_BYTES: number;
+/** 20: the most presence frames the client sends per second per connection. */
+export const PRESENCE_RATE: number;
 
 /** Entity types by name; `Record<string, any>` when the app's types are not given. */
 export type EntityMap = Record<string, any>;
@@ -43,6 +47,32 @@ export interface ChangeEvent {
   added: ViewRow[];
   updated: ViewRow[];
   removed: ViewRow[];
+}
+
+/** Another connection's presence in a context. */
+export interface PresenceEntry<D = unknown> {
+  /** The server's id of that connection (`welcome.connectionId` there). */
+  readonly connectionId: string;
+  /** Who it is: the user's id and name. */
+  readonly user: { readonly id: Id; readonly name: string };
+  /** What it shows: any JSON value but null (null clears an entry). */
+  readonly data: D;
+}
+
+/** What changed in a context's presence. */
+export interface PresenceEvent<D = unknown> {
+  context: string;
+  /**
+   * `state`: a state's list replaced it; `set`, `cleared`, `left`: one other
+   * connection's entry (`entry`) was set, cleared, or went with its connection
+   * leaving; `self`: this client (or tab) set its own (`myPresence`);
+   * `closed`, `disconnected`: the list emptied.
+   */
+  cause: 'state' | 'set' | 'cleared' | 'left' | 'self' | 'closed' | 'disconnected';
+  /** The list after the change (`Context.presence()`). */
+  presence: ReadonlyArray<PresenceEntry<D>>;
+  /** The entry set, cleared or gone (`set`, `cleared`, `left`); else null. */
+  entry: PresenceEntry<D> | null;
 }
 
 /** A confirmed write. */
@@ -150,6 +180,27 @@ export class Context<E extends object = EntityMap> {
   /** Calls `fn` after every change of this view; returns a function that stops it. */
   onChange(fn: (event: ChangeEvent) => void): () => void;
 
+  /**
+   * The other connections' presence here, in the order they arrived (a
+   * state's list in the server's order, newcomers at the end; an update keeps
+   * an entry's place). Frozen; a new array after every change; empty while
+   * the connection is down and once the context is closed. Never this
+   * connection's own (`myPresence`).
+   */
+  presence<D = unknown>(): ReadonlyArray<PresenceEntry<D>>;
+  /** What this client last set as its presence here (null: none). Sent again after every reconnect. */
+  readonly myPresence: unknown;
+  /**
+   * Shows `data` to the other subscribers (null clears). Throws a
+   * `StatecastError` at once: 400 `INVALID_DATA` (field `data`) when it is
+   * not JSON or takes more than 1024 bytes as JSON; 410 `CONTEXT_CLOSED` on a
+   * closed context. Sent once the context is ready; at most 20 presence
+   * frames a second per connection, each context's latest data only.
+   */
+  setPresence(data: unknown): void;
+  /** Calls `fn` after every change of `presence()` or `myPresence`; returns a function that stops it. */
+  onPresence<D = unknown>(fn: (event: PresenceEvent<D>) => void): () => void;
+
   save<K extends keyof E & string>(type: K, id: Id, data: Partial<E[K]>, options?: WriteOptions): WriteHandle;
   create<K extends keyof E & string>(type: K, data?: Partial<E[K]>, options?: CreateOptions): CreateHandle;
   delete<K extends keyof E & string>(type: K, id: Id, options?: WriteOptions): WriteHandle;
@@ -235,7 +286,9 @@ export class StatecastError extends Error {
    * 400, 401, 403, 404, 409, 413, 429, 500, 503 from the server; from the client:
    * 408 `TIMEOUT`, 410 `CONTEXT_CLOSED`, 400 `DEPENDENCY_FAILED`, 499 `CLIENT_CLOSED`,
    * 409 `USER_CHANGED` (a write restored from `storage` was made by another user),
-   * 410 `STREAM_CLOSED` (a stream view's `ready` when it closes first).
+   * 410 `STREAM_CLOSED` (a stream view's `ready` when it closes first),
+   * 400 `INVALID_DATA` (presence data too large or not JSON), 400
+   * `NOT_SUBSCRIBED` (`client.setPresence` on a context it does not hold).
    */
   readonly code: number;
   /** Machine-readable: `DENIED`, `INVALID_DATA`, `NOT_FOUND`, `TIMEOUT`, … */
@@ -343,12 +396,19 @@ export class StatecastClient<E extends object = EntityMap> {
   contexts(): Context<E>[];
   /** The writes not answered yet, in order. */
   pendingWrites(): WriteInfo[];
+  /** `context(name).setPresence(data)`; throws 400 `NOT_SUBSCRIBED` when the client does not hold `name`. */
+  setPresence(name: string, data: unknown): void;
+  /** `context(name).presence()`, or an empty list. */
+  presence<D = unknown>(name: string): ReadonlyArray<PresenceEntry<D>>;
   /** A new token, sent at once (`auth`) and used by every later `hello`. */
   setToken(token: string): void;
   on(event: 'change', fn: (event: ChangeEvent) => void): () => void;
+  /** Any context's presence changed. */
+  on(event: 'presence', fn: (event: PresenceEvent) => void): () => void;
   on(event: 'write', fn: (write: WriteInfo) => void): () => void;
   on(event: 'status', fn: (status: ClientStatus) => void): () => void;
   on(event: 'frame', fn: (frame: { dir: 'in' | 'out'; text: string }) => void): () => void;
+  /** A server error not tied to a write or context, or a refused presence (with its `context`). */
   on(event: 'error', fn: (error: StatecastError) => void): () => void;
   on(event: 'welcome', fn: (welcome: Welcome) => void): () => void;
 }
@@ -360,6 +420,8 @@ export interface ReplicaOptions {
   now?: () => number;
   /** Called with every frame to send (only while connected). */
   send?: (frame: Record<string, unknown>) => void;
+  /** Asks the driver to call `tick()` (or `flushPresence()`) in `ms` ms: a presence frame waits for its turn. */
+  wake?: (ms: number) => void;
   /** `welcome.schema`, if known before the first welcome. */
   schema?: SchemaInfo;
   storage?: ClientOptions['storage'];
@@ -388,8 +450,12 @@ export class Replica<E extends object = EntityMap> {
   disconnected(): void;
   /** One message from the server other than `welcome`. */
   receive(message: { type: string; [k: string]: unknown }): void;
-  /** Runs the write timeouts and due retries. */
+  /** Runs the write timeouts, due retries and due presence frames. */
   tick(): void;
+  /** Sends the presence frames that are due (at most one per 50 ms); asks `wake` to come back for the rest. */
+  flushPresence(): void;
+  /** Calls `fn` after every presence change of any context. */
+  onPresence(fn: (event: PresenceEvent) => void): () => void;
   /** The writeIds a reconnecting `hello` names in `pending`. */
   pendingWriteIds(): number[];
   pendingWrites(): WriteInfo[];
@@ -427,8 +493,16 @@ export interface TabClientOptions extends Omit<ClientOptions, 'storage'> {
 }
 
 /** A context of a TabClient: the same reading and writing API as Context. */
-export interface TabContext<E extends object = EntityMap> extends Pick<Context<E>, 'name' | 'channel' | 'anchorId' | 'status' | 'closeReason' | 'rows' | 'get' | 'isPending' | 'anchor' | 'tree' | 'onChange' | 'save' | 'delete' | 'batch' | 'close'> {
+export interface TabContext<E extends object = EntityMap> extends Pick<Context<E>, 'name' | 'channel' | 'anchorId' | 'status' | 'closeReason' | 'rows' | 'get' | 'isPending' | 'anchor' | 'tree' | 'onChange' | 'save' | 'delete' | 'batch' | 'close' | 'presence' | 'onPresence'> {
   readonly ready: Promise<TabContext<E>>;
+  /** What this tab last set as its presence here (null: none). */
+  readonly myPresence: unknown;
+  /**
+   * Sets this tab's presence here (null clears; throws as `Context.setPresence`).
+   * The tabs share one connection: the server shows the presence of the tab
+   * that set one last, and the next latest when that tab clears it or leaves.
+   */
+  setPresence(data: unknown): void;
   create<K extends keyof E & string>(type: K, data?: Partial<E[K]>, options?: CreateOptions): CreateHandle;
 }
 
@@ -456,7 +530,12 @@ export class TabClient<E extends object = EntityMap> {
   context(name: string): TabContext<E> | undefined;
   contexts(): TabContext<E>[];
   pendingWrites(): WriteInfo[];
+  /** This tab's presence in context `name` (see `TabContext.setPresence`); throws 400 `NOT_SUBSCRIBED` when this tab does not hold it. */
+  setPresence(name: string, data: unknown): void;
+  presence<D = unknown>(name: string): ReadonlyArray<PresenceEntry<D>>;
   on(event: 'change', fn: (event: ChangeEvent) => void): () => void;
+  /** The presence of this tab's contexts changed. */
+  on(event: 'presence', fn: (event: PresenceEvent) => void): () => void;
   on(event: 'write', fn: (write: WriteInfo) => void): () => void;
   on(event: 'pending', fn: (pending: WriteInfo[]) => void): () => void;
   on(event: 'status', fn: (status: ClientStatus) => void): () => void;

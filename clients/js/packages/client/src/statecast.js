@@ -9,8 +9,10 @@ import {
   StreamView,
   compileFilters,
   mergeFilters,
+  MAX_PRESENCE_BYTES,
   MINTED_END,
   MINTED_MIN,
+  PRESENCE_RATE,
   deferred,
   mintId,
   newClientId,
@@ -26,8 +28,10 @@ export {
   Replica,
   StatecastError,
   StreamView,
+  MAX_PRESENCE_BYTES,
   MINTED_END,
   MINTED_MIN,
+  PRESENCE_RATE,
   compileFilters,
   mergeFilters,
   mintId,
@@ -76,6 +80,7 @@ export class StatecastClient {
       storage: options.storage,
       storageKey: options.storageKey ?? `statecast:${options.url}`,
       send: (frame) => this.sendFrame(frame),
+      wake: (ms) => this.wakeIn(ms),
     });
     /** 'idle', 'connecting', 'open', 'reconnecting' or 'closed'. */
     this.status = 'idle';
@@ -85,6 +90,7 @@ export class StatecastClient {
     this.fatal = null;
     this.reconnectTimer = null;
     this.ticker = null;
+    this.wakeTimer = null;
     this.listeners = { status: new Set(), frame: new Set(), error: new Set(), welcome: new Set() };
     this.firstWelcome = null;
   }
@@ -136,6 +142,8 @@ export class StatecastClient {
     this.closing = true;
     clearTimeout(this.reconnectTimer);
     clearInterval(this.ticker);
+    clearTimeout(this.wakeTimer);
+    this.wakeTimer = null;
     const ws = this.ws;
     this.ws = null;
     if (ws) {
@@ -182,6 +190,22 @@ export class StatecastClient {
     return this.replica.pendingWrites();
   }
 
+  /**
+   * Sets this client's presence in context `name` (`"job/1"`), as
+   * `context(name).setPresence(data)` does; throws a StatecastError 400
+   * `NOT_SUBSCRIBED` when the client does not hold that context.
+   */
+  setPresence(name, data) {
+    const ctx = this.context(name);
+    if (!ctx) throw new StatecastError(400, 'NOT_SUBSCRIBED', `${name} is not subscribed: subscribe before setting a presence there`, { context: name });
+    ctx.setPresence(data);
+  }
+
+  /** The other connections' presence in context `name` (empty when it is not subscribed). */
+  presence(name) {
+    return this.context(name)?.presence() ?? [];
+  }
+
   /** Uses a new token: sent at once (`auth`) on a live connection, and in every later `hello`. */
   setToken(token) {
     this.token = token;
@@ -192,10 +216,12 @@ export class StatecastClient {
    * Listens to `change` (a view changed: `{context, cause, added, updated, removed}`),
    * `write` (a write's status moved), `status`, `frame` (`{dir, text}` for
    * every frame in or out), `error` (a server error not tied to a write or
-   * context) or `welcome`. Returns a function that stops listening.
+   * context, or a refused presence), `presence` (any context's presence
+   * changed: `{context, cause, presence, entry}`) or `welcome`. Returns a function that stops listening.
    */
   on(event, fn) {
     if (event === 'change') return this.replica.onChange(fn);
+    if (event === 'presence') return this.replica.onPresence(fn);
     if (event === 'write') return this.replica.onWrite(fn);
     const set = this.listeners[event];
     if (!set) throw new TypeError(`unknown event \`${event}\``);
@@ -268,7 +294,7 @@ export class StatecastClient {
           this.setStatus('closed');
           return;
         }
-        if (!msg.context) this.emit('error', StatecastError.from(msg));
+        if (!msg.context || this.replica.isPresenceError(msg)) this.emit('error', StatecastError.from(msg, { context: msg.context }));
         this.replica.receive(msg);
         return;
       case 'goaway':
@@ -278,6 +304,16 @@ export class StatecastClient {
       default:
         this.replica.receive(msg);
     }
+  }
+
+  /** The replica asks to flush the presence frames that wait for their turn in `ms` ms. */
+  wakeIn(ms) {
+    if (this.wakeTimer) return; // one already comes at least as early
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTimer = null;
+      this.replica.flushPresence();
+    }, Math.max(1, Math.ceil(ms)));
+    this.wakeTimer.unref?.();
   }
 
   scheduleReconnect() {

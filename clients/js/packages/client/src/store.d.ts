@@ -1,5 +1,5 @@
 // Types of `@statecast/client/store`: shared external stores for UI bindings.
-import type { ClientStatus, Context, TabContext, TabStream, EntityMap, Id, StatecastError, StreamOptions, StreamView, TreeNode, ViewRow, WriteInfo, WriteOptions, CreateOptions, BatchBuilder, WriteHandle, CreateHandle, BatchHandle } from './statecast.js';
+import type { ClientStatus, Context, PresenceEntry, TabContext, TabStream, EntityMap, Id, StatecastError, StreamOptions, StreamView, TreeNode, ViewRow, WriteInfo, WriteOptions, CreateOptions, BatchBuilder, WriteHandle, CreateHandle, BatchHandle } from './statecast.js';
 
 /** What the sources need of a client: a StatecastClient or a TabClient. */
 export interface ClientLike<E extends object = EntityMap> {
@@ -41,6 +41,15 @@ export interface StreamSnapshot<T = Record<string, unknown>> {
   readonly view: StreamView<T> | TabStream<T>;
 }
 
+export interface PresenceSnapshot<D = unknown> {
+  /** The other connections' presence: `[{connectionId, user: {id, name}, data}]`, in arrival order. */
+  readonly presence: ReadonlyArray<PresenceEntry<D>>;
+  /** What this client (or tab) last set (null: none). */
+  readonly myPresence: D | null;
+  /** Sets this client's (or tab's) presence (null clears); throws 400 `INVALID_DATA` over 1024 bytes of JSON. */
+  setPresence(data: D | null): void;
+}
+
 export interface RefusedWrite {
   writeId: number;
   context: string;
@@ -72,5 +81,7 @@ export const DEFAULT_LINGER: number;
 export function contextSource<E extends object = EntityMap>(client: ClientLike<E>, channel: string, anchorId: Id, options?: SourceOptions): Source<ContextSnapshot<E>>;
 export function streamSource<T = Record<string, unknown>>(client: ClientLike, name: string, options?: StreamOptions, sourceOptions?: SourceOptions): Source<StreamSnapshot<T>>;
 export function writesSource(client: ClientLike, options?: { keep?: number }): Source<WritesSnapshot>;
+/** The presence of `channel/anchorId` (through the context's shared source); a new snapshot only when the presence changes. */
+export function presenceSource<D = unknown>(client: ClientLike, channel: string, anchorId: Id, options?: SourceOptions): Source<PresenceSnapshot<D>>;
 export function streamKey(name: string, options?: StreamOptions): string;
 export type { StatecastError };

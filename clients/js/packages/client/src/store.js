@@ -11,7 +11,7 @@
 // forth reuses the live subscription instead of closing and reopening it
 // (never a 410 for a write made in between, never a second subscription).
 
-const SOURCES = new WeakMap(); // client → Map<key, source>
+const SOURCES = new WeakMap(); // client → Map<key, source> (contexts, streams, presence)
 const WRITES = new WeakMap(); // client → writes source
 
 /** How long a source with no listeners keeps its subscription (ms). */
@@ -139,6 +139,62 @@ export function contextSource(client, channel, anchorId, { linger = DEFAULT_LING
     },
     linger,
   );
+}
+
+/**
+ * The source of the presence in context `channel/anchorId`: snapshots
+ * `{presence, myPresence, setPresence(data)}` — the other connections'
+ * entries `[{connectionId, user: {id, name}, data}]` and what this client
+ * (or tab) last set. It holds the context through `contextSource` (the same
+ * subscription, the same linger) but changes only when the presence does:
+ * a component that shows who is here does not render again for every row.
+ */
+export function presenceSource(client, channel, anchorId, { linger = DEFAULT_LINGER } = {}) {
+  const map = sourcesOf(client);
+  const key = `presence:${channel}/${anchorId}`;
+  let source = map.get(key);
+  if (source) return source;
+  const listeners = new Set();
+  let snapshot = null;
+  let stop = null;
+  const base = () => contextSource(client, channel, anchorId, { linger });
+  const setPresence = (data) => writeOf(client, channel, anchorId).setPresence(data);
+  const notify = () => {
+    for (const fn of [...listeners]) fn();
+  };
+  source = {
+    key,
+    subscribe(listener) {
+      if (!stop) {
+        const context = base();
+        const offBase = context.subscribe(() => {}); // holds the subscription (row changes are not this source's)
+        const offPresence = context.target.onPresence(notify);
+        stop = () => {
+          offBase();
+          offPresence();
+        };
+      }
+      listeners.add(listener);
+      return () => {
+        listeners.delete(listener);
+        if (listeners.size === 0 && stop) {
+          stop(); // the context source lingers, then unsubscribes
+          stop = null;
+        }
+      };
+    },
+    getSnapshot() {
+      const ctx = base().target;
+      const presence = ctx.presence();
+      const mine = ctx.myPresence;
+      if (!snapshot || snapshot.presence !== presence || snapshot.myPresence !== mine) {
+        snapshot = { presence, myPresence: mine, setPresence };
+      }
+      return snapshot;
+    },
+  };
+  map.set(key, source);
+  return source;
 }
 
 /** The live context to write through (subscribed again if it was closed meanwhile). */

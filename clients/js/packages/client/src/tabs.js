@@ -10,13 +10,21 @@
 // resend of an applied write with its recorded outcome); each follower hands
 // its unanswered writes to the new leader again under their origin keys, which
 // the restored queue recognises — so no write is lost and none is sent twice.
+//
+// Presence: the tabs share one connection, so the server shows one presence
+// per context for all of them. Each tab sets its own (`TabContext.setPresence`);
+// the leader sends, for each context, the presence of the tab that set one
+// last (latest tab wins), and falls back to the next latest when that tab
+// clears it, closes the context or leaves. Every tab sees the others'
+// presence as the leader's connection sees it (never the other tabs' own).
 
 import { IdbStorage } from './idb.js';
-import { Context, Replica, StatecastError, deferred, mintId } from './replica.js';
+import { Context, Replica, StatecastError, deferred, mintId, presenceJson } from './replica.js';
 import { StatecastClient } from './statecast.js';
 
 const HEARTBEAT = 400;
 const LEADER_TIMEOUT = 1600;
+const NO_PRESENCE = Object.freeze([]);
 
 function randomId() {
   const b = new Uint8Array(8);
@@ -68,6 +76,7 @@ class Mirror {
     this.list = [];
     this.byId = new Map();
     this.byType = new Map();
+    this.presence = NO_PRESENCE;
   }
 
   set(rows, keyOf) {
@@ -107,6 +116,11 @@ export class TabContext {
     ready.promise.catch(() => {});
     this.readyDeferred = ready;
     this.ready = ready.promise;
+    /** What this tab last set as its presence here (null: none). */
+    this.myPresence = null;
+    this.myPresenceJson = 'null';
+    this.presenceListeners = new Set();
+    this.offPresence = null;
   }
 
   get status() {
@@ -116,6 +130,37 @@ export class TabContext {
 
   get closeReason() {
     return this.target ? this.target.closeReason : this.mirror.closeReason;
+  }
+
+  /** The other connections' presence here, as the leader's connection sees it (see Context.presence). */
+  presence() {
+    if (this.closed) return NO_PRESENCE;
+    return this.target ? this.target.presence() : this.mirror.presence;
+  }
+
+  /**
+   * Sets this tab's presence here (null clears). The tabs share one
+   * connection: the server shows the presence of the tab that set one last.
+   * Throws as Context.setPresence does.
+   */
+  setPresence(data) {
+    if (this.closed) throw new StatecastError(410, 'CONTEXT_CLOSED', `${this.name} is closed: no presence can be set there`, { context: this.name });
+    const json = presenceJson(data, this.name);
+    if (json === this.myPresenceJson) return;
+    this.myPresence = JSON.parse(json);
+    this.myPresenceJson = json;
+    this.emitPresence({ context: this.name, cause: 'self', presence: this.presence(), entry: null });
+    this.tabs.tabPresence(this);
+  }
+
+  onPresence(fn) {
+    this.presenceListeners.add(fn);
+    return () => this.presenceListeners.delete(fn);
+  }
+
+  emitPresence(event) {
+    emitTo(this.presenceListeners, event);
+    this.tabs.emit('presence', event);
   }
 
   /** Context.tree() reads the channel's edges from here. */
@@ -207,14 +252,22 @@ export class TabContext {
 
   attach(target) {
     this.offTarget?.();
+    this.offPresence?.();
     this.target = target;
     this.offTarget = target.onChange((e) => emitTo(this.listeners, { ...e, context: this.name }));
+    // The connection's own presence (`self`) is the tabs' latest, not this tab's: this tab reports its own.
+    this.offPresence = target.onPresence((e) => e.cause !== 'self' && this.emitPresence({ ...e, context: this.name }));
     target.ready.then(
       () => this.readyDeferred.resolve(this),
       (e) => this.readyDeferred.reject(e),
     );
     const rows = target.rows();
     if (rows.length) emitTo(this.listeners, { context: this.name, cause: 'state', added: [], updated: rows, removed: [] });
+    // A follower that now leads: the list is the one its own connection sees.
+    if (target.presence().length || this.mirror.presence.length) {
+      this.mirror.presence = NO_PRESENCE;
+      this.emitPresence({ context: this.name, cause: 'state', presence: target.presence(), entry: null });
+    }
   }
 
   update(msg) {
@@ -224,6 +277,13 @@ export class TabContext {
     if (msg.status === 'ready') this.readyDeferred.resolve(this);
     if (msg.status === 'closed' && msg.error) this.readyDeferred.reject(errorOf(msg.error));
     emitTo(this.listeners, { context: this.name, cause: msg.cause ?? 'state', ...diff });
+  }
+
+  /** The leader's connection's list of the others' presence, as the leader sent it. */
+  updatePresence(msg) {
+    if (!msg.presence?.length && !this.mirror.presence.length) return;
+    this.mirror.presence = Object.freeze((msg.presence ?? []).map((e) => Object.freeze(e)));
+    this.emitPresence({ context: this.name, cause: msg.cause ?? 'state', presence: this.mirror.presence, entry: msg.entry ?? null });
   }
 }
 
@@ -331,10 +391,12 @@ export class TabClient {
     this.outstanding = new Map(); // origin → {req, deferred}: this tab's writes not answered yet
     this.nextOrigin = 0;
     this.remotePending = [];
-    this.listeners = { change: new Set(), write: new Set(), pending: new Set(), status: new Set(), role: new Set(), error: new Set(), welcome: new Set() };
+    this.listeners = { change: new Set(), write: new Set(), pending: new Set(), status: new Set(), role: new Set(), error: new Set(), welcome: new Set(), presence: new Set() };
     // In the leading tab: what the follower tabs hold.
     this.served = new Map(); // `${tab}|${key}` → {tab, key, target, off, release}
     this.refs = new Map(); // context name → holders in the leading tab
+    this.tabPresences = new Map(); // context name → Map<tab id, {json, order}>: each tab's presence there
+    this.presenceOrder = 0;
     this.channel = null;
     this.started = null;
     this.closed = false;
@@ -420,6 +482,18 @@ export class TabClient {
     return this.client ? this.client.pendingWrites() : this.remotePending;
   }
 
+  /** Sets this tab's presence in context `name` (see TabContext.setPresence); 400 `NOT_SUBSCRIBED` when this tab does not hold it. */
+  setPresence(name, data) {
+    const view = this.context(name);
+    if (!view) throw new StatecastError(400, 'NOT_SUBSCRIBED', `${name} is not subscribed: subscribe before setting a presence there`, { context: name });
+    view.setPresence(data);
+  }
+
+  /** The other connections' presence in context `name` (empty when this tab does not hold it). */
+  presence(name) {
+    return this.context(name)?.presence() ?? [];
+  }
+
   on(event, fn) {
     const set = this.listeners[event];
     if (!set) throw new TypeError(`unknown event \`${event}\``);
@@ -470,15 +544,58 @@ export class TabClient {
 
   closeView(view) {
     if (view.closed) return;
+    const shown = view instanceof TabContext ? (view.target ? view.target.presence() : view.mirror.presence) : NO_PRESENCE;
     view.closed = true;
     if (this.views.get(view.key) === view) this.views.delete(view.key);
     if (view.target) {
       view.offTarget?.();
+      view.offPresence?.();
+      // The leading tab's presence there goes (a follower's goes with its `unsub`).
+      if (view instanceof TabContext) this.leaderPresence(this.tabId, view.name, 'null');
       view.release?.();
     } else if (this.leaderId) {
       this.post({ t: 'unsub', to: this.leaderId, key: view.key });
     }
     emitTo(view.listeners, { context: view.name, stream: view.stream, cause: 'closed', added: [], updated: [], removed: view.rows() });
+    if (shown.length) view.emitPresence({ context: view.name, cause: 'closed', presence: NO_PRESENCE, entry: null });
+  }
+
+  // ---- presence ---------------------------------------------------------------------
+
+  /** This tab's presence in `view` changed: to the leader (this tab, or over the channel). */
+  tabPresence(view) {
+    if (this.client) this.leaderPresence(this.tabId, view.name, view.myPresenceJson);
+    else if (this.leaderId) this.post({ t: 'presence', to: this.leaderId, context: view.name, json: view.myPresenceJson });
+    // With no leader yet, the tab hands it over when one shows up.
+  }
+
+  /** In the leading tab: tab `tab`'s presence in context `name` is `json` ('null': none). */
+  leaderPresence(tab, name, json) {
+    let byTab = this.tabPresences.get(name);
+    if (json === 'null') {
+      if (!byTab?.delete(tab)) return;
+      if (byTab.size === 0) this.tabPresences.delete(name);
+    } else {
+      if (!byTab) {
+        byTab = new Map();
+        this.tabPresences.set(name, byTab);
+      }
+      byTab.set(tab, { json, order: ++this.presenceOrder });
+    }
+    this.applyPresence(name);
+  }
+
+  /** The connection's presence in context `name`: the latest tab's, or none. */
+  applyPresence(name) {
+    const ctx = this.client?.context(name);
+    if (!ctx) return;
+    let latest = null;
+    for (const p of this.tabPresences.get(name)?.values() ?? []) if (!latest || p.order > latest.order) latest = p;
+    try {
+      ctx.setPresence(latest ? JSON.parse(latest.json) : null);
+    } catch (e) {
+      this.emit('error', e);
+    }
   }
 
   write(view, method, args) {
@@ -536,6 +653,9 @@ export class TabClient {
     });
     // Writes restored from storage belong to no tab now: report them like any other.
     for (const view of this.views.values()) this.attachLocal(view);
+    for (const view of this.views.values()) {
+      if (view instanceof TabContext && view.myPresenceJson !== 'null') this.leaderPresence(this.tabId, view.name, view.myPresenceJson);
+    }
     this.post({ t: 'leader', id: this.tabId, status: client.status, clientId: client.clientId });
     if (this.elector) {
       clearInterval(this.elector);
@@ -548,8 +668,10 @@ export class TabClient {
 
   hold(channel, anchorId) {
     const name = `${channel}/${anchorId}`;
+    const fresh = !this.client.context(name);
     const ctx = this.client.subscribe(channel, anchorId);
     this.refs.set(name, (this.refs.get(name) ?? 0) + 1);
+    if (fresh && this.tabPresences.has(name)) this.applyPresence(name);
     let released = false;
     return {
       ctx,
@@ -634,8 +756,21 @@ export class TabClient {
     this.served.get(id)?.stop();
     let target;
     let release;
+    let offPresence = () => {};
     if (msg.kind === 'context') {
       ({ ctx: target, release } = this.hold(msg.channel, msg.anchorId));
+      const name = target.name;
+      const unhold = release;
+      release = () => {
+        unhold();
+        this.leaderPresence(msg.from, name, 'null'); // the tab's presence there goes with its view
+      };
+      const sendPresence = (e) => {
+        if (e?.cause === 'self') return; // the connection's own (the tabs' latest): not in the list
+        this.post({ t: 'presence-list', to: msg.from, key: msg.key, presence: target.presence(), cause: e?.cause ?? 'state', entry: e?.entry ?? null });
+      };
+      offPresence = target.onPresence(sendPresence);
+      sendPresence(); // always: a follower may still show what an earlier leader's connection saw
     } else {
       target = this.client.stream(msg.name, msg.options);
       release = () => target.close();
@@ -660,6 +795,7 @@ export class TabClient {
       tab: msg.from,
       stop: () => {
         off();
+        offPresence();
         release();
         this.served.delete(id);
       },
@@ -683,6 +819,8 @@ export class TabClient {
         return this.serve(msg);
       case 'unsub':
         return this.served.get(`${msg.from}|${msg.key}`)?.stop();
+      case 'presence':
+        return this.leaderPresence(msg.from, msg.context, msg.json);
       case 'bye':
         for (const s of [...this.served.values()]) if (s.tab === msg.from) s.stop();
         return;
@@ -722,6 +860,7 @@ export class TabClient {
         if (fresh) {
           // A new leader: ask it for every view and hand it every unanswered write (origins keep them single).
           for (const view of this.views.values()) this.requestView(view);
+          for (const view of this.views.values()) if (view instanceof TabContext && view.myPresenceJson !== 'null') this.tabPresence(view);
           for (const { req } of this.outstanding.values()) this.post({ t: 'write', to: this.leaderId, req });
           if (msg.t === 'beat') this.post({ t: 'hello' });
         }
@@ -738,6 +877,11 @@ export class TabClient {
       case 'view': {
         const view = this.views.get(msg.key);
         if (view && !view.closed && !view.target) view.update(msg);
+        return;
+      }
+      case 'presence-list': {
+        const view = this.views.get(msg.key);
+        if (view && !view.closed && !view.target) view.updatePresence(msg);
         return;
       }
       case 'settled': {

@@ -4,7 +4,7 @@
 // double mount and quick route changes reuse the live subscription.
 
 import { createContext, createElement, useContext as useReactContext, useSyncExternalStore } from 'react';
-import { contextSource, streamSource, writesSource } from '@statecast/client/store';
+import { contextSource, presenceSource, streamSource, writesSource } from '@statecast/client/store';
 
 const ClientContext = createContext(null);
 
@@ -42,6 +42,17 @@ export function useStream(name, options, sourceOptions) {
   const client = useClient();
   const { status, rows, error } = useSource(streamSource(client, name, options, sourceOptions));
   return { status, rows, error };
+}
+
+/**
+ * The presence in context `channel/anchorId`: `{presence, myPresence, setPresence(data)}`
+ * — the other connections' entries `[{connectionId, user: {id, name}, data}]`
+ * and what this client last set. Renders again only when the presence
+ * changes (not for row changes); shares the context's subscription.
+ */
+export function usePresence(channel, anchorId, options) {
+  const client = useClient();
+  return useSource(presenceSource(client, channel, anchorId, options));
 }
 
 /** The client's writes: `{pending, refused, dismiss(writeId?), connection}`; each refused write has `code` and `reason`. */

@@ -4,7 +4,7 @@
 // context (or stream) and client however many components read it.
 
 import { readable } from 'svelte/store';
-import { contextSource, streamSource, writesSource } from '@statecast/client/store';
+import { contextSource, presenceSource, streamSource, writesSource } from '@statecast/client/store';
 
 function storeOf(source, pick = (s) => s) {
   return readable(pick(source.getSnapshot()), (set) => {
@@ -26,6 +26,16 @@ export function contextStore(client, channel, anchorId, options) {
 /** A readable store of a stream view: `{status, rows, error}`. */
 export function streamStore(client, name, options, sourceOptions) {
   return storeOf(streamSource(client, name, options, sourceOptions), ({ status, rows, error }) => ({ status, rows, error }));
+}
+
+/**
+ * A readable store of the presence in context `channel/anchorId`:
+ * `{presence, myPresence, setPresence(data)}` (the other connections'
+ * entries `[{connectionId, user: {id, name}, data}]`); it changes only when
+ * the presence does, and shares the context's subscription.
+ */
+export function presenceStore(client, channel, anchorId, options) {
+  return storeOf(presenceSource(client, channel, anchorId, options));
 }
 
 /** A readable store of the client's writes: `{pending, refused, dismiss(writeId?), connection}`. */

@@ -11,6 +11,7 @@ pub mod channel;
 pub mod engine;
 pub mod error;
 pub mod policy;
+pub mod read_rule;
 pub mod store;
 pub mod stream;
 
@@ -27,6 +28,7 @@ pub use engine::{Actor, ConnectionLimits, Engine, EngineBuilder, EngineConfig};
 pub use error::{ErrorReason, WireError};
 pub use ids::{Id, Seq};
 pub use policy::{Policy, PolicyContext, PolicyError};
+pub use read_rule::ReadRule;
 pub use row::{Fields, Row, RowKey};
 pub use schema::{EntityType, Field, FieldKind, OnDelete, Schema, SchemaBuilder, SchemaError, ServerValue};
 pub use store::{Store, StoreError};

@@ -3,6 +3,7 @@
 
 use crate::auth::User;
 use crate::ids::{Id, Seq};
+use crate::read_rule::ReadRule;
 use crate::row::{Fields, Row, RowKey};
 use crate::schema::EntityType;
 use crate::store::{Store, StoreError};
@@ -102,6 +103,18 @@ pub trait Policy: Send + Sync + 'static {
         &[]
     }
 
+    /// What the user may read of `ty`'s rows in this channel's contexts:
+    /// which rows, and which of their fields (see [`ReadRule`]). Decided at
+    /// subscribe, per user and type; users with equal rules share one
+    /// decision of every change. A row the user may not read never reaches
+    /// them, and a write naming it is answered as if it did not exist.
+    /// Default: everything (the context reads in full once
+    /// [`has_permission`](Self::has_permission) allows it).
+    async fn read_rule(&self, cx: &PolicyContext<'_>, ty: &EntityType) -> Result<ReadRule, PolicyError> {
+        let _ = (cx, ty);
+        Ok(ReadRule::all())
+    }
+
     /// May the user change `data` (only the changed fields) on `instance` (the stored row)?
     async fn can_save(&self, cx: &PolicyContext<'_>, instance: &Row, data: &Fields) -> Result<bool, PolicyError> {
         let _ = (cx, instance, data);
@@ -149,6 +162,12 @@ impl Policy for ReadOnly {
 impl<P: Policy + ?Sized> Policy for Arc<P> {
     async fn has_permission(&self, cx: &PolicyContext<'_>, anchor: &Row) -> Result<bool, PolicyError> {
         (**self).has_permission(cx, anchor).await
+    }
+    fn depends_on(&self) -> &[&str] {
+        (**self).depends_on()
+    }
+    async fn read_rule(&self, cx: &PolicyContext<'_>, ty: &EntityType) -> Result<ReadRule, PolicyError> {
+        (**self).read_rule(cx, ty).await
     }
     async fn can_save(&self, cx: &PolicyContext<'_>, instance: &Row, data: &Fields) -> Result<bool, PolicyError> {
         (**self).can_save(cx, instance, data).await

@@ -713,6 +713,100 @@ async fn a_commit_that_removes_a_membership_revokes_its_subscriptions_live() {
     assert_eq!((e["type"].as_str(), e["reason"].as_str()), (Some("error"), Some("DENIED")), "{e}");
 }
 
+/// Anyone reads a job; a `Note` marked secret only users with a `Clearance` row.
+struct Cleared;
+
+#[async_trait::async_trait]
+impl Policy for Cleared {
+    async fn has_permission(&self, _: &PolicyContext<'_>, _: &Row) -> Result<bool, PolicyError> {
+        Ok(true)
+    }
+    fn depends_on(&self) -> &[&str] {
+        &["Clearance"]
+    }
+    async fn read_rule(
+        &self,
+        cx: &PolicyContext<'_>,
+        ty: &statecast_core::schema::EntityType,
+    ) -> Result<statecast_core::ReadRule, PolicyError> {
+        use statecast_core::{ReadRule, stream::Filters};
+        let cleared = cx.get("Clearance", cx.user().id).await?.is_some();
+        Ok(match ty.name.as_str() {
+            "Note" if !cleared => ReadRule::rows_where(Filters::new().eq("secret", false)).hide("author"),
+            _ => ReadRule::all(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn read_rules_follow_the_data_they_read_with_a_fresh_state() {
+    let schema = Schema::builder()
+        .entity("Job", |t| {
+            t.string("name");
+        })
+        .entity("Note", |t| {
+            t.reference("job", "Job").on_delete(OnDelete::Cascade);
+            t.bool("secret").default(false);
+            t.string("author").default("");
+        })
+        .entity("Clearance", |t| {
+            t.string("why").default("");
+        })
+        .relation("Job", "notes", "Note", "job")
+        .build()
+        .expect("schema");
+    let channel = Channel::builder("job", "Job").include("notes").policy(Cleared).build(&schema).expect("channel");
+    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
+        .channel(channel)
+        .authenticator(DevTokens::new().with("ann", User::new(1, "ann")).with("ben", User::new(2, "ben")))
+        .build()
+        .expect("engine");
+    let note = |id, secret| Write::create("Note").id(id).set("job", 1).set("secret", secret).set("author", "ann");
+    let seed = Write::batch([
+        Write::create("Job").id(1).set("name", "one"),
+        note(1, false),
+        note(2, true),
+        Write::create("Clearance").id(1),
+    ])
+    .write_id(1);
+    engine.write(Actor::System, seed).await.expect("seed");
+    let notes = |state: &Value| -> Vec<(i64, bool)> {
+        state["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .filter(|r| r["_type"] == "Note")
+            .map(|r| (r["id"].as_i64().unwrap_or(0), r.get("author").is_some()))
+            .collect()
+    };
+    let mut ann = Client::connect(&engine, "ann").await;
+    let mut ben = Client::connect(&engine, "ben").await;
+    assert_eq!(notes(&ann.subscribe(1).await), vec![(1, true), (2, true)], "ann is cleared");
+    let ben_state = ben.subscribe(1).await;
+    assert_eq!(notes(&ben_state), vec![(1, false)], "ben: no secret note, no author");
+
+    // ben is cleared: his subscription is decided again and he gets a whole state.
+    engine.write(Actor::System, Write::create("Clearance").id(2).write_id(2)).await.expect("clear ben");
+    let fresh = ben.recv().await;
+    assert_eq!(fresh["type"], "state", "{fresh}");
+    assert!(fresh.get("rid").is_none(), "the server's own state: {fresh}");
+    assert_eq!(notes(&fresh), vec![(1, true), (2, true)], "{fresh}");
+    ben.silent().await;
+    ann.silent().await;
+    // And taken back: the secret note and the authors leave.
+    engine.write(Actor::System, Write::delete("Clearance", 2).write_id(3)).await.expect("unclear ben");
+    let fresh = ben.recv().await;
+    assert_eq!(notes(&fresh), vec![(1, false)], "{fresh}");
+    // Deltas go on from the new state's seq.
+    engine
+        .write(Actor::System, Write::save("Note", 1).set("author", "ben").set("secret", false).write_id(4))
+        .await
+        .expect("save");
+    let d = ben.recv().await;
+    assert_eq!(d["prev"], fresh["seq"], "{d}");
+    assert!(d["changes"][0].get("author").is_none(), "the author stays hidden: {d}");
+}
+
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_is_dropped_not_buffered() {
     let engine = engine().await;

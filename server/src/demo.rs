@@ -10,7 +10,7 @@ use statecast_core::row::{Fields, Row};
 use statecast_core::schema::{EntityType, OnDelete, Schema, SchemaError, ServerValue};
 use statecast_core::store::StoreError;
 use statecast_core::stream::{Filters, Payload, Stream, StreamPolicy, StreamRequest};
-use statecast_core::{DevTokens, Id, Policy, PolicyContext, PolicyError, User, WireError};
+use statecast_core::{DevTokens, Id, Policy, PolicyContext, PolicyError, ReadRule, User, WireError};
 use std::sync::Arc;
 
 /// The demo users: (id, dev token = name, is_admin).
@@ -20,7 +20,7 @@ pub const USERS: [(Id, &str, bool); 4] =
 pub use crate::config::DEMO_JOBS_RANGE;
 
 /// The fields of a task its assignee may change.
-const ASSIGNEE_FIELDS: [&str; 2] = ["status", "notes"];
+const ASSIGNEE_FIELDS: [&str; 3] = ["status", "notes", "private"];
 
 /// The demo schema: User, Project, ProjectMember, Job and Task.
 pub fn schema() -> Arc<Schema> {
@@ -32,6 +32,7 @@ fn try_schema() -> Result<Arc<Schema>, SchemaError> {
         .entity("User", |t| {
             t.string("name").len(1, 200);
             t.bool("is_admin").default(false);
+            t.string("email").nullable();
         })
         .entity("Project", |t| {
             t.string("name").len(1, 200);
@@ -53,6 +54,7 @@ fn try_schema() -> Result<Arc<Schema>, SchemaError> {
             t.reference("developer", "User").nullable();
             t.reference("assignee", "User").nullable();
             t.reference("created_by", "User").nullable().server_value(ServerValue::UserId);
+            t.bool("private").default(false);
         })
         .relation("Project", "members", "ProjectMember", "project")
         .relation("Project", "jobs", "Job", "project")
@@ -130,7 +132,42 @@ pub fn streams(schema: &Schema) -> Vec<Stream> {
         .index_fields(["assignee"])
         .build(schema)
         .unwrap_or_else(|e| unreachable!("the demo stream `my-tasks` is valid: {e}"));
-    vec![tasks, my_tasks]
+    let users = Stream::builder("users", "User")
+        .payload(Payload::Full)
+        .policy(Users)
+        .build(schema)
+        .unwrap_or_else(|e| unreachable!("the demo stream `users` is valid: {e}"));
+    vec![tasks, my_tasks, users]
+}
+
+/// Who may read a task: admins every one; others the public ones and the
+/// private ones they are assigned to or created.
+async fn task_rule(cx: &PolicyContext<'_>) -> Result<ReadRule, PolicyError> {
+    if DemoPolicy::is_admin(cx).await? {
+        return Ok(ReadRule::all());
+    }
+    let me = cx.user().id;
+    Ok(ReadRule::rows_where(Filters::new().eq("private", false))
+        .or_where(Filters::new().eq("assignee", me))
+        .or_where(Filters::new().eq("created_by", me)))
+}
+
+/// The policy of `users`: everyone signed in reads the users, but an
+/// e-mail address only its owner and admins.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Users;
+
+#[async_trait]
+impl StreamPolicy for Users {
+    async fn has_permission(&self, _: &PolicyContext<'_>, _: &StreamRequest<'_>) -> Result<bool, PolicyError> {
+        Ok(true)
+    }
+    async fn read_rule(&self, cx: &PolicyContext<'_>, _: &StreamRequest<'_>) -> Result<ReadRule, PolicyError> {
+        if DemoPolicy::is_admin(cx).await? {
+            return Ok(ReadRule::all());
+        }
+        Ok(ReadRule::all().hide_unless("email", Filters::new().eq("id", cx.user().id)))
+    }
 }
 
 /// The policy of `tasks`: the whole team's feed, for members of a project
@@ -146,6 +183,9 @@ impl StreamPolicy for TeamTasks {
             return Ok(true);
         }
         DemoPolicy::is_admin(cx).await
+    }
+    async fn read_rule(&self, cx: &PolicyContext<'_>, _: &StreamRequest<'_>) -> Result<ReadRule, PolicyError> {
+        task_rule(cx).await
     }
 }
 
@@ -202,6 +242,13 @@ impl Policy for DemoPolicy {
 
     fn depends_on(&self) -> &[&str] {
         READ_RULES_READ
+    }
+
+    async fn read_rule(&self, cx: &PolicyContext<'_>, ty: &EntityType) -> Result<ReadRule, PolicyError> {
+        match ty.name.as_str() {
+            "Task" => task_rule(cx).await,
+            _ => Ok(ReadRule::all()),
+        }
     }
 
     async fn can_save(&self, cx: &PolicyContext<'_>, instance: &Row, data: &Fields) -> Result<bool, PolicyError> {
@@ -272,7 +319,8 @@ pub async fn seed_if_empty(engine: &Engine, jobs: u32) -> Result<bool, SeedError
 pub fn seed_write(jobs: u32) -> Write {
     let mut ops: Vec<Write> = Vec::new();
     for (id, name, is_admin) in USERS {
-        ops.push(Write::create("User").id(id).set("name", name).set("is_admin", is_admin));
+        let email = format!("{name}@example.com");
+        ops.push(Write::create("User").id(id).set("name", name).set("is_admin", is_admin).set("email", email));
     }
     ops.push(Write::create("Project").id(1).set("name", "Apollo"));
     ops.push(Write::create("ProjectMember").id(1).set("project", 1).set("user", 1));
@@ -388,7 +436,8 @@ mod tests {
             names,
             vec![
                 ("tasks", "Task", Payload::Full, &["job".to_owned()][..]),
-                ("my-tasks", "Task", Payload::Id, &["assignee".to_owned()][..])
+                ("my-tasks", "Task", Payload::Id, &["assignee".to_owned()][..]),
+                ("users", "User", Payload::Full, &[][..])
             ]
         );
     }

@@ -149,5 +149,5 @@ async fn declarations_before_and_after_the_store_both_count() {
             .unwrap_or_default()
     };
     assert_eq!(names("channels"), vec!["job".to_owned(), "project".to_owned()], "{welcome}");
-    assert_eq!(names("streams"), vec!["my-tasks".to_owned(), "tasks".to_owned()], "{welcome}");
+    assert_eq!(names("streams"), vec!["my-tasks".to_owned(), "tasks".to_owned(), "users".to_owned()], "{welcome}");
 }

@@ -44,19 +44,19 @@ async fn hello_and_subscribe_show_the_demo_rows() {
     assert_eq!(
         fields_of(&rows[&("Task".to_owned(), 1)]),
         json!({"_type": "Task", "id": 1, "job": 1, "name": "Write docs", "status": "todo", "notes": "",
-               "developer": null, "assignee": 1, "created_by": 1})
+               "developer": null, "assignee": 1, "created_by": 1, "private": false})
     );
     assert_eq!(
         fields_of(&rows[&("Task".to_owned(), 2)]),
         json!({"_type": "Task", "id": 2, "job": 1, "name": "Fix bug", "status": "todo", "notes": "",
-               "developer": null, "assignee": 2, "created_by": 2})
+               "developer": null, "assignee": 2, "created_by": 2, "private": false})
     );
 
     let job2 = alice.subscribe("job", 2).await;
     assert_eq!(
         fields_of(&row(&job2, "Task", 3).expect("task 3")),
         json!({"_type": "Task", "id": 3, "job": 2, "name": "Rotate keys", "status": "todo", "notes": "",
-               "developer": null, "assignee": 1, "created_by": 2})
+               "developer": null, "assignee": 1, "created_by": 2, "private": false})
     );
     assert_eq!(row(&job2, "Job", 2).expect("job 2")["owner"], 2);
 }
@@ -213,7 +213,7 @@ async fn re_parenting_moves_the_row_between_contexts() {
     assert_eq!(
         fields_of(&ch[0]),
         json!({"op": "create", "_type": "Task", "id": 1, "job": 2, "name": "Write docs", "status": "todo",
-               "notes": "", "developer": null, "assignee": 1, "created_by": 1}),
+               "notes": "", "developer": null, "assignee": 1, "created_by": 1, "private": false}),
         "with the full row"
     );
 

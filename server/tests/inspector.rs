@@ -65,7 +65,7 @@ fn run_schema(args: &[&str]) -> String {
 fn schema_prints_the_welcome_schema_as_json() {
     let v: serde_json::Value = serde_json::from_str(&run_schema(&[])).expect("JSON");
     assert_eq!(v["channels"][0]["name"], "job");
-    assert!(v["types"]["Task"]["fields"].as_array().is_some_and(|f| f.len() == 7));
+    assert!(v["types"]["Task"]["fields"].as_array().is_some_and(|f| f.len() == 8));
 }
 
 #[test]

@@ -165,9 +165,11 @@ async fn a_client_resumes_on_another_process_with_since_after_a_sigkill() {
     let b = TestServer::start_on(&pg.store_url(), &[]);
 
     // A client on A follows job 1, keeping a view; a writer on A changes it.
+    // (carol, an admin, reads the context in full: a subscriber with read
+    // rules resuming where its class is not remembered gets a whole state.)
     let mut view = std::collections::BTreeMap::new();
     let mut watcher = a.json().await;
-    watcher.hello("bob").await;
+    watcher.hello("carol").await;
     let state = watcher.subscribe("job", 1).await;
     apply(&mut view, &state);
     let epoch = state["epoch"].clone();
@@ -196,7 +198,7 @@ async fn a_client_resumes_on_another_process_with_since_after_a_sigkill() {
 
     // The client resumes on B with `since`: only what changed, deletes included.
     let mut resumed = b.json().await;
-    resumed.hello("bob").await;
+    resumed.hello("carol").await;
     resumed.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1, "since": since, "epoch": epoch})).await;
     let state = resumed.recv_type("state").await;
     assert_eq!(state["incremental"], true, "answered from the change log: {state}");

@@ -414,10 +414,10 @@ async fn actions_id_lookups_and_payloads_decide_live_events() {
 
     // Full rows without `fields`: every field of the type, the read-only server value included.
     let full_data = data_of(&frames, &full);
-    let deploy = json!({"job": 1, "name": "Deploy", "status": "todo", "notes": "", "developer": 4, "assignee": 2, "created_by": 1});
+    let deploy = json!({"job": 1, "name": "Deploy", "status": "todo", "notes": "", "developer": 4, "assignee": 2, "created_by": 1, "private": false});
     assert_eq!(full_data[0], &deploy, "a create carries the whole row");
     assert_eq!(full_data[1]["status"], "doing");
-    assert_eq!(full_data[1].as_object().map(|o| o.len()), Some(7), "{}", full_data[1]);
+    assert_eq!(full_data[1].as_object().map(|o| o.len()), Some(8), "{}", full_data[1]);
     assert_eq!(full_data[2]["developer"], 4);
     assert_eq!(full_data[4], &deploy, "a delete carries the last image");
     // Projection: only the fields asked for.

@@ -6,6 +6,9 @@
 //! is served from that cache.
 
 mod presence;
+mod read_classes;
+
+pub(crate) use read_classes::ContextRules;
 
 use super::commit_lock::CommitLock;
 use super::load::load_context;
@@ -85,6 +88,13 @@ pub(crate) enum HubMsg {
         conn: ConnId,
         context: String,
         reason: UnsubscribeReason,
+    },
+    /// The read rules a subscriber has now (decided again after a commit
+    /// changed what its policy reads): a new class gets a fresh state.
+    Reclass {
+        conn: ConnId,
+        context: String,
+        read: Option<Arc<ContextRules>>,
     },
     /// The connection's user, after `auth` with a new token.
     Reauth {
@@ -192,6 +202,8 @@ pub(crate) struct SubscribeRequest {
     pub rid: Rid,
     /// `since` and the epoch it belongs to.
     pub since: Option<(Seq, Option<String>)>,
+    /// What the user may read, when the channel's policy hides something from them.
+    pub read: Option<Arc<ContextRules>>,
 }
 
 /// The engine's handle on the hub task.
@@ -445,6 +457,8 @@ struct LiveContext {
     subscribers: BTreeSet<ConnId>,
     /// Whole-state frames for `last_seq`, per codec (without rid).
     state_cache: [Option<Arc<[Frame]>>; 2],
+    /// Subscribers whose read rules hide rows or fields, by class.
+    read: read_classes::ReadClasses,
 }
 
 enum Slot {
@@ -522,6 +536,7 @@ impl Hub {
                 let _ = reply.send(self.holders(&channels));
             }
             HubMsg::Revoke { conn, context, reason } => self.revoke(conn, context, reason),
+            HubMsg::Reclass { conn, context, read } => self.reclass(conn, context, read),
             HubMsg::Reauth { conn, user } => {
                 if let Some(entry) = self.conns.get_mut(&conn) {
                     entry.user = user;
@@ -652,6 +667,7 @@ impl Hub {
         let (empty, withdrawn) = match self.contexts.get_mut(context) {
             Some(Slot::Live(ctx)) => {
                 ctx.subscribers.remove(&conn);
+                ctx.read.remove(conn);
                 (ctx.subscribers.is_empty(), 0)
             }
             Some(Slot::Loading { waiting, .. }) => {
@@ -792,6 +808,7 @@ impl Hub {
             last_seq: self.seq,
             subscribers: BTreeSet::new(),
             state_cache: [None, None],
+            read: read_classes::ReadClasses::default(),
         });
         for row in rows {
             let key = row.key();
@@ -858,6 +875,10 @@ impl Hub {
         }
         if let Some(Slot::Live(ctx)) = self.contexts.get_mut(&req.context) {
             ctx.subscribers.insert(req.conn);
+            match &req.read {
+                Some(rules) => ctx.join_class(req.conn, rules.clone()),
+                None => ctx.read.remove(req.conn),
+            }
         }
         let frames = self.state_frames(&req);
         self.send_frames(req.conn, &frames);
@@ -957,6 +978,27 @@ impl Hub {
         self.send_msg(conn, &ServerMessage::Unsubscribed(msg));
     }
 
+    /// A subscriber whose read rules changed moves to its new class and
+    /// gets a whole state of what it reads now (no rid: the server's own).
+    fn reclass(&mut self, conn: ConnId, context: String, read: Option<Arc<ContextRules>>) {
+        let Some(Slot::Live(ctx)) = self.contexts.get_mut(&context) else { return };
+        if !ctx.subscribers.contains(&conn) {
+            return;
+        }
+        let now = ctx.read.class_of(conn).map(|c| c.rules.key.as_str());
+        if now == read.as_ref().map(|r| r.key.as_str()) {
+            return;
+        }
+        match &read {
+            Some(rules) => ctx.join_class(conn, rules.clone()),
+            None => ctx.read.remove(conn),
+        }
+        let (channel, anchor_id) = (ctx.channel.clone(), ctx.anchor.id);
+        let req = SubscribeRequest { conn, channel, anchor_id, context, rid: None, since: None, read };
+        let frames = self.state_frames(&req);
+        self.send_frames(conn, &frames);
+    }
+
     fn unsubscribe(&mut self, conn: ConnId, context: String, rid: Rid) {
         self.drop_subscriber(conn, &context);
         let msg =
@@ -978,6 +1020,9 @@ impl Hub {
         let Some(Slot::Live(ctx)) = self.contexts.get_mut(&req.context) else {
             return Arc::from([]);
         };
+        if ctx.read.is_restricted(req.conn) {
+            return class_state_frames(ctx, req, codec, epoch, limit, presence);
+        }
         if let Some((since, ep)) = &req.since
             && ep.as_deref() == Some(epoch)
             && let Some((instances, removed)) = ctx.changes_since(*since)
@@ -1205,11 +1250,12 @@ impl Hub {
         if changes.is_empty() {
             return;
         }
+        let changes = Arc::new(changes);
         let delta = Delta {
             context: ctx.name.to_string(),
             seq: c.seq,
             prev: ctx.last_seq,
-            changes: Arc::new(changes),
+            changes: changes.clone(),
             write_id: None,
             created: Vec::new(),
             part: None,
@@ -1218,28 +1264,24 @@ impl Hub {
         ctx.last_seq = c.seq;
         ctx.state_cache = [None, None];
         let limit = self.frame_limit;
-        // Encoded once per codec, the same frames for every subscriber but the writer.
-        let mut shared: [Option<Vec<Frame>>; 2] = [None, None];
+        let own = writer.map(|(conn, write_id)| (conn, write_id, c.created.clone()));
         let mut failed: Vec<(ConnId, SendError)> = Vec::new();
-        let mut delivered = 0u64;
-        for &conn in &ctx.subscribers {
-            let Some(entry) = self.conns.get(&conn) else {
-                continue;
-            };
-            let codec = entry.codec;
-            let own;
-            let frames: &[Frame] = match writer {
-                Some((w, write_id)) if w == conn => {
-                    let mine = Delta { write_id: Some(write_id), created: c.created.clone(), ..delta.clone() };
-                    own = split_delta(codec, mine, limit);
-                    &own
-                }
-                _ => shared[codec.index()].get_or_insert_with(|| split_delta(codec, delta.clone(), limit)),
-            };
-            delivered += frames.len() as u64;
-            if let Err(e) = offer(&entry.outbox, frames) {
-                failed.push((conn, e));
+        let everyone = ctx.subscribers.iter().copied().filter(|conn| !ctx.read.is_restricted(*conn));
+        let mut delivered = fan_out(&self.conns, everyone, &delta, own.as_ref(), limit, &mut failed);
+        // Each read class: decided once, encoded once per codec, its own `prev` chain.
+        let mut ids: Vec<u32> = ctx.read.classes.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(mut class) = ctx.read.classes.remove(&id) else { continue };
+            let seen = ctx.class_changes(&mut class, c.seq, &changes);
+            if !seen.is_empty() {
+                let delta = Delta { prev: class.last_seq, changes: Arc::new(seen), ..delta.clone() };
+                class.last_seq = c.seq;
+                class.state_cache = [None, None];
+                let members = class.members.iter().copied();
+                delivered += fan_out(&self.conns, members, &delta, own.as_ref(), limit, &mut failed);
             }
+            ctx.read.classes.insert(id, class);
         }
         self.metrics.deliveries.fetch_add(delivered, Ordering::Relaxed);
         for (conn, e) in failed {
@@ -1369,10 +1411,11 @@ impl Hub {
             Ok(StreamLoad::Snapshot(rows)) => {
                 // The rows were read at some point after registration; the commits
                 // delivered since then decide every row they touched.
-                let mut rows: BTreeMap<Id, Row> = rows.into_iter().map(|r| (r.id, r)).collect();
+                let mut rows: BTreeMap<Id, Row> =
+                    rows.into_iter().filter(|r| sub.matches(r)).map(|r| (r.id, r)).collect();
                 for commit in &buffered {
                     for change in commit.changes.iter().filter(|c| *c.key.ty == *sub.stream.ty) {
-                        match change.after.as_ref().filter(|r| sub.filters.matches(r)) {
+                        match change.after.as_ref().filter(|r| sub.matches(r)) {
                             Some(after) => rows.insert(after.id, after.clone()),
                             None => rows.remove(&change.key.id),
                         };
@@ -1870,6 +1913,72 @@ impl LiveContext {
             rid,
         }
     }
+}
+
+/// Sends a delta to `targets`: the same frames (encoded once per codec) to
+/// all but the writer, who gets its own copy tagged with its write id and
+/// the ids it created. Returns the frames sent.
+fn fan_out(
+    conns: &FastMap<ConnId, ConnEntry>,
+    targets: impl Iterator<Item = ConnId>,
+    delta: &Delta,
+    writer: Option<&(ConnId, i64, Vec<crate::protocol::CreatedId>)>,
+    limit: usize,
+    failed: &mut Vec<(ConnId, SendError)>,
+) -> u64 {
+    let mut shared: [Option<Vec<Frame>>; 2] = [None, None];
+    let mut delivered = 0u64;
+    for conn in targets {
+        let Some(entry) = conns.get(&conn) else { continue };
+        let codec = entry.codec;
+        let own;
+        let frames: &[Frame] = match writer {
+            Some((w, write_id, created)) if *w == conn => {
+                let mine = Delta { write_id: Some(*write_id), created: created.clone(), ..delta.clone() };
+                own = split_delta(codec, mine, limit);
+                &own
+            }
+            _ => shared[codec.index()].get_or_insert_with(|| split_delta(codec, delta.clone(), limit)),
+        };
+        delivered += frames.len() as u64;
+        if let Err(e) = offer(&entry.outbox, frames) {
+            failed.push((conn, e));
+        }
+    }
+    delivered
+}
+
+/// A restricted subscriber's state, at its class's seq: incremental when
+/// `since` (of this epoch) lies within what the class remembers, else whole
+/// (shared by the class when it carries no rid and no presence).
+fn class_state_frames(
+    ctx: &mut LiveContext,
+    req: &SubscribeRequest,
+    codec: Codec,
+    epoch: &str,
+    limit: usize,
+    presence: Vec<crate::protocol::v1::PresenceEntry>,
+) -> Arc<[Frame]> {
+    if let (Some((since, ep)), Some(class)) = (&req.since, ctx.read.class_of(req.conn))
+        && ep.as_deref() == Some(epoch)
+        && let Some((instances, removed)) = ctx.class_changes_since(class, *since)
+    {
+        let seq = class.last_seq;
+        let state = ctx.state_message(epoch, instances, removed, true, req.rid.clone());
+        return split_state(codec, State { presence, seq, ..state }, limit).into();
+    }
+    let shared = req.rid.is_none() && presence.is_empty();
+    if shared && let Some(cached) = ctx.read.class_of(req.conn).and_then(|c| c.state_cache[codec.index()].clone()) {
+        return cached;
+    }
+    let Some(class) = ctx.read.class_of(req.conn) else { return Arc::from([]) };
+    let (instances, seq) = (ctx.class_rows(class), class.last_seq);
+    let state = State { presence, seq, ..ctx.state_message(epoch, instances, Vec::new(), false, req.rid.clone()) };
+    let frames: Arc<[Frame]> = split_state(codec, state, limit).into();
+    if shared && let Some(class) = ctx.read.class_of_mut(req.conn) {
+        class.state_cache[codec.index()] = Some(frames.clone());
+    }
+    frames
 }
 
 /// A sibling's place among its siblings, computed once per row before sorting.

@@ -7,6 +7,7 @@ mod hub;
 mod load;
 mod metrics;
 mod presence;
+mod read;
 mod revocation;
 mod row_turns;
 mod session;

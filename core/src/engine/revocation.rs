@@ -9,7 +9,8 @@
 //! decides each (user, context) pair once however many connections share it.
 
 use super::Inner;
-use super::hub::{Holders, HubMsg};
+use super::hub::{ContextRules, Holders, HubMsg};
+use super::read::context_rules;
 use super::session::resolve_context;
 use crate::channel::Channel;
 use crate::error::ErrorReason;
@@ -82,28 +83,39 @@ async fn revalidate_channels(inner: &Inner, channels: &Touched) -> usize {
     let (reply, answer) = oneshot::channel();
     inner.hub.send(HubMsg::Holders { channels: channels.clone(), reply });
     let Ok(holders) = answer.await else { return 0 };
-    let mut decided: HashMap<(crate::ids::Id, String), bool> = HashMap::new();
+    type Decision = (bool, Option<Option<Arc<ContextRules>>>);
+    let mut decided: HashMap<(crate::ids::Id, String), Decision> = HashMap::new();
     let mut revoked = 0;
     for Holders { conn, user, contexts } in holders {
         for context in contexts {
             let key = (user.id, context.clone());
-            let allowed = match decided.get(&key) {
-                Some(allowed) => *allowed,
+            let (allowed, read) = match decided.get(&key) {
+                Some(decision) => decision.clone(),
                 None => {
-                    let allowed = match resolve_context(inner, &user, &context).await {
-                        Ok(_) => true,
+                    let decision = match resolve_context(inner, &user, &context).await {
+                        // What the user reads may have changed too (an admin no more).
+                        Ok(ctx) => match context_rules(inner, &user, &ctx.channel).await {
+                            Ok(read) => (true, Some(read)),
+                            Err(e) => {
+                                tracing::warn!(error = %e, %context, "can't decide the read rules again now");
+                                (true, None)
+                            }
+                        },
                         // The anchor's delete ends the context on its own (`ANCHOR_DELETED`).
-                        Err(e) if e.reason == ErrorReason::AnchorNotFound => true,
+                        Err(e) if e.reason == ErrorReason::AnchorNotFound => (true, None),
                         Err(e) if e.code >= 500 => {
                             tracing::warn!(error = %e, %context, "can't decide a subscription again now; it stays");
-                            true
+                            (true, None)
                         }
-                        Err(_) => false,
+                        Err(_) => (false, None),
                     };
-                    decided.insert(key, allowed);
-                    allowed
+                    decided.insert(key, decision.clone());
+                    decision
                 }
             };
+            if let (true, Some(read)) = (allowed, read) {
+                inner.hub.send(HubMsg::Reclass { conn, context: context.clone(), read });
+            }
             if !allowed {
                 revoked += 1;
                 inner.hub.send(HubMsg::Revoke {

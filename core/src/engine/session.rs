@@ -5,7 +5,7 @@
 
 use super::hub::{ConnId, HubMsg, ReplyTarget, SharedSubs, StreamSubscribeRequest, SubscribeRequest};
 use super::presence::PresenceOutbox;
-use super::streams::{Actions, StreamSub, route_of};
+use super::streams::{Actions, StreamRule, StreamSub, route_of};
 use super::write::{self, ClientInfo, Outcome, WriteContext};
 use super::{Actor, Inner};
 use crate::auth::{AuthError, User};
@@ -326,8 +326,12 @@ impl Session {
         };
         let name = format!("{channel}/{anchor_id}");
         let Some(user) = self.user.clone() else { return };
-        match resolve_context(&self.inner, &user, &name).await {
-            Ok(ctx) => {
+        let resolved = match resolve_context(&self.inner, &user, &name).await {
+            Ok(ctx) => super::read::context_rules(&self.inner, &user, &ctx.channel).await.map(|read| (ctx, read)),
+            Err(e) => Err(e),
+        };
+        match resolved {
+            Ok((ctx, read)) => {
                 self.subs.lock().insert(name.clone());
                 self.inner.hub.send(HubMsg::Subscribe(SubscribeRequest {
                     conn: self.id,
@@ -336,6 +340,7 @@ impl Session {
                     context: name,
                     rid: sub.rid,
                     since: sub.since.map(|s| (s, sub.epoch)),
+                    read,
                 }));
             }
             Err(e) => {
@@ -388,6 +393,7 @@ impl Session {
                 let projection = req.projection;
                 let mut sub = StreamSub::new(id, self.id, stream, filters, actions, projection, route);
                 sub.scope = req.scope.map(Arc::new);
+                sub.rule = req.rule;
                 self.inner.hub.send(HubMsg::StreamSubscribe(Box::new(StreamSubscribeRequest {
                     sub,
                     rid: req.rid,
@@ -539,6 +545,8 @@ struct StreamAsk {
     rid: Rid,
     /// The policy's scope in wire form (for `subscribed.scope`), when it has one.
     scope: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The policy's read rule, unless it reads everything.
+    rule: Option<Arc<StreamRule>>,
 }
 
 fn find_stream(inner: &Inner, name: &str) -> Result<Arc<Stream>, WireError> {
@@ -641,8 +649,10 @@ async fn check_stream_subscribe(
     let cx = PolicyContext::new(&*inner.store, user);
     let (filters, scope) = scoped_filters(&stream, entity, &cx, &request, &client).await?;
     let scope = (!scope.is_empty()).then(|| scope.iter().map(|f| (f.key(), f.value.clone())).collect());
+    let rule = stream_rule(&stream, entity, &cx, &request).await?;
     let ask = StreamAsk {
         scope,
+        rule,
         actions: sub.actions,
         projection,
         snapshot: sub.snapshot,
@@ -695,9 +705,35 @@ async fn get_rows(inner: &Inner, user: &User, g: &Get) -> Result<Vec<Arc<crate::
     let request = StreamRequest { stream: &stream.name, ty: &stream.ty, filters: &client, ids: &g.ids };
     let cx = PolicyContext::new(&*inner.store, user);
     let (filters, _) = scoped_filters(&stream, entity, &cx, &request, &client).await?;
+    let rule = stream_rule(&stream, entity, &cx, &request).await?;
     let mut ids = g.ids.clone();
     ids.sort_unstable();
     ids.dedup();
     let rows = inner.store.get_many(&stream.ty, &ids).await.map_err(WireError::from)?;
-    Ok(rows.into_iter().filter(|r| filters.matches(r)).map(Arc::new).collect())
+    Ok(rows
+        .into_iter()
+        .filter(|r| filters.matches(r))
+        .filter_map(|r| match &rule {
+            Some(rule) => rule.rule.view(&r),
+            None => Some(r),
+        })
+        .map(Arc::new)
+        .collect())
+}
+
+/// The stream policy's read rule for this user, compiled (None: it reads everything).
+async fn stream_rule(
+    stream: &Stream,
+    entity: &crate::schema::EntityType,
+    cx: &PolicyContext<'_>,
+    request: &StreamRequest<'_>,
+) -> Result<Option<Arc<StreamRule>>, WireError> {
+    let rule = stream.policy.read_rule(cx, request).await.map_err(WireError::from)?;
+    if rule.is_all() {
+        return Ok(None);
+    }
+    let compiled = rule
+        .compile(entity)
+        .map_err(|e| WireError::internal(format!("the read rule of stream `{}` is invalid: {e}", stream.name)))?;
+    Ok(Some(Arc::new(StreamRule { key: Arc::from(rule.key()), rule: compiled })))
 }

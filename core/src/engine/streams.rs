@@ -16,6 +16,7 @@ use crate::error::WireError;
 use crate::ids::{Id, Seq};
 use crate::protocol::Codec;
 use crate::protocol::v1::{ChangeOp, Rid};
+use crate::read_rule::CompiledReadRule;
 use crate::row::{Fields, Row};
 use crate::store::Change;
 use crate::stream::filter::IndexKey;
@@ -79,8 +80,21 @@ pub(crate) struct StreamSub {
     pub route: Option<(usize, Vec<IndexKey>)>,
     /// The scope the policy forced, as `subscribed.scope` reports it.
     pub scope: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// What the user may read of the stream's rows (None: everything).
+    pub rule: Option<Arc<StreamRule>>,
     shape: u32,
 }
+
+/// A subscriber's read rule on a stream, with the key of its class: the
+/// subscriptions sharing a projection and a rule share every event's encoding.
+#[derive(Debug)]
+pub(crate) struct StreamRule {
+    pub key: Arc<str>,
+    pub rule: CompiledReadRule,
+}
+
+/// What makes two subscriptions' event payloads equal: the projection and the read rule.
+type ShapeKey = (Option<Arc<[String]>>, Option<Arc<str>>);
 
 impl StreamSub {
     #[allow(clippy::too_many_arguments)]
@@ -104,16 +118,26 @@ impl StreamSub {
             last_seq: 0,
             route,
             scope: None,
+            rule: None,
             shape: 0,
         }
+    }
+
+    /// Does the row pass the filters and the read rule?
+    pub fn matches(&self, row: &Row) -> bool {
+        self.filters.matches(row) && self.rule.as_ref().is_none_or(|r| r.rule.can_read(row))
+    }
+
+    fn shape_key(&self) -> ShapeKey {
+        (self.projection.clone(), self.rule.as_ref().map(|r| r.key.clone()))
     }
 
     /// What the change means to this subscription: the action, and the image
     /// its `data` comes from (after for create/update, the last matching image
     /// for delete). Decided in memory on the before and after images.
     pub fn decide<'a>(&self, change: &'a Change) -> Option<(ChangeOp, &'a Row)> {
-        let before = change.before.as_ref().filter(|r| self.filters.matches(r));
-        let after = change.after.as_ref().filter(|r| self.filters.matches(r));
+        let before = change.before.as_ref().filter(|r| self.matches(r));
+        let after = change.after.as_ref().filter(|r| self.matches(r));
         let decided = match (before, after) {
             (None, Some(a)) => (ChangeOp::Create, a),
             (Some(_), Some(a)) => (ChangeOp::Update, a),
@@ -128,7 +152,11 @@ impl StreamSub {
         if self.stream.payload == Payload::Id {
             return None;
         }
-        Some(project(row, self.projection.as_deref()))
+        let mut fields = project(row, self.projection.as_deref());
+        if let Some(rule) = &self.rule {
+            rule.rule.strip(row, &mut fields);
+        }
+        Some(fields)
     }
 
     /// A row as a snapshot carries it: projected in full mode, ids only in id mode.
@@ -152,7 +180,7 @@ struct Routes {
     groups: Vec<HashMap<IndexKey, HashSet<SubId>>>,
     unindexed: HashSet<SubId>,
     /// Interned projections: shape id and how many subscriptions use it.
-    shapes: HashMap<Option<Arc<[String]>>, (u32, usize)>,
+    shapes: HashMap<ShapeKey, (u32, usize)>,
     next_shape: u32,
     count: usize,
 }
@@ -184,7 +212,7 @@ impl StreamRegistry {
         }
         routes.count += 1;
         let next = routes.next_shape;
-        let entry = routes.shapes.entry(sub.projection.clone()).or_insert((next, 0));
+        let entry = routes.shapes.entry(sub.shape_key()).or_insert((next, 0));
         entry.1 += 1;
         sub.shape = entry.0;
         if entry.0 == next {
@@ -244,10 +272,11 @@ impl StreamRegistry {
                     routes.unindexed.remove(&id);
                 }
             }
-            if let Some(entry) = routes.shapes.get_mut(&sub.projection) {
+            let shape = sub.shape_key();
+            if let Some(entry) = routes.shapes.get_mut(&shape) {
                 entry.1 -= 1;
                 if entry.1 == 0 {
-                    routes.shapes.remove(&sub.projection);
+                    routes.shapes.remove(&shape);
                 }
             }
             routes.count -= 1;

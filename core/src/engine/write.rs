@@ -2,7 +2,7 @@
 //! validate → `can_*` → commit (compare-and-commit on every version read,
 //! retried on conflict) → hand to the hub, which broadcasts and replies.
 
-use super::hub::{HubMsg, ReplyTarget, WriterTag};
+use super::hub::{ContextRules, HubMsg, ReplyTarget, WriterTag};
 use super::{Actor, Inner};
 use crate::auth::User;
 use crate::channel::{Channel, Op};
@@ -276,6 +276,7 @@ async fn check(
         overlay: HashMap::new(),
         noted: HashMap::new(),
         temps: HashMap::new(),
+        read: None,
     };
     let mut tx = Transaction::default();
     for (i, op) in ops.iter().enumerate() {
@@ -300,6 +301,8 @@ struct Checker<'a> {
     noted: HashMap<RowKey, Seq>,
     /// Temp ids of earlier creates in this write, with their types.
     temps: HashMap<Id, String>,
+    /// The writer's read rules in the context (asked once, at the first row named).
+    read: Option<Option<Arc<ContextRules>>>,
 }
 
 fn not_found(ty: &str, id: Id) -> WireError {
@@ -342,6 +345,7 @@ impl<'a> Checker<'a> {
             return Err(WireError::new(ErrorReason::InvalidId, format!("{id} is not a valid id")));
         }
         let row = self.load(&entity.name, id).await?.ok_or_else(|| not_found(&entity.name, id))?;
+        self.require_readable(&row).await?;
         self.require_in_context(&row).await?;
         if let Some(v) = op.if_version
             && row.version != v
@@ -452,6 +456,7 @@ impl<'a> Checker<'a> {
             ));
         }
         let parent = self.load(pt, pid).await?.ok_or_else(|| not_found(pt, pid))?;
+        self.require_readable(&parent).await?;
         self.require_in_context(&parent).await?;
         Ok(Some((parent, rel.field.clone())))
     }
@@ -561,6 +566,20 @@ impl<'a> Checker<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A row the writer may not read is answered as if it did not exist, so
+    /// a write can't probe for it (the same NOT_FOUND, the same message).
+    async fn require_readable(&mut self, row: &Row) -> Result<(), WireError> {
+        let (Some(ctx), false) = (self.context, self.system) else { return Ok(()) };
+        if self.read.is_none() {
+            let rules = super::read::context_rules(self.inner, self.cx.user(), &ctx.channel).await?;
+            self.read = Some(rules);
+        }
+        match self.read.as_ref().and_then(Option::as_ref) {
+            Some(rules) if !rules.can_read(row) => Err(not_found(&row.ty, row.id)),
+            _ => Ok(()),
+        }
     }
 
     /// The row must belong to the write's context: walk up the tree to the anchor.

@@ -22,6 +22,7 @@ pub use statecast_protocol::filter;
 
 use crate::ids::Id;
 use crate::policy::{PolicyContext, PolicyError};
+use crate::read_rule::ReadRule;
 use crate::schema::{FieldKind, Schema, SchemaError};
 use async_trait::async_trait;
 use serde::Serialize;
@@ -71,6 +72,16 @@ pub trait StreamPolicy: Send + Sync + 'static {
         let _ = (cx, request);
         Ok(Filters::new())
     }
+
+    /// Which of the stream's rows, and which fields, the user may read (see
+    /// [`ReadRule`]): decided at subscribe and on every event, in memory. A
+    /// row entering or leaving what the user may read arrives as `create` or
+    /// `delete`; hidden fields are absent from events, snapshots and `get`.
+    /// Default: every row the filters and scope let through, in full.
+    async fn read_rule(&self, cx: &PolicyContext<'_>, request: &StreamRequest<'_>) -> Result<ReadRule, PolicyError> {
+        let _ = (cx, request);
+        Ok(ReadRule::all())
+    }
 }
 
 /// Denies every subscription (the default).
@@ -97,6 +108,9 @@ impl<P: StreamPolicy + ?Sized> StreamPolicy for Arc<P> {
     }
     async fn scope(&self, cx: &PolicyContext<'_>, request: &StreamRequest<'_>) -> Result<Filters, PolicyError> {
         (**self).scope(cx, request).await
+    }
+    async fn read_rule(&self, cx: &PolicyContext<'_>, request: &StreamRequest<'_>) -> Result<ReadRule, PolicyError> {
+        (**self).read_rule(cx, request).await
     }
 }
 

@@ -249,6 +249,9 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, effects: Vec<Effect>) {
             }
             Effect::EpochChanged { context } => notify(shared, &context, ViewEvent::Reset),
             Effect::PresenceChanged { context } => notify(shared, &context, ViewEvent::Presence),
+            Effect::StreamResubscribe { .. } => {
+                let _ = shared.commands.send(Command::Flush);
+            }
             Effect::RetryLater { write_id, attempt, error } => {
                 tracing::info!(write_id, attempt, error = %error, "the server is not sure yet; the write will be sent again");
                 let delay = Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7)).min(30_000))

@@ -90,6 +90,9 @@ pub enum Effect {
     StreamClosed { stream: u64, reason: UnsubscribeReason },
     /// Who else is in a context, or what they show, changed.
     PresenceChanged { context: String },
+    /// A stream view's subscription was rescoped by the server: its new
+    /// subscribe is queued (flush it).
+    StreamResubscribe { stream: u64 },
 }
 
 /// A row as the app sees it.

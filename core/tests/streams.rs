@@ -696,3 +696,87 @@ async fn unindexed_subscriptions_per_stream_are_capped() {
     ann.subscribe(json!({"stream": "tasks", "filters": {"job": 1, "points__gt": 1}})).await;
     ann.subscribe(json!({"stream": "tasks", "id": 2})).await;
 }
+
+/// Docs up to the user's clearance `level` (a `Team` row per user, by id);
+/// no `Team` row, no stream.
+struct Cleared;
+
+#[async_trait::async_trait]
+impl StreamPolicy for Cleared {
+    async fn has_permission(&self, cx: &PolicyContext<'_>, _: &StreamRequest<'_>) -> Result<bool, PolicyError> {
+        Ok(cx.get("Team", cx.user().id).await?.is_some())
+    }
+    fn depends_on(&self) -> &[&str] {
+        &["Team"]
+    }
+    async fn read_rule(
+        &self,
+        cx: &PolicyContext<'_>,
+        _: &StreamRequest<'_>,
+    ) -> Result<statecast_core::ReadRule, PolicyError> {
+        let level = cx.get("Team", cx.user().id).await?.and_then(|t| t.get_i64("level")).unwrap_or(0);
+        Ok(statecast_core::ReadRule::rows_where(Filters::new().with(
+            "level",
+            statecast_core::stream::Lookup::Lte,
+            level,
+        )))
+    }
+}
+
+#[tokio::test]
+async fn a_stream_is_decided_again_when_what_its_policy_reads_changes() {
+    let schema = Schema::builder()
+        .entity("Team", |t| {
+            t.int("level").default(0);
+        })
+        .entity("Doc", |t| {
+            t.int("level").default(0);
+        })
+        .build()
+        .expect("schema");
+    let docs = Stream::builder("docs", "Doc").payload(Payload::Full).policy(Cleared).build(&schema).expect("docs");
+    let tokens = DevTokens::new().with("ann", User::new(1, "ann")).with("ben", User::new(2, "ben"));
+    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
+        .stream(docs)
+        .authenticator(tokens)
+        .build()
+        .expect("engine");
+    let doc = |id: i64, level: i64| Write::create("Doc").id(id).set("level", level);
+    let team = |id: i64, level: i64| Write::create("Team").id(id).set("level", level);
+    let seed = Write::batch([doc(1, 1), doc(2, 2), doc(3, 3), team(1, 1), team(2, 3)]).write_id(1);
+    engine.write(Actor::System, seed).await.expect("seed");
+    let ids = |subscribed: &Value| -> Vec<i64> {
+        subscribed["snapshot"].as_array().expect("snapshot").iter().filter_map(|r| r["id"].as_i64()).collect()
+    };
+    let mut ann = Client::connect(&engine, "ann").await;
+    let mut ben = Client::connect(&engine, "ben").await;
+    let sub = ann.subscribe(json!({"stream": "docs", "snapshot": true, "rid": 1})).await;
+    assert_eq!(ids(&sub), vec![1]);
+    ben.subscribe(json!({"stream": "docs", "snapshot": true, "rid": 1})).await;
+
+    // ann's clearance rises: her subscription is rescoped; subscribing again shows more.
+    engine.write(Actor::System, Write::save("Team", 1).set("level", 2).write_id(2)).await.expect("raise");
+    let ended = ann.recv().await;
+    assert_eq!(
+        (ended["type"].as_str(), ended["reason"].as_str(), ended["subscription"].clone()),
+        (Some("unsubscribed"), Some("RESCOPED"), sub["subscription"].clone()),
+        "{ended}"
+    );
+    let again = ann.subscribe(json!({"stream": "docs", "snapshot": true, "rid": 2})).await;
+    assert_eq!(ids(&again), vec![1, 2]);
+    ben.silent().await;
+
+    // ann's team row goes: the stream is revoked.
+    engine.write(Actor::System, Write::delete("Team", 1).write_id(3)).await.expect("remove");
+    let ended = ann.recv().await;
+    assert_eq!(
+        (ended["reason"].as_str(), ended["subscription"].clone()),
+        (Some("REVOKED"), again["subscription"].clone())
+    );
+    // ben's goes on: a change still reaches him.
+    engine.write(Actor::System, Write::save("Doc", 3).set("level", 3).write_id(4)).await.expect("touch");
+    engine.write(Actor::System, Write::create("Doc").id(4).set("level", 2).write_id(5)).await.expect("new doc");
+    let event = ben.recv().await;
+    assert_eq!((event["action"].as_str(), event["id"].as_i64()), (Some("create"), Some(4)), "{event}");
+    ann.silent().await;
+}

@@ -657,6 +657,10 @@ pub enum UnsubscribeReason {
     /// A commit changed what the channel's policy reads (a membership
     /// deleted, a role changed), and the policy no longer allows it.
     Revoked,
+    /// A stream subscription whose scope or read rule changed (what its
+    /// policy reads changed): subscribe again for a fresh snapshot (the
+    /// clients do it on their own, keeping the view until it arrives).
+    Rescoped,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -413,6 +413,15 @@ fn server_messages() {
         }))
     );
     insta::assert_snapshot!(
+        "unsubscribed_rescoped",
+        encoded(&ServerMessage::Unsubscribed(Unsubscribed {
+            context: None,
+            subscription: Some("s3".into()),
+            reason: UnsubscribeReason::Rescoped,
+            rid: None
+        }))
+    );
+    insta::assert_snapshot!(
         "authenticated",
         encoded(&ServerMessage::Authenticated(Authenticated { user: User::new(1, "alice"), rid: None }))
     );

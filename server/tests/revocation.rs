@@ -91,3 +91,37 @@ async fn removing_a_membership_revokes_the_project_live() {
     assert_eq!((delta["type"].as_str(), delta["context"].as_str()), (Some("delta"), Some("project/1")), "{delta}");
     alice.ping().await;
 }
+
+#[tokio::test]
+async fn removing_a_membership_ends_the_team_task_feed_and_keeps_my_tasks() {
+    let server = TestServer::start();
+    let mut bob = server.json().await;
+    bob.hello("bob").await;
+    bob.send(json!({"type": "subscribe", "stream": "tasks", "snapshot": true, "rid": 1})).await;
+    let team = bob.recv_type("subscribed").await;
+    let ids: Vec<i64> =
+        team["snapshot"].as_array().expect("snapshot").iter().filter_map(|r| r["id"].as_i64()).collect();
+    assert_eq!(ids, vec![1, 2, 3], "project 1's tasks: {team}");
+    bob.send(json!({"type": "subscribe", "stream": "my-tasks", "rid": 2})).await;
+    let mine = bob.recv_type("subscribed").await;
+
+    let mut carol = server.json().await;
+    carol.hello("carol").await;
+    assert_eq!(subscribe_project(&mut carol).await["type"], "state");
+    let remove = json!({"type": "write", "writeId": 1, "context": "project/1", "operation": "delete",
+                        "instanceType": "ProjectMember", "instanceId": 2});
+    carol.write(remove).await.ok();
+    let ended = bob.recv_type("unsubscribed").await;
+    assert_eq!(
+        (ended["subscription"].clone(), ended["reason"].clone()),
+        (team["subscription"].clone(), json!("REVOKED"))
+    );
+    // my-tasks (anyone signed in, scoped to the assignee) goes on.
+    bob.send(json!({"type": "unsubscribe", "subscription": mine["subscription"], "rid": 3})).await;
+    let answer = bob.recv_type("unsubscribed").await;
+    assert_eq!(answer["reason"], "CLIENT_REQUEST", "still held until bob let it go: {answer}");
+    // And subscribing to the team feed again is refused.
+    bob.send(json!({"type": "subscribe", "stream": "tasks", "rid": 4})).await;
+    let refused = bob.recv().await;
+    assert_eq!(error_of(&refused), (403, "DENIED".to_owned()), "{refused}");
+}

@@ -325,6 +325,16 @@ impl ClientState {
         else {
             return Vec::new();
         };
+        if reason == UnsubscribeReason::Rescoped {
+            // What the user may read of the stream changed: a fresh snapshot
+            // under the new decision replaces the rows (shown until it arrives).
+            if let Some(view) = self.streams.get_mut(&local) {
+                view.seq = None;
+                view.subscription = None;
+            }
+            self.queue_stream_subscribe(local);
+            return vec![Effect::StreamResubscribe { stream: local }];
+        }
         self.streams.remove(&local);
         vec![Effect::StreamClosed { stream: local, reason }]
     }

@@ -72,6 +72,16 @@ pub(crate) struct Holders {
     pub contexts: Vec<String>,
 }
 
+/// One stream subscription, as the revalidator decides it again.
+pub(crate) struct StreamHolder {
+    pub conn: ConnId,
+    pub user: Arc<User>,
+    pub sub: SubId,
+    pub stream: Arc<crate::stream::Stream>,
+    pub client: Arc<(crate::stream::Filters, Vec<Id>)>,
+    pub decision: String,
+}
+
 pub(crate) enum HubMsg {
     /// The contexts each connection of a user holds.
     HeldBy {
@@ -80,8 +90,20 @@ pub(crate) enum HubMsg {
     },
     /// Who holds contexts of these channels (see [`super::revocation`]).
     Holders {
-        channels: super::revocation::Touched,
+        channels: BTreeSet<String>,
         reply: oneshot::Sender<Vec<Holders>>,
+    },
+    /// The stream subscriptions of these streams (see [`super::revocation`]).
+    StreamHolders {
+        streams: BTreeSet<String>,
+        reply: oneshot::Sender<Vec<StreamHolder>>,
+    },
+    /// A stream subscription its policy no longer allows (`REVOKED`) or now
+    /// decides differently (`RESCOPED`).
+    StreamEnd {
+        conn: ConnId,
+        sub: SubId,
+        reason: UnsubscribeReason,
     },
     /// A subscription the user may no longer hold.
     Revoke {
@@ -535,6 +557,10 @@ impl Hub {
             HubMsg::Holders { channels, reply } => {
                 let _ = reply.send(self.holders(&channels));
             }
+            HubMsg::StreamHolders { streams, reply } => {
+                let _ = reply.send(self.stream_holders(&streams));
+            }
+            HubMsg::StreamEnd { conn, sub, reason } => self.stream_end(conn, sub, reason),
             HubMsg::Revoke { conn, context, reason } => self.revoke(conn, context, reason),
             HubMsg::Reclass { conn, context, read } => self.reclass(conn, context, read),
             HubMsg::Reauth { conn, user } => {
@@ -956,7 +982,31 @@ impl Hub {
         self.update_subscription_gauge();
     }
 
-    fn holders(&self, channels: &super::revocation::Touched) -> Vec<Holders> {
+    fn stream_holders(&self, streams: &BTreeSet<String>) -> Vec<StreamHolder> {
+        self.streams
+            .subs
+            .values()
+            .filter(|s| streams.contains(&s.stream.name))
+            .filter_map(|s| {
+                let user = self.conns.get(&s.conn)?.user.clone();
+                let (stream, client, decision) = (s.stream.clone(), s.client.clone(), s.decision.clone());
+                Some(StreamHolder { conn: s.conn, user, sub: s.id, stream, client, decision })
+            })
+            .collect()
+    }
+
+    /// Ends a stream subscription the server decided again (still held by `conn`).
+    fn stream_end(&mut self, conn: ConnId, sub: SubId, reason: UnsubscribeReason) {
+        if !self.streams.subs.get(&sub).is_some_and(|s| s.conn == conn) {
+            return;
+        }
+        let Some(sub) = self.streams.remove(sub) else { return };
+        self.update_stream_gauge();
+        let msg = Unsubscribed { context: None, subscription: Some(sub.wire.to_string()), reason, rid: None };
+        self.send_msg(conn, &ServerMessage::Unsubscribed(msg));
+    }
+
+    fn holders(&self, channels: &BTreeSet<String>) -> Vec<Holders> {
         let in_channels =
             |context: &String| context.split_once('/').is_some_and(|(channel, _)| channels.contains(channel));
         self.conns

@@ -178,7 +178,7 @@ impl EngineBuilder {
         let schema_info = schema_info(&self.schema, &channels, &streams);
         let metrics = Arc::new(Metrics::default());
         let commit_lock = commit_lock::CommitLock::new(self.store.shared_log());
-        let watch = revocation::Watch::new(&channels);
+        let watch = revocation::Watch::new(&channels, &streams);
         let (revalidate_tx, revalidate_rx) = tokio::sync::mpsc::unbounded_channel();
         let revalidate = (!watch.is_empty()).then(|| hub::Revalidate { watch, tx: revalidate_tx });
         // With other processes on the store, connection ids name this process too.

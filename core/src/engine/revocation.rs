@@ -11,7 +11,7 @@
 use super::Inner;
 use super::hub::{ContextRules, Holders, HubMsg};
 use super::read::context_rules;
-use super::session::resolve_context;
+use super::session::{resolve_context, stream_decision};
 use crate::channel::Channel;
 use crate::error::ErrorReason;
 use crate::store::Committed;
@@ -19,19 +19,39 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 use tokio::sync::{mpsc, oneshot};
 
-/// Channel names whose subscriptions must be decided again.
-pub(crate) type Touched = BTreeSet<String>;
+/// Channels and streams whose subscriptions must be decided again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Touched {
+    pub channels: BTreeSet<String>,
+    pub streams: BTreeSet<String>,
+}
 
-/// Which channels a change to a row of each type may revoke.
+impl Touched {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.channels.is_empty() && self.streams.is_empty()
+    }
+
+    fn extend(&mut self, other: Touched) {
+        self.channels.extend(other.channels);
+        self.streams.extend(other.streams);
+    }
+}
+
+/// Which channels and streams a change to a row of each type may revoke.
 #[derive(Default)]
 pub(crate) struct Watch {
-    by_type: HashMap<String, Vec<String>>,
+    channels: HashMap<String, Vec<String>>,
+    streams: HashMap<String, Vec<String>>,
 }
 
 impl Watch {
-    /// The types each channel's policy depends on, and its anchor type.
-    pub(crate) fn new(channels: &BTreeMap<String, Arc<Channel>>) -> Self {
-        let mut by_type: HashMap<String, Vec<String>> = HashMap::new();
+    /// The types each channel's policy depends on (and its anchor type), and
+    /// the types each stream's policy depends on.
+    pub(crate) fn new(
+        channels: &BTreeMap<String, Arc<Channel>>,
+        streams: &BTreeMap<String, Arc<crate::stream::Stream>>,
+    ) -> Self {
+        let mut watch = Watch::default();
         for (name, channel) in channels {
             let depends = channel.policy.depends_on();
             if depends.is_empty() {
@@ -39,22 +59,30 @@ impl Watch {
             }
             let types: BTreeSet<&str> = depends.iter().copied().chain([channel.anchor.as_str()]).collect();
             for ty in types {
-                by_type.entry(ty.to_owned()).or_default().push(name.clone());
+                watch.channels.entry(ty.to_owned()).or_default().push(name.clone());
             }
         }
-        Watch { by_type }
+        for (name, stream) in streams {
+            for ty in stream.policy.depends_on().iter().copied().collect::<BTreeSet<&str>>() {
+                watch.streams.entry(ty.to_owned()).or_default().push(name.clone());
+            }
+        }
+        watch
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.by_type.is_empty()
+        self.channels.is_empty() && self.streams.is_empty()
     }
 
-    /// The channels a commit may have revoked subscriptions of.
+    /// The channels and streams a commit may have revoked subscriptions of.
     pub(crate) fn touched(&self, committed: &Committed) -> Touched {
-        let mut touched = Touched::new();
+        let mut touched = Touched::default();
         for change in &committed.changes {
-            if let Some(channels) = self.by_type.get(&*change.key.ty) {
-                touched.extend(channels.iter().cloned());
+            if let Some(channels) = self.channels.get(&*change.key.ty) {
+                touched.channels.extend(channels.iter().cloned());
+            }
+            if let Some(streams) = self.streams.get(&*change.key.ty) {
+                touched.streams.extend(streams.iter().cloned());
             }
         }
         touched
@@ -70,16 +98,61 @@ pub(crate) fn spawn(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Touched>
                 touched.extend(more);
             }
             let Some(inner) = inner.upgrade() else { return };
-            let revoked = revalidate_channels(&inner, &touched).await;
+            let mut revoked = 0;
+            if !touched.channels.is_empty() {
+                revoked += revalidate_channels(&inner, &touched.channels).await;
+            }
+            if !touched.streams.is_empty() {
+                revoked += revalidate_streams(&inner, &touched.streams).await;
+            }
             if revoked > 0 {
-                tracing::debug!(revoked, channels = ?touched, "subscriptions revoked after a commit");
+                tracing::debug!(revoked, ?touched, "subscriptions ended after a commit");
             }
         }
     });
 }
 
+/// Decides every subscription of `streams` again: one no longer allowed ends
+/// with `REVOKED`, one whose scope or read rule changed with `RESCOPED` (its
+/// client subscribes again and gets a fresh snapshot). Returns how many ended.
+async fn revalidate_streams(inner: &Inner, streams: &BTreeSet<String>) -> usize {
+    use crate::protocol::v1::UnsubscribeReason;
+    let (reply, answer) = oneshot::channel();
+    inner.hub.send(HubMsg::StreamHolders { streams: streams.clone(), reply });
+    let Ok(holders) = answer.await else { return 0 };
+    // One decision per (user, stream, client filters and ids).
+    let mut decided: HashMap<(crate::ids::Id, String, String), Option<String>> = HashMap::new();
+    let mut ended = 0;
+    for h in holders {
+        let key = (h.user.id, h.stream.name.clone(), format!("{:?}", h.client));
+        let now = match decided.get(&key) {
+            Some(now) => now.clone(),
+            None => {
+                let now = match stream_decision(inner, &h.user, &h.stream, &h.client.0, &h.client.1).await {
+                    Ok(d) => Some(d.key),
+                    Err(e) if e.code >= 500 => {
+                        tracing::warn!(error = %e, stream = %h.stream.name, "can't decide a stream subscription again now; it stays");
+                        Some(h.decision.clone())
+                    }
+                    Err(_) => None,
+                };
+                decided.insert(key, now.clone());
+                now
+            }
+        };
+        let reason = match now {
+            None => UnsubscribeReason::Revoked,
+            Some(key) if key != h.decision => UnsubscribeReason::Rescoped,
+            Some(_) => continue,
+        };
+        ended += 1;
+        inner.hub.send(HubMsg::StreamEnd { conn: h.conn, sub: h.sub, reason });
+    }
+    ended
+}
+
 /// Decides every subscription of `channels` again; returns how many ended.
-async fn revalidate_channels(inner: &Inner, channels: &Touched) -> usize {
+async fn revalidate_channels(inner: &Inner, channels: &BTreeSet<String>) -> usize {
     let (reply, answer) = oneshot::channel();
     inner.hub.send(HubMsg::Holders { channels: channels.clone(), reply });
     let Ok(holders) = answer.await else { return 0 };

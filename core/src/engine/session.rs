@@ -394,6 +394,8 @@ impl Session {
                 let mut sub = StreamSub::new(id, self.id, stream, filters, actions, projection, route);
                 sub.scope = req.scope.map(Arc::new);
                 sub.rule = req.rule;
+                sub.decision = req.decision;
+                sub.client = Arc::new((req.client, req.ids));
                 self.inner.hub.send(HubMsg::StreamSubscribe(Box::new(StreamSubscribeRequest {
                     sub,
                     rid: req.rid,
@@ -547,6 +549,11 @@ struct StreamAsk {
     scope: Option<serde_json::Map<String, serde_json::Value>>,
     /// The policy's read rule, unless it reads everything.
     rule: Option<Arc<StreamRule>>,
+    /// What names the policy's decision (see [`StreamDecision`]).
+    decision: String,
+    /// The client's own filters and ids (decided again after commits).
+    client: Filters,
+    ids: Vec<crate::ids::Id>,
 }
 
 fn find_stream(inner: &Inner, name: &str) -> Result<Arc<Stream>, WireError> {
@@ -645,14 +652,14 @@ async fn check_stream_subscribe(
         }
     };
     let ids: Vec<crate::ids::Id> = sub.id.into_iter().collect();
-    let request = StreamRequest { stream: &stream.name, ty: &stream.ty, filters: &client, ids: &ids };
-    let cx = PolicyContext::new(&*inner.store, user);
-    let (filters, scope) = scoped_filters(&stream, entity, &cx, &request, &client).await?;
+    let StreamDecision { filters, scope, rule, key } = stream_decision(inner, user, &stream, &client, &ids).await?;
     let scope = (!scope.is_empty()).then(|| scope.iter().map(|f| (f.key(), f.value.clone())).collect());
-    let rule = stream_rule(&stream, entity, &cx, &request).await?;
     let ask = StreamAsk {
         scope,
         rule,
+        decision: key,
+        client,
+        ids,
         actions: sub.actions,
         projection,
         snapshot: sub.snapshot,
@@ -719,6 +726,36 @@ async fn get_rows(inner: &Inner, user: &User, g: &Get) -> Result<Vec<Arc<crate::
         })
         .map(Arc::new)
         .collect())
+}
+
+/// What a stream's policy decides for a subscription now: its merged
+/// filters, the scope it forced, its read rule, and a key naming the
+/// decision (equal keys, equal decisions). 403 when it is denied.
+pub(crate) struct StreamDecision {
+    pub filters: CompiledFilters,
+    pub scope: Filters,
+    pub rule: Option<Arc<StreamRule>>,
+    pub key: String,
+}
+
+pub(crate) async fn stream_decision(
+    inner: &Inner,
+    user: &User,
+    stream: &Stream,
+    client: &Filters,
+    ids: &[crate::ids::Id],
+) -> Result<StreamDecision, WireError> {
+    let entity = inner
+        .schema
+        .entity(&stream.ty)
+        .ok_or_else(|| WireError::internal(format!("the type of stream `{}` is not in the schema", stream.name)))?;
+    let request = StreamRequest { stream: &stream.name, ty: &stream.ty, filters: client, ids };
+    let cx = PolicyContext::new(&*inner.store, user);
+    let (filters, scope) = scoped_filters(stream, entity, &cx, &request, client).await?;
+    let rule = stream_rule(stream, entity, &cx, &request).await?;
+    let scope_key: Vec<String> = scope.iter().map(|f| format!("{}={}", f.key(), f.value)).collect();
+    let key = format!("{} | {}", scope_key.join("&"), rule.as_ref().map_or("*", |r| &*r.key));
+    Ok(StreamDecision { filters, scope, rule, key })
 }
 
 /// The stream policy's read rule for this user, compiled (None: it reads everything).

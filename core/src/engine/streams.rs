@@ -20,7 +20,7 @@ use crate::read_rule::CompiledReadRule;
 use crate::row::{Fields, Row};
 use crate::store::Change;
 use crate::stream::filter::IndexKey;
-use crate::stream::{CompiledFilters, Payload, Stream};
+use crate::stream::{CompiledFilters, Filters, Payload, Stream};
 use crate::transport::{Frame, FrameKind};
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
@@ -82,6 +82,10 @@ pub(crate) struct StreamSub {
     pub scope: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// What the user may read of the stream's rows (None: everything).
     pub rule: Option<Arc<StreamRule>>,
+    /// The key of the policy's decision (scope and rule), to tell a change.
+    pub decision: String,
+    /// The client's own filters and ids, to decide the subscription again.
+    pub client: Arc<(Filters, Vec<Id>)>,
     shape: u32,
 }
 
@@ -119,6 +123,8 @@ impl StreamSub {
             route,
             scope: None,
             rule: None,
+            decision: String::new(),
+            client: Arc::new((Filters::new(), Vec::new())),
             shape: 0,
         }
     }

@@ -73,6 +73,15 @@ pub trait StreamPolicy: Send + Sync + 'static {
         Ok(Filters::new())
     }
 
+    /// The entity types [`has_permission`](Self::has_permission),
+    /// [`scope`](Self::scope) and [`read_rule`](Self::read_rule) read. A
+    /// commit that changes one decides the stream's subscriptions again: one
+    /// no longer allowed ends with `unsubscribed` `REVOKED`, one whose scope
+    /// or rule changed with `RESCOPED` (the clients subscribe again).
+    fn depends_on(&self) -> &[&str] {
+        &[]
+    }
+
     /// Which of the stream's rows, and which fields, the user may read (see
     /// [`ReadRule`]): decided at subscribe and on every event, in memory. A
     /// row entering or leaving what the user may read arrives as `create` or
@@ -111,6 +120,9 @@ impl<P: StreamPolicy + ?Sized> StreamPolicy for Arc<P> {
     }
     async fn read_rule(&self, cx: &PolicyContext<'_>, request: &StreamRequest<'_>) -> Result<ReadRule, PolicyError> {
         (**self).read_rule(cx, request).await
+    }
+    fn depends_on(&self) -> &[&str] {
+        (**self).depends_on()
     }
 }
 

@@ -1726,7 +1726,16 @@ export class Replica {
   onStreamUnsubscribed(msg) {
     if (msg.reason === 'CLIENT_REQUEST') return; // the answer to our own unsubscribe
     const view = [...this.streams.values()].find((v) => v.subscription === msg.subscription);
-    if (view) this.dropStream(view, msg.reason ?? 'UNKNOWN', null);
+    if (!view) return;
+    if (msg.reason === 'RESCOPED') {
+      // What the user may read of the stream changed: a fresh snapshot under
+      // the new decision replaces the rows (shown until it arrives).
+      view.subscription = null;
+      view.seq = null;
+      if (this.online) this.sendStreamSubscribe(view);
+      return;
+    }
+    this.dropStream(view, msg.reason ?? 'UNKNOWN', null);
   }
 
   /** Marks the rows a write names for the stream views to decide again. */

@@ -722,3 +722,75 @@ async fn presence_is_shown_to_the_others_and_shown_again_after_a_reconnect() {
     a.set_presence(Value::Null).expect("clear");
     eventually("bob sees it cleared", || b.presence().is_empty()).await;
 }
+
+/// A small deterministic generator (splitmix64): a failing seed replays exactly.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The Task rows of a view as `id → fields` (what a reader shows).
+fn task_rows(ctx: &statecast_client::Context) -> std::collections::BTreeMap<i64, Value> {
+    ctx.view().into_iter().filter(|r| &*r.ty == "Task").map(|r| (r.id, Value::Object(r.fields))).collect()
+}
+
+#[tokio::test]
+async fn over_quic_a_readers_view_is_what_its_rules_let_it_read_over_random_flips() {
+    let seed: u64 = std::env::var("STATECAST_READ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64)
+    });
+    eprintln!("seed {seed} (replay with STATECAST_READ_SEED={seed})");
+    let mut rng = seed;
+    let server = Server::start();
+    let mut cfg = ClientConfig::new(server.quic_url.clone(), "bob");
+    cfg.quic_trust = Some(statecast_client::QuicTrust::Fingerprint(server.quic_fingerprint.clone()));
+    let bob = Client::connect(cfg).await.expect("quic connect");
+    let (alice, carol) = (client(&server, "alice").await, client(&server, "carol").await);
+    let b = bob.subscribe("job", 1).await.expect("bob");
+    let a = alice.subscribe("job", 1).await.expect("alice");
+    let c = carol.subscribe("job", 1).await.expect("carol");
+    let mut ids = vec![1, 2];
+    for step in 0..30 {
+        let mut below = |n: u64| splitmix(&mut rng) % n;
+        let assignee = match below(3) {
+            0 => Value::Null,
+            n => json!(n),
+        };
+        let pick = ids[below(ids.len() as u64) as usize];
+        let result = match below(4) {
+            0 => {
+                let data = json!({"name": format!("q{step}"), "private": below(2) == 0, "assignee": assignee});
+                let w = a.create("Task", JOB1, data).expect("create");
+                let id = w.id().expect("id");
+                let r = w.await;
+                if r.is_ok() {
+                    ids.push(id);
+                }
+                r
+            }
+            1 => c.save("Task", pick, json!({"private": below(2) == 0})).expect("save").await,
+            2 => c.save("Task", pick, json!({"assignee": assignee})).expect("save").await,
+            _ => c.save("Task", pick, json!({"notes": format!("n{step}")})).expect("save").await,
+        };
+        result.unwrap_or_else(|e| panic!("seed {seed}, step {step}: the write failed: {e:?}"));
+        // carol (an admin) reads everything: bob's view must become her view,
+        // less what bob may not read.
+        let want = || -> std::collections::BTreeMap<i64, Value> {
+            task_rows(&c)
+                .into_iter()
+                .filter(|(_, t)| {
+                    t["private"] != json!(true) || t["assignee"] == json!(2) || t["created_by"] == json!(2)
+                })
+                .collect()
+        };
+        eventually(&format!("seed {seed}, step {step}: carol has every task"), || {
+            ids.iter().all(|id| task_rows(&c).contains_key(id))
+        })
+        .await;
+        eventually(&format!("seed {seed}, step {step}: bob's view over QUIC"), || task_rows(&b) == want()).await;
+    }
+    assert!(ids.len() > 2, "seed {seed}: the walk created tasks");
+}

@@ -997,7 +997,7 @@ impl Hub {
 
     /// Ends a stream subscription the server decided again (still held by `conn`).
     fn stream_end(&mut self, conn: ConnId, sub: SubId, reason: UnsubscribeReason) {
-        if !self.streams.subs.get(&sub).is_some_and(|s| s.conn == conn) {
+        if self.streams.subs.get(&sub).is_none_or(|s| s.conn != conn) {
             return;
         }
         let Some(sub) = self.streams.remove(sub) else { return };

@@ -292,3 +292,173 @@ impl LiveContext {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Moved, RowIndex};
+    use super::*;
+    use crate::channel::Channel;
+    use crate::read_rule::ReadRule;
+    use crate::schema::{OnDelete, Schema};
+    use crate::store::Change;
+    use crate::stream::Filters;
+    use serde_json::json;
+    use std::collections::{BTreeSet, VecDeque};
+
+    fn schema() -> Arc<Schema> {
+        Schema::builder()
+            .entity("Job", |t| {
+                t.string("name").default("");
+            })
+            .entity("Task", |t| {
+                t.reference("job", "Job").on_delete(OnDelete::Cascade);
+                t.bool("private").default(false);
+                t.string("notes").default("");
+            })
+            .entity("Step", |t| {
+                t.reference("task", "Task").on_delete(OnDelete::Cascade);
+            })
+            .relation("Job", "tasks", "Task", "job")
+            .relation("Task", "steps", "Step", "task")
+            .build()
+            .expect("schema")
+    }
+
+    fn row(ty: &str, id: i64, version: Seq, fields: serde_json::Value) -> Row {
+        let fields = fields.as_object().cloned().unwrap_or_default();
+        Row { ty: ty.into(), id, version, created: version, fields }
+    }
+
+    /// job/1 with public task 1 (steps 10, 11) and private task 2 (step 20).
+    fn context(schema: &Schema) -> (LiveContext, RowIndex) {
+        let channel = Arc::new(Channel::builder("job", "Job").include("tasks.steps").build(schema).expect("channel"));
+        let anchor = RowKey::new("Job", 1);
+        let mut ctx = LiveContext {
+            name: Arc::from("job/1"),
+            channel,
+            anchor: anchor.clone(),
+            rows: FastMap::default(),
+            parent: FastMap::default(),
+            children: FastMap::default(),
+            joined: FastMap::default(),
+            tombstones: VecDeque::new(),
+            tombstones_from: 1,
+            loaded_at: 1,
+            last_seq: 1,
+            subscribers: BTreeSet::new(),
+            state_cache: [None, None],
+            read: ReadClasses::default(),
+        };
+        let mut index = RowIndex::default();
+        ctx.rows.insert(anchor, Arc::new(row("Job", 1, 1, json!({"name": "j"}))));
+        let rows = [
+            row("Task", 1, 1, json!({"job": 1, "private": false, "notes": "a"})),
+            row("Task", 2, 1, json!({"job": 1, "private": true, "notes": "b"})),
+            row("Step", 10, 1, json!({"task": 1})),
+            row("Step", 11, 1, json!({"task": 1})),
+            row("Step", 20, 1, json!({"task": 2})),
+        ];
+        for r in rows {
+            let parent = ctx.parent_in_context(&r).expect("parent");
+            ctx.link(&mut index, r.key(), parent, Arc::new(r), None);
+        }
+        (ctx, index)
+    }
+
+    fn public_only(schema: &Schema) -> Arc<ContextRules> {
+        let task = schema.entity("Task").expect("Task");
+        let rule = ReadRule::rows_where(Filters::new().eq("private", false)).hide("notes");
+        let by_type = HashMap::from([("Task".to_owned(), rule.compile(task).expect("rule"))]);
+        Arc::new(ContextRules { key: format!("Task:{}", rule.key()), by_type })
+    }
+
+    fn keys(changes: &[DeltaChange]) -> Vec<(String, i64, ChangeOp)> {
+        changes.iter().map(|c| (c.ty.to_string(), c.id, c.op)).collect()
+    }
+
+    /// Applies a change to the context and returns what the class sees of it.
+    fn commit(ctx: &mut LiveContext, index: &mut RowIndex, seq: Seq, change: Change) -> Vec<DeltaChange> {
+        let mut changes = Vec::new();
+        assert!(!ctx.apply(index, seq, &change, &Moved::new(), &mut changes));
+        ctx.last_seq = seq;
+        let id = *ctx.read.classes.keys().next().expect("a class");
+        let mut class = ctx.read.classes.remove(&id).expect("class");
+        let seen = ctx.class_changes(&mut class, seq, &changes);
+        class.last_seq = seq;
+        ctx.read.classes.insert(id, class);
+        seen
+    }
+
+    fn saved(before: &Row, after: serde_json::Value, seq: Seq) -> Change {
+        let mut next = before.clone();
+        next.version = seq;
+        next.fields.extend(after.as_object().cloned().unwrap_or_default());
+        Change { key: before.key(), before: Some(before.clone()), after: Some(next) }
+    }
+
+    #[test]
+    fn a_class_sees_readable_rows_under_seen_parents_without_hidden_fields() {
+        let schema = schema();
+        let (mut ctx, _) = context(&schema);
+        ctx.join_class(7, public_only(&schema));
+        let class = ctx.read.class_of(7).expect("class");
+        let shown: Vec<(String, i64)> = ctx.class_rows(class).iter().map(|r| (r.ty.to_string(), r.id)).collect();
+        let want = [("Job", 1), ("Task", 1), ("Step", 10), ("Step", 11)].map(|(t, i)| (t.to_owned(), i)).to_vec();
+        assert_eq!(shown, want, "the private task hides its step too");
+        assert!(ctx.class_rows(class).iter().all(|r| !r.fields.contains_key("notes")), "notes are hidden");
+        // A second subscriber with equal rules joins the same class.
+        ctx.join_class(8, public_only(&schema));
+        assert_eq!(ctx.read.classes.len(), 1);
+        ctx.read.remove(7);
+        ctx.read.remove(8);
+        assert!(ctx.read.classes.is_empty(), "an empty class is dropped");
+    }
+
+    #[test]
+    fn flips_arrive_as_subtree_creates_and_deletes_and_hidden_changes_as_version_bumps() {
+        let schema = schema();
+        let (mut ctx, mut index) = context(&schema);
+        ctx.join_class(7, public_only(&schema));
+        let task2 = (*ctx.rows[&RowKey::new("Task", 2)]).clone();
+        let seen = commit(&mut ctx, &mut index, 2, saved(&task2, json!({"private": false}), 2));
+        assert_eq!(
+            keys(&seen),
+            vec![("Task".into(), 2, ChangeOp::Create), ("Step".into(), 20, ChangeOp::Create)],
+            "revealed with its subtree"
+        );
+        assert!(!seen[0].fields.contains_key("notes"), "{seen:?}");
+
+        let task1 = (*ctx.rows[&RowKey::new("Task", 1)]).clone();
+        let seen = commit(&mut ctx, &mut index, 3, saved(&task1, json!({"notes": "secret"}), 3));
+        assert_eq!(keys(&seen), vec![("Task".into(), 1, ChangeOp::Update)]);
+        assert!(seen[0].fields.is_empty() && seen[0].version == 3, "a version-only update: {seen:?}");
+
+        let task1 = (*ctx.rows[&RowKey::new("Task", 1)]).clone();
+        let seen = commit(&mut ctx, &mut index, 4, saved(&task1, json!({"private": true}), 4));
+        let mut got = keys(&seen);
+        got.sort_by_key(|(ty, id, _)| (ty.clone(), *id));
+        assert_eq!(
+            got,
+            vec![
+                ("Step".into(), 10, ChangeOp::Delete),
+                ("Step".into(), 11, ChangeOp::Delete),
+                ("Task".into(), 1, ChangeOp::Delete)
+            ],
+            "concealed with its subtree"
+        );
+        // The class remembers: an incremental state since 1 shows task 2 and
+        // step 20 (revealed), drops task 1 and its steps, and names nothing it never saw.
+        let class = ctx.read.class_of(7).expect("class");
+        let (rows, removed) = ctx.class_changes_since(class, 1).expect("reaches back");
+        let rows: Vec<(String, i64)> = rows.iter().map(|r| (r.ty.to_string(), r.id)).collect();
+        assert_eq!(rows, vec![("Task".to_owned(), 2), ("Step".to_owned(), 20)]);
+        let mut removed: Vec<(String, i64)> = removed.into_iter().map(|r| (r.ty, r.id)).collect();
+        removed.sort();
+        assert_eq!(removed, vec![("Step".into(), 10), ("Step".into(), 11), ("Task".into(), 1)]);
+        assert!(ctx.class_changes_since(class, 0).is_none(), "not before the class existed");
+
+        // A change to a row the class can't see is not its business.
+        let task1 = (*ctx.rows[&RowKey::new("Task", 1)]).clone();
+        assert!(commit(&mut ctx, &mut index, 5, saved(&task1, json!({"notes": "x"}), 5)).is_empty());
+    }
+}

@@ -122,6 +122,14 @@ impl Frame {
         })
     }
 
+    /// Decodes into a scenario's own typed struct (unknown fields skipped).
+    pub fn decode_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, BoxError> {
+        Ok(match self {
+            Frame::Json(s) => serde_json::from_str(s)?,
+            Frame::MsgPack(b) => rmp_serde::from_slice(&b.data)?,
+        })
+    }
+
     pub fn value(&self) -> Result<Value, BoxError> {
         Ok(match self {
             Frame::Json(s) => serde_json::from_str(s)?,

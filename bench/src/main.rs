@@ -2,7 +2,7 @@
 //! and reports fan-out (as a ratio to a bare tokio-tungstenite broadcast
 //! server measured in the same run), durable write throughput, initial load,
 //! many contexts with denied writes, a reconnect storm, memory per idle
-//! connection and stream routing.
+//! connection, stream routing, presence latency and revocation latency.
 //!
 //! Latency is open-loop: every write has an intended send time on a fixed
 //! schedule, carried in the row itself, and latency is measured from that
@@ -17,7 +17,9 @@ mod client;
 mod cluster;
 mod fanout;
 mod hardening;
+mod presence;
 mod proc_stats;
+mod revocation;
 mod scenarios;
 mod server;
 
@@ -96,7 +98,8 @@ struct Args {
     /// Override: stores, each `sled`, `fjall`, `sqlite` or a `postgres://` URL (a fresh schema per server).
     #[arg(long, value_delimiter = ',')]
     stores: Option<Vec<server::StoreArg>>,
-    /// Override: scenarios: fanout, writes, load, contexts, storm, memory, streams, cluster, hardening.
+    /// Override: scenarios: fanout, writes, load, contexts, storm, memory, streams, cluster, hardening,
+    /// presence, revocation, revocation-race (the last in no mode: name it).
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
     /// Override: context sizes (rows) of the initial-load scenario.
@@ -123,6 +126,32 @@ struct Args {
     /// Override: closed-loop writers of the `cluster` scenario's throughput run.
     #[arg(long)]
     cluster_concurrency: Option<usize>,
+    /// Override: points of the `presence` scenario, CLIENTSxHZ (each client
+    /// sends HZ presence updates a second to `job/1`), e.g. 100x20,100x5,30x20.
+    #[arg(long, value_delimiter = ',')]
+    presence_points: Option<Vec<presence::Point>>,
+    /// Override: seconds each `presence` point sends for.
+    #[arg(long)]
+    presence_seconds: Option<u64>,
+    /// Override: bob's subscriptions in the `revocation` scenario.
+    #[arg(long)]
+    revocation_subscriptions: Option<usize>,
+    /// Override: bob's connections in the `revocation` scenario (one run per
+    /// value; each connection holds subscriptions / connections contexts, at most 501).
+    #[arg(long, value_delimiter = ',')]
+    revocation_connections: Option<Vec<usize>>,
+    /// Override: alice's connections in the `revocation` scenario, each holding every context bob holds.
+    #[arg(long)]
+    revocation_keepers: Option<usize>,
+    /// Override: rounds (delete, measure, re-create, resubscribe) of the `revocation` scenario.
+    #[arg(long)]
+    revocation_rounds: Option<usize>,
+    /// Rounds of the `revocation-race` probe (subscribes racing the delete; a named scenario only).
+    #[arg(long, default_value_t = 100)]
+    race_rounds: usize,
+    /// Bob's churning connections in the `revocation-race` probe.
+    #[arg(long, default_value_t = 50)]
+    race_connections: usize,
 }
 
 /// `--spread` values.
@@ -174,6 +203,12 @@ struct Plan {
     cluster_subscribers: usize,
     cluster_rate: u64,
     cluster_concurrency: usize,
+    presence_points: Vec<presence::Point>,
+    presence_seconds: u64,
+    revocation_subscriptions: usize,
+    revocation_connections: Vec<usize>,
+    revocation_keepers: usize,
+    revocation_rounds: usize,
 }
 
 impl Plan {
@@ -192,6 +227,8 @@ impl Plan {
                     "streams",
                     "cluster",
                     "hardening",
+                    "presence",
+                    "revocation",
                 ]),
                 transports: vec![Kind::Ws, Kind::Quic],
                 stores: vec![server::StoreArg::Fjall, server::StoreArg::Sled, server::StoreArg::Sqlite],
@@ -212,11 +249,27 @@ impl Plan {
                 cluster_subscribers: 150,
                 cluster_rate: 200,
                 cluster_concurrency: 48,
+                presence_points: points(&["2x20", "30x20", "100x5", "100x10", "100x19", "100x20", "150x20", "200x20"]),
+                presence_seconds: 15,
+                revocation_subscriptions: 10_000,
+                revocation_connections: vec![100, 20],
+                revocation_keepers: 10,
+                revocation_rounds: 20,
             }
         } else {
             Plan {
                 mode: "quick",
-                scenarios: s(&["fanout", "writes", "load", "contexts", "storm", "memory", "cluster"]),
+                scenarios: s(&[
+                    "fanout",
+                    "writes",
+                    "load",
+                    "contexts",
+                    "storm",
+                    "memory",
+                    "cluster",
+                    "presence",
+                    "revocation",
+                ]),
                 transports: vec![Kind::Ws],
                 stores: vec![server::StoreArg::Fjall],
                 seconds: 2,
@@ -236,6 +289,12 @@ impl Plan {
                 cluster_subscribers: 30,
                 cluster_rate: 200,
                 cluster_concurrency: 12,
+                presence_points: points(&["100x20", "100x5"]),
+                presence_seconds: 5,
+                revocation_subscriptions: 10_000,
+                revocation_connections: vec![100],
+                revocation_keepers: 10,
+                revocation_rounds: 5,
             }
         };
         if let Some(v) = &a.scenarios {
@@ -292,12 +351,35 @@ impl Plan {
         if let Some(v) = &a.idle_connections {
             p.idle_connections = v.clone();
         }
+        if let Some(v) = &a.presence_points {
+            p.presence_points = v.clone();
+        }
+        if let Some(v) = a.presence_seconds {
+            p.presence_seconds = v.max(1);
+        }
+        if let Some(v) = a.revocation_subscriptions {
+            p.revocation_subscriptions = v.max(1);
+        }
+        if let Some(v) = &a.revocation_connections {
+            p.revocation_connections = v.iter().map(|&c| c.max(1)).collect();
+        }
+        if let Some(v) = a.revocation_keepers {
+            p.revocation_keepers = v;
+        }
+        if let Some(v) = a.revocation_rounds {
+            p.revocation_rounds = v.max(1);
+        }
         p
     }
 
     fn runs(&self, name: &str) -> bool {
         self.scenarios.iter().any(|s| s == name)
     }
+}
+
+/// Presence points from `CLIENTSxHZ` literals.
+fn points(v: &[&str]) -> Vec<presence::Point> {
+    v.iter().filter_map(|p| p.parse().ok()).collect()
 }
 
 #[tokio::main]
@@ -360,6 +442,18 @@ async fn main() -> Result<(), client::BoxError> {
     if plan.runs("cluster") {
         let r = cluster_report(&mut report, &bin, &args, &plan).await;
         note_failure(&mut report, "cluster", r);
+    }
+    if plan.runs("presence") {
+        let r = presence_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "presence", r);
+    }
+    if plan.runs("revocation") {
+        let r = revocation_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "revocation", r);
+    }
+    if plan.runs("revocation-race") {
+        let r = race_report(&mut report, &bin, &args, &plan).await;
+        note_failure(&mut report, "revocation-race", r);
     }
     let _ = writeln!(report, "\nWall time: {:.0} s.", started.elapsed().as_secs_f64());
     println!("{report}");
@@ -816,6 +910,185 @@ async fn hardening_report(report: &mut String, bin: &Path, plan: &Plan) -> Resul
         p.still_open,
         mib(p.rss_idle),
         mib(p.rss_peak)
+    );
+    Ok(())
+}
+
+async fn presence_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Fjall);
+    let length = Duration::from_secs(plan.presence_seconds);
+    let _ = writeln!(
+        report,
+        "\n### Presence latency on {store}: N WebSocket clients in `job/1`, each showing a cursor R times a second \
+         (open loop, {} s per point)\n\n\
+         Clients are alice, bob and carol in turn, each point on a fresh server; senders are staggered over one \
+         interval. Each update carries its intended send time; latency runs from it to the `presence` message's \
+         arrival at every other client (the server's pacing — at most 20 relayed per connection per second, the \
+         latest per context kept while one waits — counts in it). Relayed = per sender, the most any other client \
+         saw; coalesced = sent − relayed; expected = relayed × (N − 1). CPU % is of one core (200% = both); other CPU is \
+         everything else the machine ran meanwhile (from /proc/stat). \
+         Target: p99 < 100 ms.\n",
+        plan.presence_seconds
+    );
+    let _ = writeln!(
+        report,
+        "| clients | updates/s each | offered deliveries/s | sent | relayed | coalesced | received/expected | deliveries/s | p50 ms | p90 ms | p99 ms | max ms | p99 < 100 ms | order violations | disconnected (slow consumers) | errors | send lag p99/max ms | server CPU | bench CPU | other CPU | frame bytes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for &p in &plan.presence_points {
+        let srv = server::Server::start(bin, &store)?;
+        let r = presence::run(&srv, p, length).await?;
+        drop(srv);
+        eprintln!("presence {p}: {r:?}");
+        let _ = writeln!(
+            report,
+            "| {} | {} | {} | {} | {} | {} ({:.1}%) | {}/{} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} ({}) | {} | {:.2}/{:.2} | {:.0}% | {:.0}% | {:.0}% | {:.0} |",
+            r.clients,
+            r.hz,
+            r.offered_per_sec(),
+            r.sent,
+            r.relayed,
+            r.coalesced(),
+            r.coalesced() as f64 * 100.0 / r.sent.max(1) as f64,
+            r.received,
+            r.expected,
+            r.deliveries_per_sec,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.max_ms,
+            if r.p99_ms < 100.0 { "met" } else { "not met" },
+            r.order_violations,
+            r.disconnected,
+            r.slow_consumers,
+            r.errors,
+            r.send_lag_p99_ms,
+            r.send_lag_max_ms,
+            r.server_cpu,
+            r.bench_cpu,
+            r.other_cpu,
+            r.frame_bytes
+        );
+    }
+    Ok(())
+}
+
+async fn revocation_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    use revocation::quantile;
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Fjall);
+    let (subs, keepers, rounds) = (plan.revocation_subscriptions, plan.revocation_keepers, plan.revocation_rounds);
+    let _ = writeln!(
+        report,
+        "\n### Revocation latency on {store}: one delete ends bob's {subs} subscriptions ({rounds} rounds)\n\n\
+         Bob holds `project/1` and jobs of project 1 (`job/1` …, seeded with `--demo-jobs`) on each of his \
+         connections; alice holds the same contexts on {keepers} connections. Each round carol deletes bob's \
+         `ProjectMember` row through `project/1`; latency runs from the delete's send to the last \
+         `unsubscribed` `REVOKED` at bob (and from its `writeResponse`; negative: every subscription had ended \
+         before the answer came). Then carol creates the membership again and bob subscribes to everything again \
+         (at most 16 subscribes in flight per connection). Quantiles are over the rounds. Target: p99 < 250 ms, \
+         and alice's subscriptions never end.\n"
+    );
+    let _ = writeln!(
+        report,
+        "| bob's connections × contexts | subscriptions held (gauge, all users) | rounds | last REVOKED after send p50 / p99 / max ms | p99 < 250 ms | after writeResponse p50 / p99 ms | delete answered p50 ms | first / median REVOKED p50 ms | server CPU ms per round (median) | resubscribe p50 ms | missing | other reasons | alice's ended | alice's project/1 deltas | states sent to alice again | subscribe errors | disconnected |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    let mut per_round = String::new();
+    let mut failed = None;
+    for &connections in &plan.revocation_connections {
+        let cfg = revocation::Config { subscriptions: subs, connections, keepers, rounds };
+        let r = match revocation::run(bin, &store, cfg).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The layouts measured so far keep their rows.
+                failed = Some(format!("{connections} connections: {e}"));
+                break;
+            }
+        };
+        eprintln!("revocation {connections} connections: {r:?}");
+        let col = |f: fn(&revocation::Round) -> f64| r.rounds.iter().map(f).collect::<Vec<f64>>();
+        let last = col(|x| x.last_ms);
+        let after = col(|x| x.last_after_answer_ms);
+        let _ = writeln!(
+            report,
+            "| {} × {} | {} ({}) | {} | {:.1} / {:.1} / {:.1} | {} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} | {:.0} | {:.0} | {} | {} | {} | {}/{} | {} | {} | {} |",
+            r.connections,
+            r.per_connection,
+            r.subscriptions,
+            r.gauge,
+            r.rounds.len(),
+            quantile(&last, 0.5),
+            quantile(&last, 0.99),
+            quantile(&last, 1.0),
+            if quantile(&last, 0.99) < 250.0 && r.missing == 0 { "met" } else { "not met" },
+            quantile(&after, 0.5),
+            quantile(&after, 0.99),
+            quantile(&col(|x| x.answer_ms), 0.5),
+            quantile(&col(|x| x.first_ms), 0.5),
+            quantile(&col(|x| x.median_ms), 0.5),
+            quantile(&col(|x| x.server_cpu_ms), 0.5),
+            quantile(&col(|x| x.resubscribe_ms), 0.5),
+            r.missing,
+            r.other_unsubscribed,
+            r.keeper_unsubscribed,
+            r.keeper_deltas,
+            r.keeper_deltas_expected,
+            r.keeper_states,
+            r.subscribe_errors,
+            r.disconnected,
+        );
+        for (i, x) in r.rounds.iter().enumerate() {
+            let _ = writeln!(
+                per_round,
+                "| {} × {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} |",
+                r.connections,
+                r.per_connection,
+                i + 1,
+                x.revoked,
+                x.answer_ms,
+                x.first_ms,
+                x.median_ms,
+                x.last_ms,
+                x.server_cpu_ms,
+                x.resubscribe_ms
+            );
+        }
+    }
+    let _ = writeln!(
+        report,
+        "\nEach round (ms from the delete's send):\n\n\
+         | bob's connections × contexts | round | REVOKED received | writeResponse | first | median | last | server CPU ms | resubscribe before it ms |\n\
+         |---|---|---|---|---|---|---|---|---|\n{per_round}"
+    );
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+async fn race_report(report: &mut String, bin: &Path, args: &Args, plan: &Plan) -> Result<(), client::BoxError> {
+    let store = plan.stores.first().cloned().unwrap_or(server::StoreArg::Fjall);
+    let (conns, rounds, jobs) = (args.race_connections, args.race_rounds, 100);
+    let r = revocation::race(bin, &store, conns, jobs, rounds).await?;
+    eprintln!("revocation race: {r:?}");
+    let refused: Vec<String> = r.refused.iter().map(|(reason, n)| format!("{n}× {reason}")).collect();
+    let survivors: Vec<String> =
+        r.survivors.iter().take(10).map(|(round, context)| format!("round {} {context}", round + 1)).collect();
+    let _ = writeln!(
+        report,
+        "\n### Subscribes racing the revocation on {store} ({rounds} rounds)\n\n\
+         {conns} connections of bob subscribe to and unsubscribe from `job/1` … `job/{jobs}` back to back (alice \
+         keeps them live) while carol deletes his membership; 50 ms after the delete's answer they stop, and \
+         whatever each holds must end `REVOKED` within 2 s. Survived = granted before or around the delete and \
+         never ended (a leak).\n\n\
+         | rounds | subscribes granted | refused | ended REVOKED | survived | gauge excess | survivors (first 10) |\n\
+         |---|---|---|---|---|---|---|\n\
+         | {} | {} | {} | {} | {} | {} | {} |",
+        r.rounds,
+        r.granted,
+        if refused.is_empty() { "0".to_owned() } else { refused.join(", ") },
+        r.revoked,
+        r.survived,
+        r.gauge_excess,
+        if survivors.is_empty() { "—".to_owned() } else { survivors.join("; ") }
     );
     Ok(())
 }

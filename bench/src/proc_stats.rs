@@ -26,3 +26,19 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// CPU seconds the whole machine has been busy (every core: all but idle
+/// and iowait), from the first line of /proc/stat (0.0 where unavailable).
+/// Minus the server's and the generator's own, it shows what else ran.
+pub fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else {
+        return 0.0;
+    };
+    let ticks: Vec<f64> = cpu.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (total - idle) / 100.0
+}

@@ -286,3 +286,32 @@ async fn saves_racing_on_one_row_all_commit() {
     assert_eq!(task["_version"].as_u64(), committed.iter().max().copied(), "the last commit's version: {task}");
     assert!(task["notes"].as_str().is_some_and(|n| n.starts_with('w')), "{task}");
 }
+
+/// Answers keep the order of the requests: a refusal (decided at once) sent
+/// right behind a write still waiting for durability (or, on PostgreSQL, for
+/// the shared log to deliver it) comes after that write's answer.
+#[tokio::test]
+async fn answers_keep_the_order_of_the_requests_behind_a_write_in_flight() {
+    let server = TestServer::start();
+    let (mut alice, _) = server.subscribed("alice", 1).await;
+    for round in 0..20 {
+        let ok_id = 1000 + round * 3;
+        let mut good = save("job/1", "Task", 1, json!({"notes": format!("round {round}")}));
+        good["writeId"] = json!(ok_id);
+        let mut bad = save("job/1", "Task", 1, json!({"status": "blocked"}));
+        bad["writeId"] = json!(ok_id + 1);
+        alice.send(good).await;
+        alice.send(bad).await;
+        alice.send(json!({"type": "ping", "rid": round})).await;
+        let mut answers = Vec::new();
+        while answers.len() < 3 {
+            let m = alice.recv().await;
+            match m["type"].as_str() {
+                Some("writeResponse") => answers.push(m["writeId"].clone()),
+                Some("pong") => answers.push(json!("pong")),
+                _ => {}
+            }
+        }
+        assert_eq!(answers, vec![json!(ok_id), json!(ok_id + 1), json!("pong")], "round {round}");
+    }
+}

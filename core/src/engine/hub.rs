@@ -343,13 +343,27 @@ pub(crate) fn spawn(
         presence: super::presence::PresenceBook::new(store_bus_origin(&bus, &settings.conn_suffix)),
         bus: bus.clone(),
         conn_suffix: settings.conn_suffix,
+        gauge_dirty: false,
+        gauge_at: Instant::now(),
     };
     if let Some(bus) = bus {
         presence::spawn_bus_reader(bus, tx.downgrade());
         hub.bus_joined();
     }
     tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
+        loop {
+            let msg = if hub.gauge_dirty {
+                tokio::select! {
+                    msg = rx.recv() => msg,
+                    _ = tokio::time::sleep(GAUGE_EVERY) => {
+                        hub.recount_subscriptions();
+                        continue;
+                    }
+                }
+            } else {
+                rx.recv().await
+            };
+            let Some(msg) = msg else { break };
             hub.handle(msg).await;
         }
     });
@@ -526,7 +540,13 @@ struct Hub {
     bus: Option<Arc<dyn crate::store::Bus>>,
     /// Makes connection ids unique across the processes on a bus (`@…`).
     conn_suffix: String,
+    /// The subscription gauge is behind (see `update_subscription_gauge`).
+    gauge_dirty: bool,
+    gauge_at: Instant,
 }
+
+/// How often the subscription gauge is recounted at most.
+const GAUGE_EVERY: Duration = Duration::from_millis(50);
 
 /// The revalidator's inbox and what it watches.
 pub(crate) struct Revalidate {
@@ -722,7 +742,19 @@ impl Hub {
         }
     }
 
-    fn update_subscription_gauge(&self) {
+    /// Recounted at most every [`GAUGE_EVERY`]: a recount walks every live
+    /// context, and a mass revocation or disconnect would do it per removal.
+    fn update_subscription_gauge(&mut self) {
+        if self.gauge_at.elapsed() < GAUGE_EVERY {
+            self.gauge_dirty = true;
+            return;
+        }
+        self.recount_subscriptions();
+    }
+
+    fn recount_subscriptions(&mut self) {
+        self.gauge_dirty = false;
+        self.gauge_at = Instant::now();
         let n: usize = self
             .contexts
             .values()

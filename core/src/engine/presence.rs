@@ -337,7 +337,7 @@ impl PresenceOutbox {
     /// An update: Some(update) to relay now, or None when it waits.
     pub fn offer(&mut self, context: String, data: Value, now: Instant) -> Option<(String, Value)> {
         if self.waiting.is_empty() && self.next_at.is_none_or(|at| now >= at) {
-            self.next_at = Some(now + Self::GAP);
+            self.advance(now);
             return Some((context, data));
         }
         if let Some(slot) = self.waiting.values_mut().find(|(c, _)| *c == context) {
@@ -360,8 +360,18 @@ impl PresenceOutbox {
             return None;
         }
         let (_, update) = self.waiting.pop_first()?;
-        self.next_at = Some(now + Self::GAP);
+        self.advance(now);
         Some(update)
+    }
+
+    /// The next slot follows the one just used, not the moment it was used
+    /// (a timer fires a little late: counting from then, a client sending
+    /// at exactly the limit would always be slightly over it). At most one
+    /// slot of credit builds up while idle.
+    fn advance(&mut self, now: Instant) {
+        let floor = now.checked_sub(Self::GAP).unwrap_or(now);
+        let from = self.next_at.map_or(now, |at| at.max(floor));
+        self.next_at = Some(from + Self::GAP);
     }
 
     /// The connection left the context: what waited for it is dropped.
@@ -459,10 +469,19 @@ mod tests {
         assert_eq!(out.take_due(t0 + gap), None);
         assert_eq!(out.take_due(t0 + gap * 2), Some(("job/2".into(), json!("b"))));
         assert_eq!(out.due(), None);
-        // Idle since: the next goes at once.
-        assert!(out.offer("job/1".into(), json!(0), t0 + gap * 10).is_some());
-        out.offer("job/1".into(), json!(5), t0 + gap * 10);
+        // Idle since: the next goes at once (one slot of credit), the one after waits.
+        let later = t0 + gap * 10;
+        assert!(out.offer("job/1".into(), json!(0), later).is_some());
+        assert!(out.offer("job/1".into(), json!(1), later).is_some(), "the credit of one idle slot");
+        assert!(out.offer("job/1".into(), json!(5), later).is_none());
         out.forget("job/1");
         assert_eq!(out.due(), None, "a left context's waiting update is dropped");
+        // Exactly at the limit, a little late each time: nothing is ever held back.
+        let mut out = PresenceOutbox::default();
+        let start = t0 + gap * 100;
+        for i in 0..100u32 {
+            let at = start + gap * i + Duration::from_micros(900);
+            assert!(out.offer("job/1".into(), json!(i), at).is_some(), "update {i} at the limit waited");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! a context is loaded once, kept in memory while subscribed, and its state
 //! is served from that cache.
 
+mod answers;
 mod presence;
 mod read_classes;
 
@@ -139,6 +140,11 @@ pub(crate) enum HubMsg {
         committed: Committed,
         writer: Option<WriterTag>,
         started: Instant,
+    },
+    /// One process: every commit up to `through` is durable (or not: the error).
+    Durable {
+        through: Seq,
+        result: Result<(), crate::store::StoreError>,
     },
     /// Shared log: committed entries in seq order (any process's), and the
     /// seq up to which every commit is settled.
@@ -343,9 +349,15 @@ pub(crate) fn spawn(
         presence: super::presence::PresenceBook::new(store_bus_origin(&bus, &settings.conn_suffix)),
         bus: bus.clone(),
         conn_suffix: settings.conn_suffix,
+        durability: None,
         gauge_dirty: false,
         gauge_at: Instant::now(),
     };
+    if !hub.shared_log {
+        let (durable_tx, durable_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_durability(hub.store.clone(), durable_rx, tx.downgrade()));
+        hub.durability = Some(durable_tx);
+    }
     if let Some(bus) = bus {
         presence::spawn_bus_reader(bus, tx.downgrade());
         hub.bus_joined();
@@ -373,6 +385,26 @@ pub(crate) fn spawn(
 /// This process's name on the bus: its connection ids' suffix (without `@`).
 fn store_bus_origin(bus: &Option<Arc<dyn crate::store::Bus>>, conn_suffix: &str) -> Option<String> {
     bus.as_ref().map(|_| conn_suffix.trim_start_matches('@').to_owned())
+}
+
+/// One process: waits for the commits' durability in seq order, off the
+/// hub's loop, and tells the hub (`Durable`). Commits queued meanwhile are
+/// waited for at once: durability is a watermark.
+async fn run_durability(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::UnboundedReceiver<Seq>,
+    hub: mpsc::WeakUnboundedSender<HubMsg>,
+) {
+    while let Some(mut through) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            through = through.max(more);
+        }
+        let result = store.wait_durable(through).await;
+        let Some(tx) = hub.upgrade() else { return };
+        if tx.send(HubMsg::Durable { through, result }).is_err() {
+            return;
+        }
+    }
 }
 
 /// Shared log: reads the log in seq order (woken by notifications, else every
@@ -434,15 +466,11 @@ struct ConnEntry {
     outbox: Outbox,
     codec: Codec,
     subs: SharedSubs,
-    /// Subscribes of this connection whose `state` has not been sent yet
-    /// (the context loads, or a `since` is read from the log).
-    awaiting_states: u32,
-    /// Answers held until those states are sent: a write's `writeResponse`
-    /// must not overtake the `state` that carries its effect (the state
-    /// stands in for the write's tagged delta there), and later answers keep
-    /// their order behind it. With the write's in-flight count, released
-    /// when the answer is sent.
-    held: Vec<(ServerMessage, Option<Arc<std::sync::atomic::AtomicUsize>>)>,
+    /// The order of this connection's answers: behind writes whose commits
+    /// are not delivered yet, and behind `state`s not sent yet (a write's
+    /// `writeResponse` must not overtake the state that carries its effect;
+    /// the state stands in for the write's tagged delta there).
+    answers: answers::AnswerQueue,
 }
 
 /// How many removals a live context remembers for incremental states.
@@ -540,6 +568,8 @@ struct Hub {
     bus: Option<Arc<dyn crate::store::Bus>>,
     /// Makes connection ids unique across the processes on a bus (`@…`).
     conn_suffix: String,
+    /// One process: where commits go to wait for durability (see [`run_durability`]).
+    durability: Option<mpsc::UnboundedSender<Seq>>,
     /// The subscription gauge is behind (see `update_subscription_gauge`).
     gauge_dirty: bool,
     gauge_at: Instant,
@@ -561,7 +591,7 @@ impl Hub {
     async fn handle(&mut self, msg: HubMsg) {
         match msg {
             HubMsg::Connect { conn, user, outbox, codec, subs } => {
-                let entry = ConnEntry { user, outbox, codec, subs, awaiting_states: 0, held: Vec::new() };
+                let entry = ConnEntry { user, outbox, codec, subs, answers: answers::AnswerQueue::default() };
                 self.conns.insert(conn, entry);
                 self.metrics.connections.store(self.conns.len() as u64, Ordering::Relaxed);
             }
@@ -589,13 +619,21 @@ impl Hub {
                 }
             }
             HubMsg::Disconnect { conn } => self.disconnect(conn),
-            HubMsg::Commit { committed, writer, started } if self.shared_log => {
-                self.await_tail(committed, writer, started)
+            HubMsg::Commit { committed, writer, started } => {
+                self.note_commit(&writer);
+                if self.shared_log {
+                    self.await_tail(committed, writer, started)
+                } else {
+                    self.await_durable(committed, writer, started)
+                }
             }
-            HubMsg::Commit { committed, writer, started } => self.commit(committed, writer, started).await,
+            HubMsg::Durable { through, result } => self.durable(through, result).await,
             HubMsg::Tailed { entries, through } => self.tailed(entries, through).await,
             HubMsg::Subscribe(req) => self.subscribe(req),
-            HubMsg::Loaded { context, result } => self.loaded(context, result),
+            HubMsg::Loaded { context, result } => {
+                self.deliver_durable().await;
+                self.loaded(context, result)
+            }
             HubMsg::Backfilled { req, upto, entries } => self.backfilled(req, upto, entries),
             HubMsg::Unsubscribe { conn, context, rid } => self.unsubscribe(conn, context, rid),
             HubMsg::Reply { conn, msg } => self.answer(conn, *msg, None),
@@ -611,7 +649,10 @@ impl Hub {
                 let _ = done.send(());
             }
             HubMsg::StreamSubscribe(req) => self.stream_subscribe(*req),
-            HubMsg::StreamLoaded { sub, result } => self.stream_loaded(sub, result),
+            HubMsg::StreamLoaded { sub, result } => {
+                self.deliver_durable().await;
+                self.stream_loaded(sub, result)
+            }
             HubMsg::StreamUnsubscribe { conn, subscription, rid } => self.stream_unsubscribe(conn, subscription, rid),
             HubMsg::Presence { conn, context, data } => self.set_presence(conn, context, data),
             HubMsg::Bus(raw) => self.bus_message(&raw),
@@ -661,39 +702,46 @@ impl Hub {
         }
     }
 
-    /// Sends an answer, or holds it while the connection awaits a `state`.
-    fn answer(&mut self, conn: ConnId, msg: ServerMessage, in_flight: Option<Arc<std::sync::atomic::AtomicUsize>>) {
+    /// Sends an answer in its turn (see [`answers`]).
+    fn answer(&mut self, conn: ConnId, msg: ServerMessage, in_flight: answers::InFlight) {
         match self.conns.get_mut(&conn) {
-            Some(entry) if entry.awaiting_states > 0 => entry.held.push((msg, in_flight)),
-            _ => {
-                self.send_msg(conn, &msg);
-                if let Some(n) = in_flight {
-                    n.fetch_sub(1, Ordering::SeqCst);
-                }
+            Some(entry) => {
+                let ready = entry.answers.answer(msg, in_flight);
+                self.send_answers(conn, ready);
             }
+            None => release(in_flight),
+        }
+    }
+
+    /// Sends answers whose turn came, releasing their writes' in-flight counts.
+    fn send_answers(&mut self, conn: ConnId, ready: Vec<(ServerMessage, answers::InFlight)>) {
+        for (msg, in_flight) in ready {
+            self.send_msg(conn, &msg);
+            release(in_flight);
         }
     }
 
     /// A subscribe of `conn` now waits for its state.
     fn park(&mut self, conn: ConnId) {
         if let Some(entry) = self.conns.get_mut(&conn) {
-            entry.awaiting_states += 1;
+            entry.answers.park();
         }
     }
 
     /// A subscribe of `conn` was answered (its state or error sent) or
-    /// withdrawn: once none waits, the held answers go out in order.
+    /// withdrawn: the answers held behind it go out in order.
     fn unpark(&mut self, conn: ConnId) {
         let Some(entry) = self.conns.get_mut(&conn) else { return };
-        entry.awaiting_states = entry.awaiting_states.saturating_sub(1);
-        if entry.awaiting_states > 0 {
-            return;
-        }
-        for (msg, in_flight) in std::mem::take(&mut entry.held) {
-            self.send_msg(conn, &msg);
-            if let Some(n) = in_flight {
-                n.fetch_sub(1, Ordering::SeqCst);
-            }
+        let ready = entry.answers.unpark();
+        self.send_answers(conn, ready);
+    }
+
+    /// A commit reached the hub: its writer's answer has a place in line.
+    fn note_commit(&mut self, writer: &Option<WriterTag>) {
+        if let Some(WriterTag { target: ReplyTarget::Conn(conn), write_id, .. }) = writer
+            && let Some(entry) = self.conns.get_mut(conn)
+        {
+            entry.answers.write_committed(*write_id);
         }
     }
 
@@ -1172,15 +1220,49 @@ impl Hub {
         });
     }
 
-    async fn commit(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant) {
-        if let Err(e) = self.store.wait_durable(committed.seq).await {
-            tracing::error!(error = %e, seq = committed.seq, "the store could not make a commit durable");
-            self.healthy.store(false, Ordering::SeqCst);
-            let err = crate::error::commit_not_durable(&e);
-            self.answer_writer(writer, Err(err), &committed);
+    /// One process: a commit waits, off the hub's loop, until it is durable
+    /// (see [`run_durability`]); meanwhile subscribes, answers and other
+    /// connections go on.
+    fn await_durable(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant) {
+        let seq = committed.seq;
+        self.awaiting.insert(seq, (committed, writer, started));
+        if let Some(tx) = &self.durability {
+            let _ = tx.send(seq);
+        }
+    }
+
+    /// One process: delivers the commits already durable whose `Durable`
+    /// has not come yet. A load waited for the durability of everything it
+    /// read: delivering those first lets the load's rows and the commits
+    /// delivered after it meet at one seq (no event twice, none lost).
+    async fn deliver_durable(&mut self) {
+        if self.shared_log {
             return;
         }
-        self.deliver(committed, writer, started).await;
+        let durable = self.store.durable_seq();
+        if self.awaiting.first_key_value().is_some_and(|(seq, _)| *seq <= durable) {
+            self.durable(durable, Ok(())).await;
+        }
+    }
+
+    /// Every commit up to `through` is durable (or the store failed to make
+    /// it so): delivered in seq order, or its writer told.
+    async fn durable(&mut self, through: Seq, result: Result<(), crate::store::StoreError>) {
+        while let Some(entry) = self.awaiting.first_entry() {
+            if *entry.key() > through {
+                break;
+            }
+            let (committed, writer, started) = entry.remove();
+            match &result {
+                Ok(()) => self.deliver(committed, writer, started).await,
+                Err(e) => {
+                    tracing::error!(error = %e, seq = committed.seq, "the store could not make a commit durable");
+                    self.healthy.store(false, Ordering::SeqCst);
+                    let err = crate::error::commit_not_durable(e);
+                    self.answer_writer(writer, Err(err), &committed);
+                }
+            }
+        }
         let seq = self.seq;
         self.delivered.send_if_modified(|d| {
             let advance = seq > *d;
@@ -1189,6 +1271,11 @@ impl Hub {
             }
             advance
         });
+        if self.awaiting.is_empty() {
+            for done in self.barriers.drain(..) {
+                let _ = done.send(());
+            }
+        }
     }
 
     /// Routes a durable commit to contexts and streams, then answers its writer.
@@ -1246,8 +1333,15 @@ impl Hub {
         };
         self.metrics.count_write(resp.error.as_ref());
         match w.target {
-            // Held while the writer awaits a state that may carry this write.
-            ReplyTarget::Conn(conn) => self.answer(conn, ServerMessage::WriteResponse(resp), w.in_flight),
+            // In its turn: behind earlier answers and a state that may carry this write.
+            ReplyTarget::Conn(conn) => match self.conns.get_mut(&conn) {
+                Some(entry) => {
+                    let ready =
+                        entry.answers.write_answered(w.write_id, ServerMessage::WriteResponse(resp), w.in_flight);
+                    self.send_answers(conn, ready);
+                }
+                None => release(w.in_flight),
+            },
             ReplyTarget::Oneshot(tx) => {
                 let _ = tx.send(match resp.error.clone() {
                     Some(e) => Err(e),
@@ -1695,6 +1789,13 @@ pub(crate) async fn load_snapshot(
 /// (call it after [`Settle::reads`]).
 pub(crate) async fn durable_after_reads(store: &dyn Store) -> Result<(), WireError> {
     store.wait_durable(store.last_seq()).await.map_err(crate::error::reads_not_durable)
+}
+
+/// A write's answer was sent (or its connection is gone): one less in flight.
+fn release(in_flight: answers::InFlight) {
+    if let Some(n) = in_flight {
+        n.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn offer(outbox: &Outbox, frames: &[Frame]) -> Result<(), SendError> {

@@ -70,7 +70,8 @@ pub(crate) struct WriterTag {
 pub(crate) struct Holders {
     pub conn: ConnId,
     pub user: Arc<User>,
-    pub contexts: Vec<String>,
+    /// Each context with the key of the read class it is read in (None: in full).
+    pub contexts: Vec<(String, Option<String>)>,
 }
 
 /// One stream subscription, as the revalidator decides it again.
@@ -1092,7 +1093,17 @@ impl Hub {
         self.conns
             .iter()
             .filter_map(|(conn, e)| {
-                let contexts: Vec<String> = e.subs.lock().iter().filter(|c| in_channels(c)).cloned().collect();
+                let names: Vec<String> = e.subs.lock().iter().filter(|c| in_channels(c)).cloned().collect();
+                let contexts: Vec<(String, Option<String>)> = names
+                    .into_iter()
+                    .map(|name| {
+                        let class = match self.contexts.get(&name) {
+                            Some(Slot::Live(ctx)) => ctx.read.class_of(*conn).map(|c| c.rules.key.clone()),
+                            _ => None,
+                        };
+                        (name, class)
+                    })
+                    .collect();
                 (!contexts.is_empty()).then(|| Holders { conn: *conn, user: e.user.clone(), contexts })
             })
             .collect()

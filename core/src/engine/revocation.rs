@@ -160,7 +160,7 @@ async fn revalidate_channels(inner: &Inner, channels: &BTreeSet<String>) -> usiz
     let mut decided: HashMap<(crate::ids::Id, String), Decision> = HashMap::new();
     let mut revoked = 0;
     for Holders { conn, user, contexts } in holders {
-        for context in contexts {
+        for (context, class) in contexts {
             let key = (user.id, context.clone());
             let (allowed, read) = match decided.get(&key) {
                 Some(decision) => decision.clone(),
@@ -186,7 +186,10 @@ async fn revalidate_channels(inner: &Inner, channels: &BTreeSet<String>) -> usiz
                     decision
                 }
             };
-            if let (true, Some(read)) = (allowed, read) {
+            // Only a subscriber whose rules changed is told (the hub checks again).
+            if let (true, Some(read)) = (allowed, read)
+                && read.as_ref().map(|r| &r.key) != class.as_ref()
+            {
                 inner.hub.send(HubMsg::Reclass { conn, context: context.clone(), read });
             }
             if !allowed {

@@ -147,6 +147,11 @@ pub(crate) enum HubMsg {
         through: Seq,
         result: Result<(), crate::store::StoreError>,
     },
+    /// One process: the subtrees commit `seq` moved were read.
+    MovesLoaded {
+        seq: Seq,
+        moved: Moved,
+    },
     /// Shared log: committed entries in seq order (any process's), and the
     /// seq up to which every commit is settled.
     Tailed {
@@ -351,6 +356,8 @@ pub(crate) fn spawn(
         bus: bus.clone(),
         conn_suffix: settings.conn_suffix,
         durability: None,
+        durable_through: 0,
+        moves_loading: None,
         gauge_dirty: false,
         gauge_at: Instant::now(),
     };
@@ -571,6 +578,11 @@ struct Hub {
     conn_suffix: String,
     /// One process: where commits go to wait for durability (see [`run_durability`]).
     durability: Option<mpsc::UnboundedSender<Seq>>,
+    /// One process: every commit up to here is durable.
+    durable_through: Seq,
+    /// One process: the commit whose moved subtrees are being read (the
+    /// commits after it wait for it).
+    moves_loading: Option<Seq>,
     /// The subscription gauge is behind (see `update_subscription_gauge`).
     gauge_dirty: bool,
     gauge_at: Instant,
@@ -587,6 +599,27 @@ pub(crate) struct Revalidate {
 
 /// Subtrees of rows that moved between parents, loaded before routing.
 type Moved = HashMap<(String, RowKey), Vec<Row>>;
+
+/// A subtree to read before a commit is routed (see `moves_to_load`).
+struct MoveLoad {
+    channel: Arc<Channel>,
+    name: String,
+    row: Row,
+}
+
+/// Reads the subtrees a commit moved (off the hub's loop with one process).
+async fn load_moves(store: &dyn Store, loads: Vec<MoveLoad>) -> Moved {
+    let mut moved = Moved::new();
+    for MoveLoad { channel, name, row } in loads {
+        match super::load::load_subtree(store, &channel, &row).await {
+            Ok(rows) => {
+                moved.insert((name, row.key()), rows);
+            }
+            Err(e) => tracing::error!(error = %e, "loading a moved subtree failed"),
+        }
+    }
+    moved
+}
 
 impl Hub {
     async fn handle(&mut self, msg: HubMsg) {
@@ -628,7 +661,8 @@ impl Hub {
                     self.await_durable(committed, writer, started)
                 }
             }
-            HubMsg::Durable { through, result } => self.durable(through, result).await,
+            HubMsg::Durable { through, result } => self.durable(through, result),
+            HubMsg::MovesLoaded { seq, moved } => self.moves_loaded(seq, moved),
             HubMsg::Tailed { entries, through } => self.tailed(entries, through).await,
             HubMsg::Subscribe(req) => self.subscribe(req),
             HubMsg::Loaded { context, result } => {
@@ -1245,34 +1279,73 @@ impl Hub {
     /// One process: delivers the commits already durable whose `Durable`
     /// has not come yet. A load waited for the durability of everything it
     /// read: delivering those first lets the load's rows and the commits
-    /// delivered after it meet at one seq (no event twice, none lost).
+    /// delivered after it meet at one seq (no event twice, none lost). A
+    /// commit whose moved subtree is still loading is read here instead.
     async fn deliver_durable(&mut self) {
         if self.shared_log {
             return;
         }
-        let durable = self.store.durable_seq();
-        if self.awaiting.first_key_value().is_some_and(|(seq, _)| *seq <= durable) {
-            self.durable(durable, Ok(())).await;
+        self.durable_through = self.durable_through.max(self.store.durable_seq());
+        loop {
+            self.pump();
+            let next = self.awaiting.first_key_value().map(|(seq, _)| *seq);
+            match next {
+                Some(seq) if seq <= self.durable_through && self.moves_loading.is_some() => {
+                    let Some((committed, writer, started)) = self.awaiting.remove(&seq) else { break };
+                    self.moves_loading = None; // its load's answer will find nothing to do
+                    let moved = load_moves(&*self.store, self.moves_to_load(&committed)).await;
+                    self.deliver_with(committed, writer, started, moved);
+                }
+                _ => break,
+            }
         }
+        self.pump();
     }
 
     /// Every commit up to `through` is durable (or the store failed to make
     /// it so): delivered in seq order, or its writer told.
-    async fn durable(&mut self, through: Seq, result: Result<(), crate::store::StoreError>) {
-        while let Some(entry) = self.awaiting.first_entry() {
-            if *entry.key() > through {
-                break;
-            }
-            let (committed, writer, started) = entry.remove();
-            match &result {
-                Ok(()) => self.deliver(committed, writer, started).await,
-                Err(e) => {
+    fn durable(&mut self, through: Seq, result: Result<(), crate::store::StoreError>) {
+        match result {
+            Ok(()) => self.durable_through = self.durable_through.max(through),
+            Err(e) => {
+                while let Some(entry) = self.awaiting.first_entry() {
+                    if *entry.key() > through {
+                        break;
+                    }
+                    let (committed, writer, _) = entry.remove();
                     tracing::error!(error = %e, seq = committed.seq, "the store could not make a commit durable");
                     self.healthy.store(false, Ordering::SeqCst);
-                    let err = crate::error::commit_not_durable(e);
-                    self.answer_writer(writer, Err(err), &committed);
+                    self.answer_writer(writer, Err(crate::error::commit_not_durable(&e)), &committed);
                 }
+                self.moves_loading = None;
             }
+        }
+        self.pump();
+    }
+
+    /// Delivers the durable commits in seq order, until one needs a moved
+    /// subtree read: that read runs off the loop and the commit (and those
+    /// after it) waits for `MovesLoaded`.
+    fn pump(&mut self) {
+        while self.moves_loading.is_none() {
+            let Some((&seq, next)) = self.awaiting.first_key_value() else { break };
+            if seq > self.durable_through {
+                break;
+            }
+            let loads = self.moves_to_load(&next.0);
+            if !loads.is_empty() {
+                self.moves_loading = Some(seq);
+                let (store, me) = (self.store.clone(), self.me.clone());
+                tokio::spawn(async move {
+                    let moved = load_moves(&*store, loads).await;
+                    if let Some(tx) = me.upgrade() {
+                        let _ = tx.send(HubMsg::MovesLoaded { seq, moved });
+                    }
+                });
+                break;
+            }
+            let Some((committed, writer, started)) = self.awaiting.remove(&seq) else { break };
+            self.deliver_with(committed, writer, started, Moved::new());
         }
         let seq = self.seq;
         self.delivered.send_if_modified(|d| {
@@ -1289,10 +1362,27 @@ impl Hub {
         }
     }
 
-    /// Routes a durable commit to contexts and streams, then answers its writer.
+    /// The moved subtrees of commit `seq` were read: it goes, then the rest.
+    fn moves_loaded(&mut self, seq: Seq, moved: Moved) {
+        if self.moves_loading != Some(seq) {
+            return; // delivered meanwhile (see `deliver_durable`)
+        }
+        self.moves_loading = None;
+        if let Some((committed, writer, started)) = self.awaiting.remove(&seq) {
+            self.deliver_with(committed, writer, started, moved);
+        }
+        self.pump();
+    }
+
+    /// Shared log: loads what the commit moved, then delivers it.
     async fn deliver(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant) {
+        let moved = load_moves(&*self.store, self.moves_to_load(&committed)).await;
+        self.deliver_with(committed, writer, started, moved);
+    }
+
+    /// Routes a durable commit to contexts and streams, then answers its writer.
+    fn deliver_with(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant, moved: Moved) {
         self.metrics.observe_commit(started.elapsed());
-        let moved = self.load_moved_subtrees(&committed).await;
         let delivered = Instant::now();
         let committed = Arc::new(committed);
         self.seq = self.seq.max(committed.seq);
@@ -1387,14 +1477,18 @@ impl Hub {
         out.into_iter().collect()
     }
 
-    /// Rows that moved to a new parent bring their subtree: load it for every
-    /// live channel whose tree hangs rows under the moved row's type.
-    async fn load_moved_subtrees(&self, c: &Committed) -> Moved {
-        let mut moved = Moved::new();
+    /// Rows whose fields changed and that hang rows under them in a live
+    /// channel: their subtrees must be read before the commit is routed
+    /// (a row that moved to a new parent brings its subtree along).
+    fn moves_to_load(&self, c: &Committed) -> Vec<MoveLoad> {
+        let mut out = Vec::new();
         for change in &c.changes {
             let (Some(before), Some(after)) = (&change.before, &change.after) else {
                 continue;
             };
+            if before.fields == after.fields {
+                continue;
+            }
             let channels: HashMap<&str, &Arc<Channel>> = self
                 .contexts
                 .values()
@@ -1404,19 +1498,11 @@ impl Hub {
                 })
                 .filter(|(_, ch)| ch.edges_from(&after.ty).next().is_some())
                 .collect();
-            if channels.is_empty() || before.fields == after.fields {
-                continue;
-            }
             for (name, channel) in channels {
-                match super::load::load_subtree(&*self.store, channel, after).await {
-                    Ok(rows) => {
-                        moved.insert((name.to_owned(), change.key.clone()), rows);
-                    }
-                    Err(e) => tracing::error!(error = %e, "loading a moved subtree failed"),
-                }
+                out.push(MoveLoad { channel: channel.clone(), name: name.to_owned(), row: after.clone() });
             }
         }
-        moved
+        out
     }
 
     fn route(&mut self, context: &str, c: &Committed, moved: &Moved, writer: Option<(ConnId, i64)>) {

@@ -189,7 +189,7 @@ impl StreamPolicy for TeamTasks {
     }
 
     /// The tasks of the user's projects' jobs (all of them for admins), and
-    /// of those the ones [`task_rule`] lets them read.
+    /// of those the ones `task_rule` lets them read.
     async fn read_rule(&self, cx: &PolicyContext<'_>, _: &StreamRequest<'_>) -> Result<ReadRule, PolicyError> {
         if DemoPolicy::is_admin(cx).await? {
             return Ok(ReadRule::all());

@@ -808,6 +808,59 @@ async fn read_rules_follow_the_data_they_read_with_a_fresh_state() {
 }
 
 #[tokio::test]
+async fn a_resume_under_rules_that_changed_while_away_gets_a_whole_state() {
+    let schema = Schema::builder()
+        .entity("Job", |t| {
+            t.string("name");
+        })
+        .entity("Note", |t| {
+            t.reference("job", "Job").on_delete(OnDelete::Cascade);
+            t.bool("secret").default(false);
+            t.string("author").default("");
+        })
+        .entity("Clearance", |t| {
+            t.string("why").default("");
+        })
+        .relation("Job", "notes", "Note", "job")
+        .build()
+        .expect("schema");
+    let channel = Channel::builder("job", "Job").include("notes").policy(Cleared).build(&schema).expect("channel");
+    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
+        .channel(channel)
+        .authenticator(DevTokens::new().with("ben", User::new(2, "ben")).with("cy", User::new(3, "cy")))
+        .build()
+        .expect("engine");
+    let seed = Write::batch([
+        Write::create("Job").id(1).set("name", "one"),
+        Write::create("Note").id(1).set("job", 1),
+        Write::create("Note").id(2).set("job", 1).set("secret", true),
+    ])
+    .write_id(1);
+    engine.write(Actor::System, seed).await.expect("seed");
+    // cy (uncleared too) keeps the context live while ben is away.
+    let mut cy = Client::connect(&engine, "cy").await;
+    cy.subscribe(1).await;
+    let mut ben = Client::connect(&engine, "ben").await;
+    let state = ben.subscribe(1).await;
+    let (seq, epoch) = (state["seq"].clone(), state["epoch"].clone());
+    drop(ben);
+    engine.write(Actor::System, Write::create("Clearance").id(2).write_id(2)).await.expect("clear ben");
+    let mut ben = Client::connect(&engine, "ben").await;
+    ben.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1, "since": seq, "epoch": epoch})).await;
+    let back = ben.recv().await;
+    assert_eq!(back["type"], "state", "{back}");
+    assert!(back.get("incremental").is_none(), "a whole state: {back}");
+    let ids: Vec<i64> = back["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter(|r| r["_type"] == "Note")
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    assert_eq!(ids, vec![1, 2], "the secret note, now readable, though it did not change: {back}");
+}
+
+#[tokio::test]
 async fn a_subscriber_that_stops_reading_is_dropped_not_buffered() {
     let engine = engine().await;
     let (server, mut slow) = memory_pair(8);

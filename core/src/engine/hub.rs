@@ -356,6 +356,7 @@ pub(crate) fn spawn(
         bus: bus.clone(),
         conn_suffix: settings.conn_suffix,
         durability: None,
+        read_keys: FastMap::default(),
         durable_through: 0,
         moves_loading: None,
         gauge_dirty: false,
@@ -583,10 +584,17 @@ struct Hub {
     /// One process: the commit whose moved subtrees are being read (the
     /// commits after it wait for it).
     moves_loading: Option<Seq>,
+    /// The read class key each (user, context) last subscribed with: a
+    /// resume with `since` under other rules gets a whole state.
+    read_keys: FastMap<(Id, String), Option<String>>,
     /// The subscription gauge is behind (see `update_subscription_gauge`).
     gauge_dirty: bool,
     gauge_at: Instant,
 }
+
+/// The most (user, context) read keys remembered (then forgotten at once:
+/// an unknown pair keeps `since`, as before rules existed).
+const READ_KEYS_KEPT: usize = 100_000;
 
 /// How often the subscription gauge is recounted at most.
 const GAUGE_EVERY: Duration = Duration::from_millis(50);
@@ -1007,12 +1015,26 @@ impl Hub {
         self.register_subscriber(req);
     }
 
-    fn register_subscriber(&mut self, req: SubscribeRequest) {
+    fn register_subscriber(&mut self, mut req: SubscribeRequest) {
         // A connection already over its outbox bound would refuse the state:
         // close it as a slow consumer before spending the encoding on it.
         let over = self.conns.get(&req.conn).is_some_and(|e| e.outbox.queued_bytes() > e.outbox.limits().bytes);
         if over {
             return self.send_failed(req.conn, SendError::Full);
+        }
+        // What the user read here before decides whether `since` can be trusted.
+        if let Some(user) = self.conns.get(&req.conn).map(|e| e.user.id) {
+            let now = req.read.as_ref().map(|r| r.key.clone());
+            if self.read_keys.len() >= READ_KEYS_KEPT {
+                self.read_keys.clear();
+            }
+            let before = self.read_keys.insert((user, req.context.clone()), now.clone());
+            if before.is_some_and(|b| b != now) {
+                // The user's read rules changed since: an incremental state
+                // would leave rows no longer readable (or miss rows now
+                // readable) on the client. Whole, then.
+                req.since = None;
+            }
         }
         if let Some(Slot::Live(ctx)) = self.contexts.get_mut(&req.context) {
             ctx.subscribers.insert(req.conn);
@@ -1169,6 +1191,9 @@ impl Hub {
             None => ctx.read.remove(conn),
         }
         let (channel, anchor_id) = (ctx.channel.clone(), ctx.anchor.id);
+        if let Some(user) = self.conns.get(&conn).map(|e| e.user.id) {
+            self.read_keys.insert((user, context.clone()), read.as_ref().map(|r| r.key.clone()));
+        }
         let req = SubscribeRequest { conn, channel, anchor_id, context, rid: None, since: None, read };
         let frames = self.state_frames(&req);
         self.send_frames(conn, &frames);

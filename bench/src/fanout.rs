@@ -35,6 +35,8 @@ pub struct FanoutResult {
     pub views_differing: Option<u64>,
     pub server_cpu: f64,
     pub bench_cpu: f64,
+    /// CPU seconds the rest of the machine used meanwhile (from /proc/stat).
+    pub other_cpu: f64,
     pub elapsed: f64,
     /// How late the writer's sends completed against their intended times.
     pub send_lag_p99_ms: f64,
@@ -160,9 +162,9 @@ pub(crate) struct WriterOutcome {
     pub unanswered: u64,
 }
 
-/// Saves task 1 of `job/1` through `target` `total` times at `rate`/s on a
-/// fixed schedule (open loop), the intended send time (µs) in `notes`; sets
-/// `writer_done` after the last send.
+/// Saves task 1 of `job/1` as alice (its assignee) through `target` `total`
+/// times at `rate`/s on a fixed schedule (open loop), the intended send time
+/// (µs) in `notes`; sets `writer_done` after the last send.
 pub(crate) async fn open_loop_writer(
     kind: Kind,
     target: &Target,
@@ -170,8 +172,21 @@ pub(crate) async fn open_loop_writer(
     total: usize,
     writer_done: &AtomicBool,
 ) -> Result<WriterOutcome, BoxError> {
+    open_loop_writer_as(kind, target, "alice", 1, rate, total, writer_done).await
+}
+
+/// [`open_loop_writer`] as the user of `token`, saving task `task` of `job/1`.
+pub(crate) async fn open_loop_writer_as(
+    kind: Kind,
+    target: &Target,
+    token: &str,
+    task: i64,
+    rate: u64,
+    total: usize,
+    writer_done: &AtomicBool,
+) -> Result<WriterOutcome, BoxError> {
     let mut writer = Client::connect(kind, target).await?;
-    writer.hello("alice").await?;
+    writer.hello(token).await?;
     writer.subscribe("job", 1).await?;
     let (mut tx, mut rx) = writer.split();
     // Drain the writer's own deltas and answers so its queue never fills.
@@ -204,7 +219,7 @@ pub(crate) async fn open_loop_writer(
         tokio::time::sleep_until((start + offset).into()).await;
         let sent = wall_start + offset.as_micros() as u64;
         tx.send(&json!({"type": "write", "writeId": i + 1, "operation": "save", "instanceType": "Task",
-                "instanceId": 1, "context": "job/1", "data": {"notes": sent.to_string()}}))
+                "instanceId": task, "context": "job/1", "data": {"notes": sent.to_string()}}))
             .await?;
         let _ = lag.record((start.elapsed().saturating_sub(offset)).as_micros() as u64);
     }
@@ -228,11 +243,55 @@ pub async fn run(
     check_views: bool,
 ) -> Result<FanoutResult, BoxError> {
     let target = srv.target.clone();
+    let subs = subscribers(kind, &target, n).await;
+    run_with(srv, kind, subs, ("alice", 1), rate, length, check_views, false).await
+}
+
+/// Subscribes one client per token to `job/1`, `SETUP_CONCURRENCY` at a time.
+pub(crate) async fn subscribers_as(
+    kind: Kind,
+    target: &Target,
+    tokens: &[String],
+) -> Vec<Result<(Client, u64, View), BoxError>> {
+    futures_util::stream::iter(tokens.iter().cloned())
+        .map(|token| {
+            let target = target.clone();
+            async move {
+                let mut c = Client::connect(kind, &target).await?;
+                c.hello(&token).await?;
+                let (seq, view) = c.subscribe_view("job", 1).await?;
+                Ok((c, seq, view))
+            }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// One fan-out run over subscribers already set up (`subs`, all of `job/1`):
+/// `writer` = (token, task id) saves that task at `rate` writes/s for `length`.
+/// With `writer_thread`, the writer (and the drain of its answers) runs on an
+/// OS thread of its own, not among the subscribers' tasks: when they fall
+/// behind at saturation, its answers are still read and it is not closed as
+/// a slow consumer.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_with(
+    srv: &Server,
+    kind: Kind,
+    subs: Vec<Result<(Client, u64, View), BoxError>>,
+    writer: (&str, i64),
+    rate: u64,
+    length: Duration,
+    check_views: bool,
+    writer_thread: bool,
+) -> Result<FanoutResult, BoxError> {
+    let target = srv.target.clone();
+    let n = subs.len();
     let total = (rate * length.as_secs()) as usize;
     let writer_done = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let mut setup_failed = 0u64;
-    for sub in subscribers(kind, &target, n).await {
+    for sub in subs {
         let Ok((c, seq0, view)) = sub else {
             setup_failed += 1;
             continue;
@@ -240,8 +299,18 @@ pub async fn run(
         tasks.push(follow(c, seq0, view, total, length, writer_done.clone()));
     }
     let cpu_before = (proc_stats::cpu_seconds(srv.pid()), proc_stats::cpu_seconds(std::process::id()));
+    let machine_before = proc_stats::machine_busy_seconds();
     let start = Instant::now();
-    let writer = open_loop_writer(kind, &target, rate, total, &writer_done).await?;
+    let writer = if writer_thread {
+        let (token, task, target, done) = (writer.0.to_owned(), writer.1, target.clone(), writer_done.clone());
+        let thread = std::thread::spawn(move || -> Result<WriterOutcome, BoxError> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(open_loop_writer_as(kind, &target, &token, task, rate, total, &done))
+        });
+        tokio::task::spawn_blocking(move || thread.join()).await?.map_err(|_| "the writer thread panicked")??
+    } else {
+        open_loop_writer_as(kind, &target, writer.0, writer.1, rate, total, &writer_done).await?
+    };
     let mut hist = Histogram::<u64>::new(3)?;
     let mut res = FanoutResult { disconnected: setup_failed, expected: (total * n) as u64, ..Default::default() };
     let mut views = Vec::with_capacity(tasks.len());
@@ -258,6 +327,7 @@ pub async fn run(
     }
     res.elapsed = start.elapsed().as_secs_f64();
     let cpu_after = (proc_stats::cpu_seconds(srv.pid()), proc_stats::cpu_seconds(std::process::id()));
+    let machine_busy = proc_stats::machine_busy_seconds() - machine_before;
     res.writes_refused = writer.refused.values().sum();
     res.refusal_codes = refusal_codes(&writer.refused);
     res.writes_unanswered = writer.unanswered;
@@ -271,6 +341,7 @@ pub async fn run(
     res.max_ms = hist.max() as f64 / 1000.0;
     res.server_cpu = cpu_after.0 - cpu_before.0;
     res.bench_cpu = cpu_after.1 - cpu_before.1;
+    res.other_cpu = (machine_busy - res.server_cpu - res.bench_cpu).max(0.0);
     res.send_lag_p99_ms = writer.lag.value_at_quantile(0.99) as f64 / 1000.0;
     res.send_lag_max_ms = writer.lag.max() as f64 / 1000.0;
     res.delta_bytes = bytes as f64 / frames.max(1) as f64;

@@ -2,7 +2,8 @@
 //! and reports fan-out (as a ratio to a bare tokio-tungstenite broadcast
 //! server measured in the same run), durable write throughput, initial load,
 //! many contexts with denied writes, a reconnect storm, memory per idle
-//! connection, stream routing, presence latency and revocation latency.
+//! connection, stream routing, presence latency, revocation latency and
+//! fan-out with read classes.
 //!
 //! Latency is open-loop: every write has an intended send time on a fixed
 //! schedule, carried in the row itself, and latency is measured from that
@@ -19,6 +20,7 @@ mod fanout;
 mod hardening;
 mod presence;
 mod proc_stats;
+mod read_classes;
 mod revocation;
 mod scenarios;
 mod server;
@@ -99,7 +101,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     stores: Option<Vec<server::StoreArg>>,
     /// Override: scenarios: fanout, writes, load, contexts, storm, memory, streams, cluster, hardening,
-    /// presence, revocation, revocation-race (the last in no mode: name it).
+    /// presence, revocation, read-classes, revocation-race (the last in no mode: name it).
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
     /// Override: context sizes (rows) of the initial-load scenario.
@@ -146,6 +148,19 @@ struct Args {
     /// Override: rounds (delete, measure, re-create, resubscribe) of the `revocation` scenario.
     #[arg(long)]
     revocation_rounds: Option<usize>,
+    /// Override: read-class counts of the `read-classes` scenario (0: every
+    /// subscriber an admin, no read rules), e.g. 0,1,2,10.
+    #[arg(long, value_delimiter = ',')]
+    read_classes: Option<Vec<usize>>,
+    /// Override: subscribers of `job/1` in the `read-classes` scenario.
+    #[arg(long)]
+    read_classes_subscribers: Option<usize>,
+    /// Override: writes/s of the `read-classes` scenario.
+    #[arg(long)]
+    read_classes_rate: Option<u64>,
+    /// Override: rounds of the `read-classes` scenario (each runs every point once, in turn).
+    #[arg(long)]
+    read_classes_rounds: Option<usize>,
     /// Rounds of the `revocation-race` probe (subscribes racing the delete; a named scenario only).
     #[arg(long, default_value_t = 100)]
     race_rounds: usize,
@@ -176,6 +191,14 @@ enum Cmd {
     BaselineServer {
         #[arg(long, default_value = "127.0.0.1:0")]
         addr: String,
+    },
+    /// Fill an empty fjall store with the demo rows and USERS more members of
+    /// project 1 (user ids 11, 12, …), for the `read-classes` scenario.
+    SeedReadClasses {
+        #[arg(long)]
+        store_dir: PathBuf,
+        #[arg(long)]
+        users: usize,
     },
 }
 
@@ -209,6 +232,10 @@ struct Plan {
     revocation_connections: Vec<usize>,
     revocation_keepers: usize,
     revocation_rounds: usize,
+    read_classes: Vec<usize>,
+    read_classes_subscribers: usize,
+    read_classes_rate: u64,
+    read_classes_rounds: usize,
 }
 
 impl Plan {
@@ -229,6 +256,7 @@ impl Plan {
                     "hardening",
                     "presence",
                     "revocation",
+                    "read-classes",
                 ]),
                 transports: vec![Kind::Ws, Kind::Quic],
                 stores: vec![server::StoreArg::Fjall, server::StoreArg::Sled, server::StoreArg::Sqlite],
@@ -255,6 +283,10 @@ impl Plan {
                 revocation_connections: vec![100, 20],
                 revocation_keepers: 10,
                 revocation_rounds: 20,
+                read_classes: vec![0, 1, 2, 10, 100],
+                read_classes_subscribers: 1000,
+                read_classes_rate: 1000,
+                read_classes_rounds: 3,
             }
         } else {
             Plan {
@@ -269,6 +301,7 @@ impl Plan {
                     "cluster",
                     "presence",
                     "revocation",
+                    "read-classes",
                 ]),
                 transports: vec![Kind::Ws],
                 stores: vec![server::StoreArg::Fjall],
@@ -295,6 +328,10 @@ impl Plan {
                 revocation_connections: vec![100],
                 revocation_keepers: 10,
                 revocation_rounds: 5,
+                read_classes: vec![0, 10],
+                read_classes_subscribers: 1000,
+                read_classes_rate: 1000,
+                read_classes_rounds: 1,
             }
         };
         if let Some(v) = &a.scenarios {
@@ -369,6 +406,18 @@ impl Plan {
         if let Some(v) = a.revocation_rounds {
             p.revocation_rounds = v.max(1);
         }
+        if let Some(v) = &a.read_classes {
+            p.read_classes = v.clone();
+        }
+        if let Some(v) = a.read_classes_subscribers {
+            p.read_classes_subscribers = v.max(1);
+        }
+        if let Some(v) = a.read_classes_rate {
+            p.read_classes_rate = v.max(1);
+        }
+        if let Some(v) = a.read_classes_rounds {
+            p.read_classes_rounds = v.max(1);
+        }
         p
     }
 
@@ -385,8 +434,10 @@ fn points(v: &[&str]) -> Vec<presence::Point> {
 #[tokio::main]
 async fn main() -> Result<(), client::BoxError> {
     let args = Args::parse();
-    if let Some(Cmd::BaselineServer { addr }) = &args.cmd {
-        return baseline::run(addr).await;
+    match &args.cmd {
+        Some(Cmd::BaselineServer { addr }) => return baseline::run(addr).await,
+        Some(Cmd::SeedReadClasses { store_dir, users }) => return read_classes::seed(store_dir, *users).await,
+        None => {}
     }
     let plan = Plan::new(&args);
     // Absolute, because each server runs in its own temporary directory.
@@ -450,6 +501,10 @@ async fn main() -> Result<(), client::BoxError> {
     if plan.runs("revocation") {
         let r = revocation_report(&mut report, &bin, &plan).await;
         note_failure(&mut report, "revocation", r);
+    }
+    if plan.runs("read-classes") {
+        let r = read_classes_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "read-classes", r);
     }
     if plan.runs("revocation-race") {
         let r = race_report(&mut report, &bin, &args, &plan).await;
@@ -1263,4 +1318,112 @@ async fn streams(
         max_ms: hist.max() as f64 / 1000.0,
         server_cpu_ms_per_write: (cpu_after - cpu_before) * 1000.0 / writes as f64,
     })
+}
+
+const READ_CLASSES_HEADER: &str = "| round | read classes | subscribers as | deliveries/s | received/expected | writes refused / unanswered (codes) | disconnected | chain violations | views differing | p50 ms | p99 ms | max ms | server CPU µs/delivery | server / bench / other CPU | send lag p99/max ms | delta bytes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// Fan-out with the subscribers split over read classes against the same
+/// load with no read rules (every subscriber an admin), points in turn each
+/// round, each on a fresh server.
+async fn read_classes_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    let (n, rate, length) = (plan.read_classes_subscribers, plan.read_classes_rate, Duration::from_secs(plan.seconds));
+    let members = plan.read_classes.iter().copied().max().unwrap_or(0);
+    let _ = writeln!(
+        report,
+        "\n### Fan-out with read classes on fjall: {n} WebSocket subscribers of `job/1`, {rate} writes/s ({} s per run, {} rounds)\n\n\
+         Carol (an admin) saves task 2 of `job/1` on a fixed schedule (open loop; JSON). 0 classes: every subscriber is carol, \
+         who reads without a rule (the unrestricted path). C classes: the subscribers are users 11 … 10 + C in turn, each a \
+         member of project 1 whose Task rule names their id (`private = false OR assignee = me OR created_by = me`), so each \
+         user is one read class; task 2 is public, so every class reads every write. Every server's store holds the demo rows \
+         and {members} extra members (seeded by `statecast-bench seed-read-classes`), so only who subscribes differs. Points run \
+         in turn each round, each on a fresh server process; the writer runs on a thread of its own. CPU % is of one core \
+         (200% = both); other CPU is what the rest of the machine ran meanwhile (from /proc/stat).\n",
+        plan.seconds, plan.read_classes_rounds
+    );
+    let _ = writeln!(report, "{READ_CLASSES_HEADER}");
+    // Per point, per round: None where the run failed (it is noted, the others still run).
+    let mut by_point: Vec<Vec<Option<FanoutResult>>> = vec![Vec::new(); plan.read_classes.len()];
+    for round in 1..=plan.read_classes_rounds {
+        for (k, &classes) in plan.read_classes.iter().enumerate() {
+            let r = match read_classes::run(bin, members, n, classes, rate, length).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("read-classes round {round} classes={classes} failed: {e}");
+                    let _ = writeln!(report, "| {round} | {classes} | failed: {e} |||||||||||||");
+                    by_point[k].push(None);
+                    continue;
+                }
+            };
+            eprintln!("read-classes round {round} classes={classes}: {r:?}");
+            let who =
+                if classes == 0 { "carol (admin)".to_owned() } else { format!("{} users × {}", classes, n / classes) };
+            let views = r.views_differing.map_or_else(|| "n/a".to_owned(), |v| v.to_string());
+            let _ = writeln!(
+                report,
+                "| {round} | {classes} | {who} | {:.0} | {}/{} | {} / {} {} | {} | {} | {views} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}/{:.0}/{:.0}% | {:.2}/{:.2} | {:.0} |",
+                r.deliveries_per_sec,
+                r.received,
+                r.expected,
+                r.writes_refused,
+                r.writes_unanswered,
+                r.refusal_codes,
+                r.disconnected,
+                r.chain_violations,
+                r.p50_ms,
+                r.p99_ms,
+                r.max_ms,
+                r.server_us_per_delivery(),
+                r.server_cpu * 100.0 / r.elapsed.max(1e-9),
+                r.bench_cpu * 100.0 / r.elapsed.max(1e-9),
+                r.other_cpu * 100.0 / r.elapsed.max(1e-9),
+                r.send_lag_p99_ms,
+                r.send_lag_max_ms,
+                r.delta_bytes,
+            );
+            by_point[k].push(Some(r));
+        }
+    }
+    let zero = plan.read_classes.iter().position(|&c| c == 0);
+    let base = zero.map(|k| median(rates(&by_point[k])));
+    let _ = writeln!(
+        report,
+        "\nMedians over the rounds; ratio = deliveries/s against 0 classes (no read rules), per round (min–max) and of the medians. \
+         Target (issue 19): at 10 classes at least 0.8 of the no-rules rate.\n"
+    );
+    let _ = writeln!(
+        report,
+        "| read classes | deliveries/s | p50 ms | p99 ms | server CPU µs/delivery | ratio per round | ratio of medians | ≥ 0.8 |\n|---|---|---|---|---|---|---|---|"
+    );
+    for (k, &classes) in plan.read_classes.iter().enumerate() {
+        let med = median(rates(&by_point[k]));
+        let runs: Vec<&FanoutResult> = by_point[k].iter().flatten().collect();
+        let (per_round, ratio, met) = match (base, zero) {
+            (Some(b), Some(z)) if classes > 0 && b > 0.0 => {
+                let rs: Vec<f64> = by_point[k]
+                    .iter()
+                    .zip(&by_point[z])
+                    .filter_map(|(r, z)| {
+                        Some(r.as_ref()?.deliveries_per_sec / z.as_ref()?.deliveries_per_sec.max(1e-9))
+                    })
+                    .collect();
+                let lo = rs.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = rs.iter().copied().fold(0.0, f64::max);
+                let ratio = med / b;
+                (format!("{lo:.2}–{hi:.2}"), format!("{ratio:.2}"), if ratio >= 0.8 { "met" } else { "not met" })
+            }
+            _ => ("—".to_owned(), "—".to_owned(), "—"),
+        };
+        let _ = writeln!(
+            report,
+            "| {classes} | {med:.0} | {:.2} | {:.2} | {:.2} | {per_round} | {ratio} | {met} |",
+            median(runs.iter().map(|r| r.p50_ms).collect()),
+            median(runs.iter().map(|r| r.p99_ms).collect()),
+            median(runs.iter().map(|r| r.server_us_per_delivery()).collect()),
+        );
+    }
+    Ok(())
+}
+
+fn rates(runs: &[Option<FanoutResult>]) -> Vec<f64> {
+    runs.iter().flatten().map(|r| r.deliveries_per_sec).collect()
 }

@@ -91,7 +91,33 @@ impl Server {
             StoreArg::Sqlite => dir.path().to_owned(),
             StoreArg::Postgres(_) => dir.path().join("statecast-data"),
         };
-        Self::spawn(bin, dir, &spec, &cert_dir, extra, pg)
+        Self::spawn(bin, dir, &spec, &cert_dir, extra, &[], pg)
+    }
+
+    /// Starts the binary (demo mode, fjall) on a store that `statecast-bench
+    /// seed-read-classes` filled first: the demo rows plus `extra_users`
+    /// non-admin members of project 1 (user ids 11, 12, …), with JWTs signed by
+    /// `jwt_secret` accepted beside the dev tokens.
+    pub fn start_fjall_with_members(
+        bin: &Path,
+        extra_users: usize,
+        jwt_secret: &str,
+    ) -> Result<Server, crate::client::BoxError> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        let spec = format!("fjall:{}", data.display());
+        let out = Command::new(std::env::current_exe()?)
+            .args(["seed-read-classes", "--store-dir"])
+            .arg(&data)
+            .args(["--users", &extra_users.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()?;
+        if !out.success() {
+            return Err(format!("seed-read-classes failed: {out}").into());
+        }
+        let env = [("STATECAST_JWT_SECRET", jwt_secret)];
+        Self::spawn(bin, dir, &spec, &data, &["--mode", "demo"], &env, None)
     }
 
     /// Starts the binary in `dir` on `--store spec`.
@@ -101,6 +127,7 @@ impl Server {
         spec: &str,
         cert_dir: &Path,
         extra: &[&str],
+        env: &[(&str, &str)],
         pg: Option<(String, String)>,
     ) -> Result<Server, crate::client::BoxError> {
         let mut child = Command::new(bin)
@@ -109,6 +136,7 @@ impl Server {
             .arg(spec)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -185,7 +213,7 @@ impl Cluster {
         for _ in 0..processes {
             let dir = tempfile::tempdir()?;
             let cert_dir = dir.path().join("statecast-data");
-            cluster.servers.push(Server::spawn(bin, dir, &spec, &cert_dir, &[], None)?);
+            cluster.servers.push(Server::spawn(bin, dir, &spec, &cert_dir, &[], &[], None)?);
         }
         Ok(cluster)
     }

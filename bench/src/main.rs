@@ -24,6 +24,7 @@ mod read_classes;
 mod revocation;
 mod scenarios;
 mod server;
+mod subscribe_latency;
 
 use clap::{Parser, Subcommand};
 use client::{Client, Kind};
@@ -101,7 +102,7 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     stores: Option<Vec<server::StoreArg>>,
     /// Override: scenarios: fanout, writes, load, contexts, storm, memory, streams, cluster, hardening,
-    /// presence, revocation, read-classes, revocation-race (the last in no mode: name it).
+    /// presence, revocation, read-classes, revocation-race and subscribe-latency (the last two in no mode: name them).
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<String>>,
     /// Override: context sizes (rows) of the initial-load scenario.
@@ -505,6 +506,10 @@ async fn main() -> Result<(), client::BoxError> {
     if plan.runs("read-classes") {
         let r = read_classes_report(&mut report, &bin, &plan).await;
         note_failure(&mut report, "read-classes", r);
+    }
+    if plan.runs("subscribe-latency") {
+        let r = subscribe_latency_report(&mut report, &bin, &plan).await;
+        note_failure(&mut report, "subscribe-latency", r);
     }
     if plan.runs("revocation-race") {
         let r = race_report(&mut report, &bin, &args, &plan).await;
@@ -1325,6 +1330,42 @@ const READ_CLASSES_HEADER: &str = "| round | read classes | subscribers as | del
 /// Fan-out with the subscribers split over read classes against the same
 /// load with no read rules (every subscriber an admin), points in turn each
 /// round, each on a fresh server.
+/// Subscribe latency while flushes are slow (issue 18), named only:
+/// `--scenarios subscribe-latency`.
+async fn subscribe_latency_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
+    let length = Duration::from_secs(plan.seconds.max(3));
+    let _ = writeln!(
+        report,
+        "\n### Subscribe latency while commits flush (fjall, {} s per point)\n\n\
+         One connection (carol) subscribes to `job/2` (100 rows), reads the whole state, unsubscribes, again and again; \
+         alice saves task 1 of `job/1` open loop meanwhile. With a keeper (bob holds `job/2`) the state comes from the \
+         hub's memory; without one each subscribe loads the context, and a load waits for the durability of what it \
+         read. Target (issue 18): p99 < 20 ms at 1,000 writes/s with 20 ms flushes.\n\n\
+         | flush delay ms | writes/s asked | writes/s answered | keeper | subscribes | rows | p50 ms | p99 ms | max ms |\n\
+         |---|---|---|---|---|---|---|---|---|",
+        length.as_secs()
+    );
+    for (delay, keeper) in [(0u64, true), (20, true), (20, false)] {
+        let delay_flag = delay.to_string();
+        let srv = server::Server::start_with(bin, &server::StoreArg::Fjall, &["--flush-delay-ms", &delay_flag])?;
+        let r = subscribe_latency::run(&srv, 1000, keeper, length).await?;
+        drop(srv);
+        eprintln!("subscribe latency, flush {delay} ms, keeper {keeper}: {r:?}");
+        let _ = writeln!(
+            report,
+            "| {delay} | 1000 | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            r.writes_per_sec,
+            if keeper { "yes" } else { "no" },
+            r.subscribes,
+            r.rows,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms
+        );
+    }
+    Ok(())
+}
+
 async fn read_classes_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(), client::BoxError> {
     let (n, rate, length) = (plan.read_classes_subscribers, plan.read_classes_rate, Duration::from_secs(plan.seconds));
     let members = plan.read_classes.iter().copied().max().unwrap_or(0);

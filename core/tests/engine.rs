@@ -738,8 +738,9 @@ impl Policy for Cleared {
     }
 }
 
-#[tokio::test]
-async fn read_rules_follow_the_data_they_read_with_a_fresh_state() {
+/// Jobs with notes (some secret) under the [`Cleared`] policy: an engine
+/// still to be given its authenticator.
+fn cleared_engine() -> statecast_core::EngineBuilder {
     let schema = Schema::builder()
         .entity("Job", |t| {
             t.string("name");
@@ -756,8 +757,12 @@ async fn read_rules_follow_the_data_they_read_with_a_fresh_state() {
         .build()
         .expect("schema");
     let channel = Channel::builder("job", "Job").include("notes").policy(Cleared).build(&schema).expect("channel");
-    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
-        .channel(channel)
+    Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema))).channel(channel)
+}
+
+#[tokio::test]
+async fn read_rules_follow_the_data_they_read_with_a_fresh_state() {
+    let engine = cleared_engine()
         .authenticator(DevTokens::new().with("ann", User::new(1, "ann")).with("ben", User::new(2, "ben")))
         .build()
         .expect("engine");
@@ -809,24 +814,7 @@ async fn read_rules_follow_the_data_they_read_with_a_fresh_state() {
 
 #[tokio::test]
 async fn a_resume_under_rules_that_changed_while_away_gets_a_whole_state() {
-    let schema = Schema::builder()
-        .entity("Job", |t| {
-            t.string("name");
-        })
-        .entity("Note", |t| {
-            t.reference("job", "Job").on_delete(OnDelete::Cascade);
-            t.bool("secret").default(false);
-            t.string("author").default("");
-        })
-        .entity("Clearance", |t| {
-            t.string("why").default("");
-        })
-        .relation("Job", "notes", "Note", "job")
-        .build()
-        .expect("schema");
-    let channel = Channel::builder("job", "Job").include("notes").policy(Cleared).build(&schema).expect("channel");
-    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
-        .channel(channel)
+    let engine = cleared_engine()
         .authenticator(DevTokens::new().with("ben", User::new(2, "ben")).with("cy", User::new(3, "cy")))
         .build()
         .expect("engine");

@@ -6,8 +6,15 @@
 //! It also owns subscriptions: a context is loaded once, kept in memory
 //! while subscribed, and its state is served from that cache.
 //!
-//! This file holds the hub's state, its message loop and subscriptions; a
+//! The hub is a state machine: messages in, its state changed, requests out
+//! through [`io::HubIo`] (reads, durability waits, the clock). It never
+//! awaits or spawns; `driver` runs it on tokio and the simulator in `sim`
+//! runs it on a seeded schedule.
+//!
+//! This file holds the hub's state, its message step and subscriptions; a
 //! file per concern holds the rest:
+//! - `driver`: the async driver, the durability task, the log tailer, `Settle`;
+//! - `io`: what the hub asks of the world;
 //! - `delivery`: commits in, durability and the shared log, routing, writers' answers;
 //! - `context`: a live context's tree (membership, changes, tree order, incremental states);
 //! - `read_classes`: subscribers grouped by read rules;
@@ -18,14 +25,20 @@
 mod answers;
 mod context;
 mod delivery;
+mod driver;
+mod io;
 mod presence;
 mod read_classes;
+#[cfg(test)]
+mod sim;
 mod stream_subs;
 
+pub(crate) use driver::{HubHandle, durable_after_reads, spawn};
+pub(crate) use io::Moved;
 pub(crate) use read_classes::ContextRules;
 
-use super::commit_lock::CommitLock;
-use super::load::load_context;
+use io::{HubIo, MoveLoad, StreamRead};
+
 use super::metrics::Metrics;
 use super::split::{split_delta, split_state, split_subscribed};
 use super::streams::{EventTail, PendingSub, StreamRegistry, StreamSub, SubId};
@@ -40,29 +53,31 @@ use crate::protocol::v1::{
 };
 use crate::row::{Fields, Row, RowKey};
 use crate::schema::Schema;
-use crate::store::{Change, Committed, LogEntry, LogRead, Store};
-use crate::stream::CompiledFilters;
+use crate::store::{Change, Committed, LogEntry};
 use crate::transport::{Frame, Outbox, SendError, close_code};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// The hub's hot maps: foldhash, much cheaper than SipHash for the small
 /// keys (ids, row keys, context names) hashed on every delivery. The hub
 /// never hashes keys an attacker picks freely beyond those names.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+type FastMap<K, V> = HashMap<K, V, FastHash>;
+type FastSet<T> = HashSet<T, FastHash>;
+#[cfg(not(test))]
+type FastHash = foldhash::fast::RandomState;
+/// Under test, one fixed seed: the simulation's runs repeat exactly.
+#[cfg(test)]
+type FastHash = foldhash::fast::FixedState;
 /// Row → the live contexts holding it (names shared with the contexts).
 type RowIndex = FastMap<RowKey, FastSet<Arc<str>>>;
-/// A context holding more rows than this is freed off the hub's task.
-const FREE_ELSEWHERE_ROWS: usize = 4096;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::time::Instant;
+use tokio::sync::oneshot;
 
 pub(crate) type ConnId = u64;
 /// The contexts a session holds; shared so the hub can drop one (anchor
 /// deleted, slow consumer) and the session sees it at once.
-pub(crate) type SharedSubs = Arc<parking_lot::Mutex<HashSet<String>>>;
+pub(crate) type SharedSubs = Arc<parking_lot::Mutex<BTreeSet<String>>>;
 
 /// Where a write's answer goes.
 pub(crate) enum ReplyTarget {
@@ -154,6 +169,9 @@ pub(crate) enum HubMsg {
         committed: Committed,
         writer: Option<WriterTag>,
         started: Instant,
+        /// The subtrees the commit moved, read by its writer under the
+        /// commit lock (see [`super::load::moved_subtrees`]); None: not read.
+        moved: Option<Moved>,
     },
     /// One process: every commit up to `through` is durable (or not: the error).
     Durable {
@@ -179,9 +197,12 @@ pub(crate) enum HubMsg {
         upto: Seq,
         entries: Option<Vec<LogEntry>>,
     },
+    /// A context was read (see [`io::HubIo::load_context`]); every commit
+    /// up to `durable` is durable.
     Loaded {
         context: String,
         result: Result<Vec<Row>, WireError>,
+        durable: Seq,
     },
     Unsubscribe {
         conn: ConnId,
@@ -200,6 +221,7 @@ pub(crate) enum HubMsg {
     StreamLoaded {
         sub: SubId,
         result: Result<StreamLoad, WireError>,
+        durable: Seq,
     },
     StreamUnsubscribe {
         conn: ConnId,
@@ -253,234 +275,12 @@ pub(crate) struct SubscribeRequest {
     pub read: Option<Arc<ContextRules>>,
 }
 
-/// The engine's handle on the hub task.
-pub(crate) struct HubHandle {
-    tx: mpsc::UnboundedSender<HubMsg>,
-    healthy: Arc<AtomicBool>,
-    pub settle: Settle,
-}
-
-/// How long an answer waits for the hub to deliver a commit it depends on
-/// (shared log) before it is sent anyway.
-const SETTLE_WAIT: Duration = Duration::from_secs(10);
-/// Shared log: how often the tailer reads the log without a notification.
-const TAIL_POLL: Duration = Duration::from_millis(100);
-/// Shared log: the most entries the tailer reads at once.
-const TAIL_BATCH: usize = 1000;
-/// Shared log: how far before the head the tailer starts, so a commit still
-/// in progress when the process started is not missed.
-const TAIL_BACK: Seq = 1000;
-
-/// Puts a message behind every commit that reads made so far may have seen:
-/// with one process, commits reach the hub under the commit lock; with a
-/// shared log, once the hub has delivered everything up to the log's head.
-#[derive(Clone)]
-pub(crate) struct Settle {
-    store: Arc<dyn Store>,
-    lock: CommitLock,
-    delivered: watch::Receiver<Seq>,
-}
-
-impl Settle {
-    /// After reads of the store: waits until what they may have seen is delivered.
-    pub async fn reads(&self) {
-        if !self.store.shared_log() {
-            drop(self.lock.exclusive().await);
-            return;
-        }
-        match self.store.log_head().await {
-            Ok(head) => self.seq(head).await,
-            Err(e) => tracing::warn!(error = %e, "can't read the log head; answering without waiting"),
-        }
-    }
-
-    /// Waits until the commit at `seq` is delivered (never under the commit lock).
-    pub async fn seq(&self, seq: Seq) {
-        if !self.store.shared_log() {
-            drop(self.lock.exclusive().await);
-            return;
-        }
-        let mut rx = self.delivered.clone();
-        if tokio::time::timeout(SETTLE_WAIT, rx.wait_for(|d| *d >= seq)).await.is_err() {
-            tracing::warn!(seq, "the log tailer has not reached this commit yet; answering anyway");
-        }
-    }
-}
-
-impl HubHandle {
-    pub fn send(&self, msg: HubMsg) {
-        if self.tx.send(msg).is_err() {
-            tracing::error!("the hub task has stopped");
-        }
-    }
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::SeqCst)
-    }
-}
-
 /// The hub's settings.
 pub(crate) struct HubSettings {
     pub snapshot_limit: usize,
     pub limits: super::ConnectionLimits,
     /// Appended to connection ids (see [`super::Inner::conn_suffix`]).
     pub conn_suffix: String,
-}
-
-pub(crate) fn spawn(
-    schema: Arc<Schema>,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    frame_limit: usize,
-    commit_lock: CommitLock,
-    settings: HubSettings,
-    revalidate: Option<Revalidate>,
-) -> HubHandle {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let healthy = Arc::new(AtomicBool::new(true));
-    let (delivered, delivered_rx) = watch::channel(store.last_seq());
-    let settle = Settle { store: store.clone(), lock: commit_lock.clone(), delivered: delivered_rx };
-    if store.shared_log() {
-        tokio::spawn(run_tailer(store.clone(), tx.downgrade(), commit_lock.clone(), store.last_seq()));
-    }
-    let bus = store.bus();
-    let mut hub = Hub {
-        shared_log: store.shared_log(),
-        delivered,
-        awaiting: BTreeMap::new(),
-        barriers: Vec::new(),
-        settle: settle.clone(),
-        schema,
-        epoch: store.epoch().to_owned(),
-        seq: store.last_seq(),
-        store,
-        metrics,
-        frame_limit,
-        me: tx.downgrade(),
-        healthy: healthy.clone(),
-        conns: FastMap::default(),
-        contexts: FastMap::default(),
-        index: RowIndex::default(),
-        streams: StreamRegistry::default(),
-        pending_streams: HashMap::new(),
-        snapshot_limit: settings.snapshot_limit,
-        limits: settings.limits,
-        revalidate,
-        presence: super::presence::PresenceBook::new(store_bus_origin(&bus, &settings.conn_suffix)),
-        bus: bus.clone(),
-        conn_suffix: settings.conn_suffix,
-        durability: None,
-        read_keys: FastMap::default(),
-        durable_through: 0,
-        moves_loading: None,
-        gauge_dirty: false,
-        gauge_at: Instant::now(),
-    };
-    if !hub.shared_log {
-        let (durable_tx, durable_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_durability(hub.store.clone(), durable_rx, tx.downgrade()));
-        hub.durability = Some(durable_tx);
-    }
-    if let Some(bus) = bus {
-        presence::spawn_bus_reader(bus, tx.downgrade());
-        hub.bus_joined();
-    }
-    tokio::spawn(async move {
-        loop {
-            let msg = if hub.gauge_dirty {
-                tokio::select! {
-                    msg = rx.recv() => msg,
-                    _ = tokio::time::sleep(GAUGE_EVERY) => {
-                        hub.recount_subscriptions();
-                        continue;
-                    }
-                }
-            } else {
-                rx.recv().await
-            };
-            let Some(msg) = msg else { break };
-            hub.handle(msg).await;
-        }
-    });
-    HubHandle { tx, healthy, settle }
-}
-
-/// This process's name on the bus: its connection ids' suffix (without `@`).
-fn store_bus_origin(bus: &Option<Arc<dyn crate::store::Bus>>, conn_suffix: &str) -> Option<String> {
-    bus.as_ref().map(|_| conn_suffix.trim_start_matches('@').to_owned())
-}
-
-/// One process: waits for the commits' durability in seq order, off the
-/// hub's loop, and tells the hub (`Durable`). Commits queued meanwhile are
-/// waited for at once: durability is a watermark.
-async fn run_durability(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::UnboundedReceiver<Seq>,
-    hub: mpsc::WeakUnboundedSender<HubMsg>,
-) {
-    while let Some(mut through) = rx.recv().await {
-        while let Ok(more) = rx.try_recv() {
-            through = through.max(more);
-        }
-        let result = store.wait_durable(through).await;
-        let Some(tx) = hub.upgrade() else { return };
-        if tx.send(HubMsg::Durable { through, result }).is_err() {
-            return;
-        }
-    }
-}
-
-/// Shared log: reads the log in seq order (woken by notifications, else every
-/// [`TAIL_POLL`]) and hands the entries to the hub. Store failures (a database
-/// restart) are retried with a backoff; it resumes after the last seq handed over.
-async fn run_tailer(store: Arc<dyn Store>, hub: mpsc::WeakUnboundedSender<HubMsg>, lock: CommitLock, head: Seq) {
-    let mut after = head.saturating_sub(TAIL_BACK);
-    let mut backoff = TAIL_POLL;
-    let mut failing = false;
-    loop {
-        if hub.strong_count() == 0 {
-            return;
-        }
-        match store.tail_log(after, TAIL_BATCH).await {
-            Ok(tail) => {
-                if failing {
-                    tracing::info!(after, "reading the change log again");
-                    failing = false;
-                }
-                backoff = TAIL_POLL;
-                if tail.trimmed {
-                    tracing::error!(
-                        after,
-                        through = tail.through,
-                        "the change log was trimmed past this process's position: commits in between are not \
-                         broadcast here (raise the log capacity)"
-                    );
-                }
-                let full = tail.entries.len() >= TAIL_BATCH;
-                if tail.through > after || !tail.entries.is_empty() {
-                    after = tail.through;
-                    // Local writers hand their commit to the hub under this lock
-                    // before it becomes visible here; taking it exclusively puts
-                    // this behind every one of them that this read could hold.
-                    let _guard = lock.exclusive().await;
-                    let Some(tx) = hub.upgrade() else { return };
-                    if tx.send(HubMsg::Tailed { entries: tail.entries, through: tail.through }).is_err() {
-                        return;
-                    }
-                }
-                if !full {
-                    store.wait_log(TAIL_POLL).await;
-                }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, after, "reading the change log failed; retrying");
-                    failing = true;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
 }
 
 struct ConnEntry {
@@ -499,32 +299,6 @@ struct ConnEntry {
 const TOMBSTONES: usize = 10_000;
 /// The most commits a context's `since` is backfilled over from the change log.
 const BACKFILL_MAX: Seq = 10_000;
-
-/// The change log `(since, upto]`, or None when it no longer reaches back
-/// (trimmed) or can't be read (the subscriber then gets the whole state).
-async fn read_log(store: &dyn Store, since: Seq, upto: Seq) -> Option<Vec<LogEntry>> {
-    let mut entries: Vec<LogEntry> = Vec::new();
-    let mut after = since;
-    while after < upto {
-        match store.changes_since(after, SCAN_PAGE).await {
-            Ok(LogRead::Entries(page)) => {
-                let Some(last) = page.last().map(|e| e.seq) else { break };
-                let short = page.len() < SCAN_PAGE;
-                entries.extend(page.into_iter().filter(|e| e.seq <= upto));
-                after = last;
-                if short {
-                    break;
-                }
-            }
-            Ok(LogRead::Trimmed) => return None,
-            Err(e) => {
-                tracing::warn!(error = %e, since, "can't read the change log for a `since` subscribe");
-                return None;
-            }
-        }
-    }
-    Some(entries)
-}
 
 struct LiveContext {
     name: Arc<str>,
@@ -548,31 +322,43 @@ struct LiveContext {
 }
 
 enum Slot {
-    Loading { channel: Arc<Channel>, anchor_id: Id, waiting: Vec<SubscribeRequest>, buffered: Vec<Arc<Committed>> },
+    Loading {
+        channel: Arc<Channel>,
+        anchor_id: Id,
+        waiting: Vec<SubscribeRequest>,
+        /// Commits delivered while the load runs, with the subtrees they moved.
+        buffered: Vec<(Arc<Committed>, Arc<Moved>)>,
+    },
     Live(Box<LiveContext>),
 }
 
 /// A local commit waiting for the tailer to reach its seq.
-type Awaiting = (Committed, Option<WriterTag>, Instant);
+struct Awaiting {
+    committed: Committed,
+    writer: Option<WriterTag>,
+    started: Instant,
+    /// The subtrees it moved, when its writer read them (else the hub asks).
+    moved: Option<Moved>,
+}
 
 struct Hub {
-    /// Commits are delivered from the store's shared log (see [`run_tailer`]).
+    /// Where reads, durability waits and the clock come from (see [`io`]).
+    io: Box<dyn HubIo>,
+    /// Commits are delivered from the store's shared log (see `driver::run_tailer`).
     shared_log: bool,
-    /// The last seq delivered (or settled), for [`Settle`].
-    delivered: watch::Sender<Seq>,
-    /// Shared log: local commits by seq, until the tailer delivers them.
+    /// Commits by seq until they may be delivered: durable (one process)
+    /// or read back from the shared log (several).
     awaiting: BTreeMap<Seq, Awaiting>,
     /// Barriers waiting for the awaited local commits to be delivered.
     barriers: Vec<oneshot::Sender<()>>,
-    settle: Settle,
     schema: Arc<Schema>,
-    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     epoch: String,
     /// The last commit delivered.
     seq: Seq,
+    /// The last seq reported delivered (see [`HubIo::delivered`]).
+    reported: Seq,
     frame_limit: usize,
-    me: mpsc::WeakUnboundedSender<HubMsg>,
     healthy: Arc<AtomicBool>,
     conns: FastMap<ConnId, ConnEntry>,
     contexts: FastMap<String, Slot>,
@@ -582,21 +368,23 @@ struct Hub {
     pending_streams: HashMap<SubId, PendingSub>,
     snapshot_limit: usize,
     limits: super::ConnectionLimits,
-    /// Where commits that touch what a policy reads are reported (none when
+    /// What policies read, so commits touching it are reported (none when
     /// no policy declares what it reads).
-    revalidate: Option<Revalidate>,
+    watch: Option<super::revocation::Watch>,
     presence: super::presence::PresenceBook,
-    /// The other processes on the store (None: alone).
-    bus: Option<Arc<dyn crate::store::Bus>>,
+    /// Other processes share the store and its bus.
+    on_bus: bool,
     /// Makes connection ids unique across the processes on a bus (`@…`).
     conn_suffix: String,
-    /// One process: where commits go to wait for durability (see [`run_durability`]).
-    durability: Option<mpsc::UnboundedSender<Seq>>,
     /// One process: every commit up to here is durable.
     durable_through: Seq,
-    /// One process: the commit whose moved subtrees are being read (the
-    /// commits after it wait for it).
+    /// Shared log: the tailer read every commit up to here.
+    tail_through: Seq,
+    /// The commit whose moved subtrees are being read (the commits after it
+    /// wait for it).
     moves_loading: Option<Seq>,
+    /// Loads that must wait for a commit still being delivered (see `must_wait`).
+    deferred: Vec<HubMsg>,
     /// The read class key each (user, context) last subscribed with: a
     /// resume with `since` under other rules gets a whole state.
     read_keys: FastMap<(Id, String), Option<String>>,
@@ -605,45 +393,75 @@ struct Hub {
     gauge_at: Instant,
 }
 
+/// What a hub starts from.
+pub(crate) struct Start {
+    pub schema: Arc<Schema>,
+    pub epoch: String,
+    /// The store's last commit.
+    pub seq: Seq,
+    pub shared_log: bool,
+    pub on_bus: bool,
+    pub metrics: Arc<Metrics>,
+    pub frame_limit: usize,
+    pub healthy: Arc<AtomicBool>,
+    pub settings: HubSettings,
+    pub watch: Option<super::revocation::Watch>,
+}
+
 /// The most (user, context) read keys remembered (then forgotten at once:
 /// an unknown pair keeps `since`, as before rules existed).
 const READ_KEYS_KEPT: usize = 100_000;
 
-/// How often the subscription gauge is recounted at most.
-const GAUGE_EVERY: Duration = Duration::from_millis(50);
-
 /// The revalidator's inbox and what it watches.
 pub(crate) struct Revalidate {
     pub watch: super::revocation::Watch,
-    pub tx: mpsc::UnboundedSender<super::revocation::Touched>,
-}
-
-/// Subtrees of rows that moved between parents, loaded before routing.
-type Moved = HashMap<(String, RowKey), Vec<Row>>;
-
-/// A subtree to read before a commit is routed (see `moves_to_load`).
-struct MoveLoad {
-    channel: Arc<Channel>,
-    name: String,
-    row: Row,
-}
-
-/// Reads the subtrees a commit moved (off the hub's loop with one process).
-async fn load_moves(store: &dyn Store, loads: Vec<MoveLoad>) -> Moved {
-    let mut moved = Moved::new();
-    for MoveLoad { channel, name, row } in loads {
-        match super::load::load_subtree(store, &channel, &row).await {
-            Ok(rows) => {
-                moved.insert((name, row.key()), rows);
-            }
-            Err(e) => tracing::error!(error = %e, "loading a moved subtree failed"),
-        }
-    }
-    moved
+    pub tx: tokio::sync::mpsc::UnboundedSender<super::revocation::Touched>,
 }
 
 impl Hub {
-    async fn handle(&mut self, msg: HubMsg) {
+    fn new(start: Start, io: Box<dyn HubIo>) -> Self {
+        let origin = start.on_bus.then(|| start.settings.conn_suffix.trim_start_matches('@').to_owned());
+        let gauge_at = io.now();
+        Hub {
+            io,
+            shared_log: start.shared_log,
+            awaiting: BTreeMap::new(),
+            barriers: Vec::new(),
+            schema: start.schema,
+            metrics: start.metrics,
+            epoch: start.epoch,
+            seq: start.seq,
+            reported: start.seq,
+            frame_limit: start.frame_limit,
+            healthy: start.healthy,
+            conns: FastMap::default(),
+            contexts: FastMap::default(),
+            index: RowIndex::default(),
+            streams: StreamRegistry::default(),
+            pending_streams: HashMap::new(),
+            snapshot_limit: start.settings.snapshot_limit,
+            limits: start.settings.limits,
+            watch: start.watch,
+            presence: super::presence::PresenceBook::new(origin),
+            on_bus: start.on_bus,
+            conn_suffix: start.settings.conn_suffix,
+            durable_through: start.seq,
+            tail_through: start.seq,
+            moves_loading: None,
+            deferred: Vec::new(),
+            read_keys: FastMap::default(),
+            gauge_dirty: false,
+            gauge_at,
+        }
+    }
+
+    /// The subscription gauge waits for a recount.
+    fn gauge_dirty(&self) -> bool {
+        self.gauge_dirty
+    }
+
+    /// One step: a message in, the hub's state changed, its requests out.
+    fn handle(&mut self, msg: HubMsg) {
         match msg {
             HubMsg::Connect { conn, user, outbox, codec, subs } => {
                 let entry = ConnEntry { user, outbox, codec, subs, answers: answers::AnswerQueue::default() };
@@ -674,20 +492,19 @@ impl Hub {
                 }
             }
             HubMsg::Disconnect { conn } => self.disconnect(conn),
-            HubMsg::Commit { committed, writer, started } => {
+            HubMsg::Commit { committed, writer, started, moved } => {
                 self.note_commit(&writer);
-                if self.shared_log {
-                    self.await_tail(committed, writer, started)
-                } else {
-                    self.await_durable(committed, writer, started)
-                }
+                let awaiting = Awaiting { committed, writer, started, moved };
+                if self.shared_log { self.await_tail(awaiting) } else { self.await_durable(awaiting) }
             }
             HubMsg::Durable { through, result } => self.durable(through, result),
             HubMsg::MovesLoaded { seq, moved } => self.moves_loaded(seq, moved),
-            HubMsg::Tailed { entries, through } => self.tailed(entries, through).await,
+            HubMsg::Tailed { entries, through } => self.tailed(entries, through),
             HubMsg::Subscribe(req) => self.subscribe(req),
-            HubMsg::Loaded { context, result } => {
-                self.deliver_durable().await;
+            HubMsg::Loaded { context, result, durable } => {
+                if self.must_wait(durable) {
+                    return self.deferred.push(HubMsg::Loaded { context, result, durable });
+                }
                 self.loaded(context, result)
             }
             HubMsg::Backfilled { req, upto, entries } => self.backfilled(req, upto, entries),
@@ -705,8 +522,10 @@ impl Hub {
                 let _ = done.send(());
             }
             HubMsg::StreamSubscribe(req) => self.stream_subscribe(*req),
-            HubMsg::StreamLoaded { sub, result } => {
-                self.deliver_durable().await;
+            HubMsg::StreamLoaded { sub, result, durable } => {
+                if self.must_wait(durable) {
+                    return self.deferred.push(HubMsg::StreamLoaded { sub, result, durable });
+                }
                 self.stream_loaded(sub, result)
             }
             HubMsg::StreamUnsubscribe { conn, subscription, rid } => self.stream_unsubscribe(conn, subscription, rid),
@@ -803,7 +622,7 @@ impl Hub {
 
     fn disconnect(&mut self, conn: ConnId) {
         let Some(entry) = self.conns.remove(&conn) else { return };
-        let held: Vec<String> = entry.subs.lock().drain().collect();
+        let held = std::mem::take(&mut *entry.subs.lock());
         for context in held {
             self.drop_subscriber(conn, &context);
         }
@@ -842,14 +661,14 @@ impl Hub {
             for key in ctx.rows.keys() {
                 unindex(&mut self.index, key, context);
             }
-            free(ctx);
+            self.io.free(ctx);
         }
     }
 
     /// Recounted at most every [`GAUGE_EVERY`]: a recount walks every live
     /// context, and a mass revocation or disconnect would do it per removal.
     fn update_subscription_gauge(&mut self) {
-        if self.gauge_at.elapsed() < GAUGE_EVERY {
+        if self.io.now().saturating_duration_since(self.gauge_at) < driver::GAUGE_EVERY {
             self.gauge_dirty = true;
             return;
         }
@@ -858,7 +677,7 @@ impl Hub {
 
     fn recount_subscriptions(&mut self) {
         self.gauge_dirty = false;
-        self.gauge_at = Instant::now();
+        self.gauge_at = self.io.now();
         let n: usize = self
             .contexts
             .values()
@@ -897,7 +716,7 @@ impl Hub {
                     context.clone(),
                     Slot::Loading { channel: channel.clone(), anchor_id, waiting: vec![req], buffered: Vec::new() },
                 );
-                self.spawn_loader(context, channel, anchor_id);
+                self.io.load_context(context, channel, anchor_id);
             }
         }
         self.update_subscription_gauge();
@@ -928,23 +747,6 @@ impl Hub {
                 Slot::Live(_) => 0,
             })
             .sum()
-    }
-
-    fn spawn_loader(&self, context: String, channel: Arc<Channel>, anchor_id: Id) {
-        let (store, me, settle) = (self.store.clone(), self.me.clone(), self.settle.clone());
-        tokio::spawn(async move {
-            let result = load_context(&*store, &channel, anchor_id).await;
-            // `Loaded` goes behind every commit whose rows the load may have
-            // read, and only once they are durable.
-            settle.reads().await;
-            let result = match durable_after_reads(&*store).await {
-                Ok(()) => result,
-                Err(e) => Err(e),
-            };
-            if let Some(tx) = me.upgrade() {
-                let _ = tx.send(HubMsg::Loaded { context, result });
-            }
-        });
     }
 
     fn loaded(&mut self, context: String, result: Result<Vec<Row>, WireError>) {
@@ -981,12 +783,11 @@ impl Hub {
                 ctx.link(&mut self.index, key, parent, Arc::new(row), None);
             }
         }
-        let empty = Moved::new();
         let mut anchor_gone = false;
-        for commit in &buffered {
+        for (commit, moved) in &buffered {
             for change in &commit.changes {
                 let mut sink = Vec::new();
-                if ctx.apply(&mut self.index, commit.seq, change, &empty, &mut sink) {
+                if ctx.apply(&mut self.index, commit.seq, change, moved, &mut sink) {
                     anchor_gone = true;
                 }
             }
@@ -995,7 +796,7 @@ impl Hub {
             for key in ctx.rows.keys() {
                 unindex(&mut self.index, key, &context);
             }
-            free(ctx);
+            self.io.free(ctx);
             let e = WireError::new(ErrorReason::AnchorNotFound, format!("{anchor} was deleted"));
             return self.refuse_waiting(&context, waiting, e);
         }
@@ -1005,9 +806,15 @@ impl Hub {
         self.contexts.insert(context.clone(), Slot::Live(ctx));
         let mut backfilling = false;
         for req in waiting {
-            backfilling |= req.since.is_some();
             let conn = req.conn;
-            self.answer_subscribe(req);
+            if matches!(self.contexts.get(&context), Some(Slot::Live(_))) {
+                backfilling |= req.since.is_some();
+                self.answer_subscribe(req);
+            } else {
+                // An earlier subscriber here was cut off as a slow consumer
+                // and took the context with it: this one loads it again.
+                self.subscribe(req);
+            }
             self.unpark(conn);
         }
         self.update_subscription_gauge();
@@ -1023,7 +830,9 @@ impl Hub {
     /// the change log when `since` lies before what the context remembers.
     fn answer_subscribe(&mut self, req: SubscribeRequest) {
         if let Some(upto) = self.backfill_needed(&req) {
-            return self.spawn_backfill(req, upto);
+            let Some((since, _)) = req.since else { return };
+            self.park(req.conn);
+            return self.io.read_log(req, since, upto);
         }
         self.register_subscriber(req);
     }
@@ -1070,19 +879,6 @@ impl Hub {
             && *since < ctx.loaded_at
             && *since >= ctx.loaded_at.saturating_sub(BACKFILL_MAX);
         answerable.then_some(ctx.loaded_at)
-    }
-
-    /// Reads the change log `(since, upto]` off the hub's task.
-    fn spawn_backfill(&mut self, req: SubscribeRequest, upto: Seq) {
-        let (store, me) = (self.store.clone(), self.me.clone());
-        let Some((since, _)) = req.since.clone() else { return };
-        self.park(req.conn);
-        tokio::spawn(async move {
-            let entries = read_log(&*store, since, upto).await;
-            if let Some(tx) = me.upgrade() {
-                let _ = tx.send(HubMsg::Backfilled { req, upto, entries });
-            }
-        });
     }
 
     fn backfilled(&mut self, req: SubscribeRequest, upto: Seq, entries: Option<Vec<LogEntry>>) {
@@ -1257,13 +1053,6 @@ impl Hub {
     }
 }
 
-/// Queues frames in an outbox, stopping at the first refusal.
-/// Waits until every commit that reads made so far may have seen is durable
-/// (call it after [`Settle::reads`]).
-pub(crate) async fn durable_after_reads(store: &dyn Store) -> Result<(), WireError> {
-    store.wait_durable(store.last_seq()).await.map_err(crate::error::reads_not_durable)
-}
-
 /// A write's answer was sent (or its connection is gone): one less in flight.
 fn release(in_flight: answers::InFlight) {
     if let Some(n) = in_flight {
@@ -1273,14 +1062,6 @@ fn release(in_flight: answers::InFlight) {
 
 fn offer(outbox: &Outbox, frames: &[Frame]) -> Result<(), SendError> {
     outbox.try_send_all(frames)
-}
-
-/// Frees a context: a large one on a blocking thread, so dropping its maps
-/// (one deallocation per row) does not hold up the hub.
-fn free(ctx: Box<LiveContext>) {
-    if ctx.rows.len() > FREE_ELSEWHERE_ROWS && tokio::runtime::Handle::try_current().is_ok() {
-        tokio::task::spawn_blocking(move || drop(ctx));
-    }
 }
 
 fn index(index: &mut RowIndex, key: &RowKey, context: &Arc<str>) {

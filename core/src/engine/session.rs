@@ -21,7 +21,6 @@ use crate::protocol::v1::{
 use crate::store::AppliedKey;
 use crate::stream::{CompiledFilters, Filters, Payload, Stream, StreamRequest};
 use crate::transport::{Connection, Frame, Incoming, Outbox, SendError, close_code};
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::time::Instant;
@@ -60,7 +59,7 @@ pub(crate) async fn run(inner: Arc<Inner>, conn: Connection) {
         user: None,
         expires: None,
         client_id: String::new(),
-        subs: Arc::new(parking_lot::Mutex::new(HashSet::new())),
+        subs: Arc::new(parking_lot::Mutex::new(Default::default())),
         in_flight: Arc::new(AtomicUsize::new(0)),
         presence: PresenceOutbox::default(),
     };

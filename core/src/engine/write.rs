@@ -112,7 +112,12 @@ async fn run_checked(
                     single_create: !batch && write.operation == crate::protocol::v1::Operation::Create,
                     in_flight,
                 });
-                inner.hub.send(HubMsg::Commit { committed, writer, started });
+                // One process: the store is at this commit's seq until the lock goes.
+                let moved = match inner.store.shared_log() {
+                    false => super::load::moved_subtrees(&*inner.store, inner.channels.values(), &committed).await,
+                    true => None,
+                };
+                inner.hub.send(HubMsg::Commit { committed, writer, started, moved });
                 drop(guard);
                 return Ok(Outcome::Committed);
             }
@@ -145,7 +150,7 @@ async fn duplicate(inner: &Inner, rec: AppliedRecord) -> Result<Outcome, WireErr
 
 /// Waits until every commit that reads made so far may have seen is durable:
 /// an answer built from those reads may go out only then. Call it after
-/// [`Settle::reads`](super::hub::Settle::reads), which lets commits in
+/// `Settle::reads` (in the hub's driver), which lets commits in
 /// progress finish.
 pub(crate) async fn reads_durable(inner: &Inner) -> Result<(), WireError> {
     super::hub::durable_after_reads(&*inner.store).await

@@ -186,19 +186,25 @@ impl LiveContext {
             .filter(|(_, c)| *c.key.ty == *self.channel.anchor || self.channel.edges_into(&c.key.ty).next().is_some())
             .collect();
         let mut removed: HashMap<RowKey, (Seq, bool)> = HashMap::new();
+        // Rows that left after the load were here then too: a row removed
+        // under one of them before the load was here at `since`.
+        let left_since_load: HashSet<&RowKey> = self.tombstones.iter().map(|(_, k)| k).collect();
         loop {
             let mut grew = false;
             for (seq, change) in &changes {
                 let (Some(before), false) = (&change.before, self.rows.contains_key(&change.key)) else { continue };
-                if removed.contains_key(&change.key) {
+                if removed.get(&change.key).is_some_and(|(at, _)| at >= seq) {
                     continue;
                 }
                 let was_here = self.channel.edges_into(&before.ty).any(|edge| {
                     before.get_i64(&edge.field).is_some_and(|id| {
                         let parent = RowKey::new(edge.parent.as_str(), id);
-                        self.rows.contains_key(&parent) || removed.contains_key(&parent)
+                        self.rows.contains_key(&parent)
+                            || removed.contains_key(&parent)
+                            || left_since_load.contains(&parent)
                     })
                 });
+                // A row changed more than once here left with its last change.
                 if was_here {
                     removed.insert(change.key.clone(), (*seq, change.after.is_some()));
                     grew = true;

@@ -7,85 +7,42 @@ use super::*;
 
 impl Hub {
     /// Shared log: a local commit waits for the tailer to deliver its seq.
-    pub(super) fn await_tail(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant) {
-        if committed.seq <= *self.delivered.borrow() {
+    pub(super) fn await_tail(&mut self, a: Awaiting) {
+        if a.committed.seq <= self.reported {
             // Delivered already (never expected: the tailer hands entries over
             // under the commit lock): only the writer is left to answer.
-            self.answer_writer(writer, Ok(()), &committed);
+            self.answer_writer(a.writer, Ok(()), &a.committed);
             return;
         }
-        self.awaiting.insert(committed.seq, (committed, writer, started));
+        self.awaiting.insert(a.committed.seq, a);
     }
 
-    /// Shared log: delivers entries read by the tailer, in seq order, each once.
-    pub(super) async fn tailed(&mut self, entries: Vec<LogEntry>, through: Seq) {
+    /// Shared log: entries read by the tailer (any process's commits), in
+    /// seq order. Each is delivered once, from the local copy when this
+    /// process made it (it knows the writer to answer).
+    pub(super) fn tailed(&mut self, entries: Vec<LogEntry>, through: Seq) {
+        let now = self.io.now();
         for entry in entries {
-            let (committed, writer, started) = match self.awaiting.remove(&entry.seq) {
-                Some(local) => local,
-                None => {
-                    (Committed { seq: entry.seq, changes: entry.changes, created: Vec::new() }, None, Instant::now())
-                }
-            };
-            self.deliver(committed, writer, started).await;
+            self.awaiting.entry(entry.seq).or_insert_with(|| Awaiting {
+                committed: Committed { seq: entry.seq, changes: entry.changes, created: Vec::new() },
+                writer: None,
+                started: now,
+                moved: None,
+            });
         }
-        // Local commits the log no longer shows (trimmed past): answer their writers.
-        while let Some(entry) = self.awaiting.first_entry() {
-            if *entry.key() > through {
-                break;
-            }
-            let (committed, writer, started) = entry.remove();
-            self.deliver(committed, writer, started).await;
-        }
-        if self.awaiting.is_empty() {
-            for done in self.barriers.drain(..) {
-                let _ = done.send(());
-            }
-        }
-        self.seq = self.seq.max(through);
-        self.delivered.send_if_modified(|d| {
-            let advance = through > *d;
-            if advance {
-                *d = through;
-            }
-            advance
-        });
-    }
-
-    /// One process: a commit waits, off the hub's loop, until it is durable
-    /// (see [`run_durability`]); meanwhile subscribes, answers and other
-    /// connections go on.
-    pub(super) fn await_durable(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant) {
-        let seq = committed.seq;
-        self.awaiting.insert(seq, (committed, writer, started));
-        if let Some(tx) = &self.durability {
-            let _ = tx.send(seq);
-        }
-    }
-
-    /// One process: delivers the commits already durable whose `Durable`
-    /// has not come yet. A load waited for the durability of everything it
-    /// read: delivering those first lets the load's rows and the commits
-    /// delivered after it meet at one seq (no event twice, none lost). A
-    /// commit whose moved subtree is still loading is read here instead.
-    pub(super) async fn deliver_durable(&mut self) {
-        if self.shared_log {
-            return;
-        }
-        self.durable_through = self.durable_through.max(self.store.durable_seq());
-        loop {
-            self.pump();
-            let next = self.awaiting.first_key_value().map(|(seq, _)| *seq);
-            match next {
-                Some(seq) if seq <= self.durable_through && self.moves_loading.is_some() => {
-                    let Some((committed, writer, started)) = self.awaiting.remove(&seq) else { break };
-                    self.moves_loading = None; // its load's answer will find nothing to do
-                    let moved = load_moves(&*self.store, self.moves_to_load(&committed)).await;
-                    self.deliver_with(committed, writer, started, moved);
-                }
-                _ => break,
-            }
-        }
+        // Local commits the log no longer shows (trimmed past) go from the
+        // local copy: their writers are answered.
+        self.tail_through = self.tail_through.max(through);
         self.pump();
+    }
+
+    /// One process: a commit waits until it is durable (the driver waits
+    /// off the hub's loop); meanwhile subscribes, answers and other
+    /// connections go on.
+    pub(super) fn await_durable(&mut self, a: Awaiting) {
+        let seq = a.committed.seq;
+        self.awaiting.insert(seq, a);
+        self.io.wait_durable(seq);
     }
 
     /// Every commit up to `through` is durable (or the store failed to make
@@ -98,49 +55,78 @@ impl Hub {
                     if *entry.key() > through {
                         break;
                     }
-                    let (committed, writer, _) = entry.remove();
+                    let Awaiting { committed, writer, .. } = entry.remove();
                     tracing::error!(error = %e, seq = committed.seq, "the store could not make a commit durable");
                     self.healthy.store(false, Ordering::SeqCst);
                     self.answer_writer(writer, Err(crate::error::commit_not_durable(&e)), &committed);
                 }
-                self.moves_loading = None;
+                self.moves_loading = None; // its load's answer will find nothing to do
             }
         }
         self.pump();
+        self.replay_deferred();
     }
 
-    /// Delivers the durable commits in seq order, until one needs a moved
-    /// subtree read: that read runs off the loop and the commit (and those
+    /// The seq up to which awaiting commits may go out.
+    fn ready_through(&self) -> Seq {
+        if self.shared_log { self.tail_through } else { self.durable_through }
+    }
+
+    /// A load (of a context or a stream) read the store after every commit
+    /// up to `durable` was durable and had reached the hub. Those commits
+    /// must be delivered before the load is used, so that its rows and the
+    /// commits delivered after it meet at one seq (no event twice, none
+    /// lost). Delivers what it can; true when one of them is still waiting
+    /// for its moved subtrees (the load then waits for it too).
+    pub(super) fn must_wait(&mut self, durable: Seq) -> bool {
+        if !self.shared_log {
+            self.durable_through = self.durable_through.max(durable);
+        }
+        self.pump();
+        let ready = self.ready_through();
+        self.moves_loading.is_some() && self.awaiting.first_key_value().is_some_and(|(seq, _)| *seq <= ready)
+    }
+
+    /// Loads held back by `must_wait`, in arrival order, once delivery moved on.
+    fn replay_deferred(&mut self) {
+        if self.deferred.is_empty() || self.moves_loading.is_some() {
+            return;
+        }
+        for msg in std::mem::take(&mut self.deferred) {
+            self.handle(msg);
+        }
+    }
+
+    /// Delivers the ready commits in seq order, until one needs a moved
+    /// subtree read: that read runs elsewhere and the commit (and those
     /// after it) waits for `MovesLoaded`.
     pub(super) fn pump(&mut self) {
+        let ready = self.ready_through();
         while self.moves_loading.is_none() {
             let Some((&seq, next)) = self.awaiting.first_key_value() else { break };
-            if seq > self.durable_through {
+            if seq > ready {
                 break;
             }
-            let loads = self.moves_to_load(&next.0);
-            if !loads.is_empty() {
-                self.moves_loading = Some(seq);
-                let (store, me) = (self.store.clone(), self.me.clone());
-                tokio::spawn(async move {
-                    let moved = load_moves(&*store, loads).await;
-                    if let Some(tx) = me.upgrade() {
-                        let _ = tx.send(HubMsg::MovesLoaded { seq, moved });
-                    }
-                });
-                break;
+            if next.moved.is_none() {
+                let loads = self.moves_to_load(&next.committed);
+                if !loads.is_empty() {
+                    self.moves_loading = Some(seq);
+                    self.io.load_moves(seq, loads);
+                    break;
+                }
             }
-            let Some((committed, writer, started)) = self.awaiting.remove(&seq) else { break };
-            self.deliver_with(committed, writer, started, Moved::new());
+            let Some(a) = self.awaiting.remove(&seq) else { break };
+            self.deliver_with(a.committed, a.writer, a.started, a.moved.unwrap_or_default());
         }
-        let seq = self.seq;
-        self.delivered.send_if_modified(|d| {
-            let advance = seq > *d;
-            if advance {
-                *d = seq;
-            }
-            advance
-        });
+        let caught_up = self.moves_loading.is_none() && self.awaiting.first_key_value().is_none_or(|(s, _)| *s > ready);
+        if self.shared_log && caught_up {
+            // The log is settled up to here, gaps included.
+            self.seq = self.seq.max(ready);
+        }
+        if self.seq > self.reported {
+            self.reported = self.seq;
+            self.io.delivered(self.seq);
+        }
         if self.awaiting.is_empty() {
             for done in self.barriers.drain(..) {
                 let _ = done.send(());
@@ -151,19 +137,14 @@ impl Hub {
     /// The moved subtrees of commit `seq` were read: it goes, then the rest.
     pub(super) fn moves_loaded(&mut self, seq: Seq, moved: Moved) {
         if self.moves_loading != Some(seq) {
-            return; // delivered meanwhile (see `deliver_durable`)
+            return; // its commit was refused meanwhile (see `durable`)
         }
         self.moves_loading = None;
-        if let Some((committed, writer, started)) = self.awaiting.remove(&seq) {
-            self.deliver_with(committed, writer, started, moved);
+        if let Some(a) = self.awaiting.remove(&seq) {
+            self.deliver_with(a.committed, a.writer, a.started, moved);
         }
         self.pump();
-    }
-
-    /// Shared log: loads what the commit moved, then delivers it.
-    pub(super) async fn deliver(&mut self, committed: Committed, writer: Option<WriterTag>, started: Instant) {
-        let moved = load_moves(&*self.store, self.moves_to_load(&committed)).await;
-        self.deliver_with(committed, writer, started, moved);
+        self.replay_deferred();
     }
 
     /// Routes a durable commit to contexts and streams, then answers its writer.
@@ -174,19 +155,20 @@ impl Hub {
         started: Instant,
         moved: Moved,
     ) {
-        self.metrics.observe_commit(started.elapsed());
-        let delivered = Instant::now();
-        let committed = Arc::new(committed);
+        let delivered = self.io.now();
+        self.metrics.observe_commit(delivered.saturating_duration_since(started));
+        let committed = Arc::new(parents_first(&self.schema, committed));
+        let moved = Arc::new(moved);
         self.seq = self.seq.max(committed.seq);
         for slot in self.contexts.values_mut() {
             if let Slot::Loading { buffered, .. } = slot {
-                buffered.push(committed.clone());
+                buffered.push((committed.clone(), moved.clone()));
             }
         }
-        if let Some(revalidate) = &self.revalidate {
-            let touched = revalidate.watch.touched(&committed);
+        if let Some(watch) = &self.watch {
+            let touched = watch.touched(&committed);
             if !touched.is_empty() {
-                let _ = revalidate.tx.send(touched);
+                self.io.revalidate(touched);
             }
         }
         let writer_conn = match &writer {
@@ -201,7 +183,7 @@ impl Hub {
         }
         self.route_streams(&committed);
         self.answer_writer(writer, Ok(()), &committed);
-        self.metrics.observe_delivery(delivered.elapsed());
+        self.metrics.observe_delivery(self.io.now().saturating_duration_since(delivered));
     }
 
     pub(super) fn answer_writer(&mut self, writer: Option<WriterTag>, result: Result<(), WireError>, c: &Committed) {
@@ -269,27 +251,30 @@ impl Hub {
         out.into_iter().collect()
     }
 
-    /// Rows whose fields changed and that hang rows under them in a live
-    /// channel: their subtrees must be read before the commit is routed
-    /// (a row that moved to a new parent brings its subtree along).
+    /// Rows that moved to another parent in a channel held here (live or
+    /// loading) and hang rows under them there: their subtrees must be read
+    /// before the commit is routed (a row that moves brings its subtree
+    /// along). A change that moves nothing needs no read. Only for commits
+    /// whose writer did not read them: another process's, on a shared log,
+    /// read here as the store is then (see [`load::moved_subtrees`]).
+    ///
+    /// [`load::moved_subtrees`]: crate::engine::load::moved_subtrees
     pub(super) fn moves_to_load(&self, c: &Committed) -> Vec<MoveLoad> {
         let mut out = Vec::new();
         for change in &c.changes {
             let (Some(before), Some(after)) = (&change.before, &change.after) else {
                 continue;
             };
-            if before.fields == after.fields {
-                continue;
+            let mut channels: HashMap<&str, &Arc<Channel>> = HashMap::new();
+            for slot in self.contexts.values() {
+                let channel = match slot {
+                    Slot::Live(ctx) => &ctx.channel,
+                    Slot::Loading { channel, .. } => channel,
+                };
+                if crate::engine::load::moves_subtree(channel, before, after) {
+                    channels.insert(channel.name.as_str(), channel);
+                }
             }
-            let channels: HashMap<&str, &Arc<Channel>> = self
-                .contexts
-                .values()
-                .filter_map(|s| match s {
-                    Slot::Live(ctx) => Some((ctx.channel.name.as_str(), &ctx.channel)),
-                    Slot::Loading { .. } => None,
-                })
-                .filter(|(_, ch)| ch.edges_from(&after.ty).next().is_some())
-                .collect();
             for (name, channel) in channels {
                 out.push(MoveLoad { channel: channel.clone(), name: name.to_owned(), row: after.clone() });
             }
@@ -376,4 +361,50 @@ impl Hub {
         }
         self.update_subscription_gauge();
     }
+}
+
+/// The commit with each row after the rows of the same commit it refers
+/// to. A store lists changes in the order rows were first touched, so a
+/// batch that edits a note, creates a task and then moves the note under
+/// it lists the note first: routed in that order, the note would look like
+/// it left (its new parent not there yet) and be lost. Stable otherwise;
+/// a cycle of references keeps its order.
+fn parents_first(schema: &Schema, mut c: Committed) -> Committed {
+    if c.changes.len() < 2 {
+        return c;
+    }
+    let created: HashSet<RowKey> = c.changes.iter().filter(|ch| ch.after.is_some()).map(|ch| ch.key.clone()).collect();
+    let refers_to_pending = |ch: &Change, placed: &HashSet<RowKey>| {
+        let Some(after) = &ch.after else { return false };
+        let Some(entity) = schema.entity(&after.ty) else { return false };
+        entity.fields.iter().any(|f| match (f.target(), after.get_i64(&f.name)) {
+            (Some(target), Some(id)) => {
+                let parent = RowKey::new(target, id);
+                parent != ch.key && created.contains(&parent) && !placed.contains(&parent)
+            }
+            _ => false,
+        })
+    };
+    let mut placed: HashSet<RowKey> = HashSet::new();
+    if !c.changes.iter().any(|ch| refers_to_pending(ch, &placed)) {
+        return c; // already in order (the usual case): nothing to move
+    }
+    let mut rest: Vec<Change> = std::mem::take(&mut c.changes);
+    while !rest.is_empty() {
+        let before = rest.len();
+        let mut i = 0;
+        while i < rest.len() {
+            if refers_to_pending(&rest[i], &placed) {
+                i += 1;
+            } else {
+                let ch = rest.remove(i);
+                placed.insert(ch.key.clone());
+                c.changes.push(ch);
+            }
+        }
+        if rest.len() == before {
+            c.changes.append(&mut rest); // a cycle: as listed
+        }
+    }
+    c
 }

@@ -2,15 +2,13 @@
 //! answers to the context's subscribers and, with several processes on one
 //! store, onto the store's bus.
 
-use super::{ConnId, Hub, HubMsg, Slot};
-use crate::engine::presence::{BEAT_EVERY, BusMessage, Effects};
+use super::{ConnId, Hub, Slot};
+use crate::engine::presence::{BusMessage, Effects};
 use crate::protocol::v1::{PresenceUser, ServerMessage};
-use crate::store::{BUS_MAX_MESSAGE, Bus, BusEvent};
+use crate::store::BUS_MAX_MESSAGE;
 use crate::transport::{Frame, SendError};
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{broadcast, mpsc};
 
 impl Hub {
     /// A connection's (already paced) presence update for a context it holds.
@@ -42,7 +40,8 @@ impl Hub {
         tracing::trace!(message = raw, "from the bus");
         match serde_json::from_str::<BusMessage>(raw) {
             Ok(msg) => {
-                let effects = self.presence.on_bus(msg, Instant::now());
+                let now = self.io.now();
+                let effects = self.presence.on_bus(msg, now);
                 self.apply_presence(effects);
             }
             Err(e) => tracing::debug!(error = %e, "ignoring a bus message this version does not read"),
@@ -106,43 +105,17 @@ impl Hub {
         }
     }
 
-    pub(super) fn publish(&self, msg: &BusMessage) {
-        let Some(bus) = &self.bus else { return };
+    pub(super) fn publish(&mut self, msg: &BusMessage) {
+        if !self.on_bus {
+            return;
+        }
         match serde_json::to_string(msg) {
             Ok(text) if text.len() <= BUS_MAX_MESSAGE => {
                 tracing::trace!(message = %text, "publishing on the bus");
-                bus.publish(text)
+                self.io.publish(text)
             }
             Ok(text) => tracing::warn!(bytes = text.len(), "a presence too large for the bus stays local"),
             Err(e) => tracing::error!(error = %e, "encoding a bus message failed"),
         }
     }
-}
-
-/// Feeds the hub the bus's messages and a tick every [`BEAT_EVERY`], and
-/// asks the other processes for their presence once. Ends with the hub.
-pub(super) fn spawn_bus_reader(bus: Arc<dyn Bus>, hub: mpsc::WeakUnboundedSender<HubMsg>) {
-    let mut rx = bus.subscribe();
-    tokio::spawn(async move {
-        let mut beat = tokio::time::interval(BEAT_EVERY);
-        loop {
-            let msg = tokio::select! {
-                got = rx.recv() => match got {
-                    Ok(BusEvent::Message(raw)) => HubMsg::Bus(raw),
-                    // Joined (again): what was sent meanwhile is lost; ask.
-                    Ok(BusEvent::Joined) => HubMsg::BusJoined,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "the hub fell behind the bus; presence repairs at the next sync");
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = beat.tick() => HubMsg::PresenceTick(Instant::now()),
-            };
-            let Some(tx) = hub.upgrade() else { return };
-            if tx.send(msg).is_err() {
-                return;
-            }
-        }
-    });
 }

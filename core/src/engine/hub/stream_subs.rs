@@ -32,36 +32,18 @@ impl Hub {
             return self.register_stream(req.sub, req.rid, self.seq, None);
         };
         let id = req.sub.id;
-        let (store, me, settle, limit) =
-            (self.store.clone(), self.me.clone(), self.settle.clone(), self.snapshot_limit);
-        let entity = self.schema.entity(&req.sub.stream.ty).cloned();
-        let filters = req.sub.filters.clone();
+        let read = match since {
+            Some(since) => StreamRead::Since(since),
+            None => StreamRead::Snapshot {
+                entity: self.schema.entity(&req.sub.stream.ty).cloned(),
+                filters: req.sub.filters.clone(),
+                limit: self.snapshot_limit,
+            },
+        };
         self.pending_streams
             .insert(id, PendingSub { sub: req.sub, rid: req.rid, buffered: Vec::new(), registered_at: self.seq });
         self.update_stream_gauge();
-        tokio::spawn(async move {
-            let result = match (since, entity) {
-                (Some(since), _) => match store.changes_since(since, MAX_REPLAY).await {
-                    Ok(LogRead::Entries(entries)) => Ok(StreamLoad::Log { since, entries: Some(entries) }),
-                    Ok(LogRead::Trimmed) => Ok(StreamLoad::Log { since, entries: None }),
-                    Err(e) => Err(e.into()),
-                },
-                (None, Some(entity)) => {
-                    load_snapshot(&*store, &entity, &filters, limit).await.map(StreamLoad::Snapshot)
-                }
-                (None, None) => Err(WireError::internal("the stream's type is not in the schema")),
-            };
-            // `StreamLoaded` goes behind every commit the read may have seen,
-            // and only once what it read is durable.
-            settle.reads().await;
-            let result = match durable_after_reads(&*store).await {
-                Ok(()) => result,
-                Err(e) => Err(e),
-            };
-            if let Some(tx) = me.upgrade() {
-                let _ = tx.send(HubMsg::StreamLoaded { sub: id, result });
-            }
-        });
+        self.io.load_stream(id, read);
     }
 
     /// The per-connection and per-stream limits a new stream subscription must fit.
@@ -113,7 +95,7 @@ impl Hub {
                     }
                 }
                 if rows.len() > self.snapshot_limit {
-                    let e = snapshot_too_large(self.snapshot_limit);
+                    let e = driver::snapshot_too_large(self.snapshot_limit);
                     return self.send_msg(sub.conn, &ServerMessage::Error(ErrorMessage::new(e, rid)));
                 }
                 let snapshot: Vec<Arc<Row>> = rows.values().map(|r| sub.snapshot_row(r)).collect();
@@ -255,46 +237,4 @@ impl Hub {
             self.send_frames(conn, std::slice::from_ref(&frame));
         }
     }
-}
-
-fn snapshot_too_large(limit: usize) -> WireError {
-    WireError::new(
-        ErrorReason::SnapshotTooLarge,
-        format!("more than {limit} rows match; narrow the filters or subscribe without `snapshot`"),
-    )
-}
-
-/// The rows of `ty` that match `filters` now, at most `limit` (else 400
-/// `SNAPSHOT_TOO_LARGE`): by id when the filters fix ids, by reference when
-/// they fix a reference field, else a paged scan of the type.
-async fn load_snapshot(
-    store: &dyn Store,
-    ty: &crate::schema::EntityType,
-    filters: &CompiledFilters,
-    limit: usize,
-) -> Result<Vec<Row>, WireError> {
-    let mut out = Vec::new();
-    let keep = |rows: Vec<Row>, out: &mut Vec<Row>| -> Result<(), WireError> {
-        out.extend(rows.into_iter().filter(|r| filters.matches(r)));
-        if out.len() > limit { Err(snapshot_too_large(limit)) } else { Ok(()) }
-    };
-    if let Some(mut ids) = filters.fixed_ids() {
-        ids.sort_unstable();
-        ids.dedup();
-        keep(store.get_many(&ty.name, &ids).await.map_err(WireError::from)?, &mut out)?;
-    } else if let Some((field, ids)) = filters.fixed_reference(ty) {
-        keep(store.children(&ty.name, field, &ids).await.map_err(WireError::from)?, &mut out)?;
-    } else {
-        let mut after = None;
-        loop {
-            let page = store.scan(&ty.name, after, SCAN_PAGE).await.map_err(WireError::from)?;
-            let done = page.len() < SCAN_PAGE;
-            after = page.last().map(|r| r.id);
-            keep(page, &mut out)?;
-            if done {
-                break;
-            }
-        }
-    }
-    Ok(out)
 }

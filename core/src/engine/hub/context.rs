@@ -176,9 +176,16 @@ impl LiveContext {
     /// rows that joined it with a moved ancestor. A removed row is one whose
     /// previous parent was in the context (or left it too). False, with
     /// nothing changed, when the log can't tell: a row with children moved
-    /// out (its untouched descendants left with it, unseen in the log).
+    /// out (its untouched descendants left with it, unseen in the log), or
+    /// the context changed since it was loaded (its rows are no longer the
+    /// ones the log leads up to).
     pub(super) fn backfill(&mut self, since: Seq, entries: &[LogEntry]) -> bool {
         let upto = self.loaded_at;
+        if self.last_seq != upto {
+            // Changed since the load: the rows are no longer those the log
+            // leads up to (a row that left before the load may be back).
+            return false;
+        }
         let changes: Vec<(Seq, &Change)> = entries
             .iter()
             .filter(|e| e.seq > since && e.seq <= upto)
@@ -186,9 +193,6 @@ impl LiveContext {
             .filter(|(_, c)| *c.key.ty == *self.channel.anchor || self.channel.edges_into(&c.key.ty).next().is_some())
             .collect();
         let mut removed: HashMap<RowKey, (Seq, bool)> = HashMap::new();
-        // Rows that left after the load were here then too: a row removed
-        // under one of them before the load was here at `since`.
-        let left_since_load: HashSet<&RowKey> = self.tombstones.iter().map(|(_, k)| k).collect();
         loop {
             let mut grew = false;
             for (seq, change) in &changes {
@@ -199,9 +203,7 @@ impl LiveContext {
                 let was_here = self.channel.edges_into(&before.ty).any(|edge| {
                     before.get_i64(&edge.field).is_some_and(|id| {
                         let parent = RowKey::new(edge.parent.as_str(), id);
-                        self.rows.contains_key(&parent)
-                            || removed.contains_key(&parent)
-                            || left_since_load.contains(&parent)
+                        self.rows.contains_key(&parent) || removed.contains_key(&parent)
                     })
                 });
                 // A row changed more than once here left with its last change.

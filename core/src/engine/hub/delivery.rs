@@ -51,16 +51,20 @@ impl Hub {
         match result {
             Ok(()) => self.durable_through = self.durable_through.max(through),
             Err(e) => {
-                while let Some(entry) = self.awaiting.first_entry() {
-                    if *entry.key() > through {
-                        break;
-                    }
-                    let Awaiting { committed, writer, .. } = entry.remove();
-                    tracing::error!(error = %e, seq = committed.seq, "the store could not make a commit durable");
+                // Commits known durable (still waiting for a moved subtree)
+                // go out as usual; the ones after them are refused.
+                let durable = self.durable_through;
+                let failed: Vec<Seq> =
+                    self.awaiting.range(durable + 1..=through.max(durable)).map(|(s, _)| *s).collect();
+                for seq in failed {
+                    let Some(Awaiting { committed, writer, .. }) = self.awaiting.remove(&seq) else { continue };
+                    tracing::error!(error = %e, seq, "the store could not make a commit durable");
                     self.healthy.store(false, Ordering::SeqCst);
                     self.answer_writer(writer, Err(crate::error::commit_not_durable(&e)), &committed);
                 }
-                self.moves_loading = None; // its load's answer will find nothing to do
+                if self.moves_loading.is_some_and(|seq| seq > durable) {
+                    self.moves_loading = None; // its load's answer will find nothing to do
+                }
             }
         }
         self.pump();

@@ -23,7 +23,8 @@
 
 use super::io::{HubIo, MoveLoad, Moved, StreamRead};
 use super::{
-    ConnId, Hub, HubMsg, HubSettings, LiveContext, ReplyTarget, SharedSubs, Start, SubscribeRequest, WriterTag,
+    ConnId, Hub, HubMsg, HubSettings, LiveContext, ReplyTarget, SharedSubs, Start, StreamLoad, SubscribeRequest,
+    WriterTag,
 };
 use crate::auth::User;
 use crate::channel::Channel;
@@ -33,7 +34,7 @@ use crate::engine::streams::SubId;
 use crate::error::{ErrorReason, WireError};
 use crate::ids::{Id, Seq};
 use crate::protocol::Codec;
-use crate::protocol::v1::{ChangeOp, ServerMessage, UnsubscribeReason};
+use crate::protocol::v1::{ChangeOp, ServerMessage, UnsubscribeReason, Unsubscribed};
 use crate::row::{Fields, Row, RowKey};
 use crate::schema::{OnDelete, Schema};
 use crate::store::{Change, Committed, LogEntry, StoreError};
@@ -71,6 +72,7 @@ enum Request {
     Load { context: String, anchor_id: Id },
     ReadLog { req: SubscribeRequest, since: Seq, upto: Seq },
     Moves { seq: Seq, loads: Vec<MoveLoad> },
+    Stream { sub: SubId, read: StreamRead },
     Durable(Seq),
     Delivered(Seq),
 }
@@ -99,8 +101,8 @@ impl HubIo for SimIo {
     fn load_moves(&mut self, seq: Seq, loads: Vec<MoveLoad>) {
         self.outside.lock().requests.push(Request::Moves { seq, loads });
     }
-    fn load_stream(&mut self, _sub: SubId, _read: StreamRead) {
-        panic!("the simulation holds no stream subscriptions");
+    fn load_stream(&mut self, sub: SubId, read: StreamRead) {
+        self.outside.lock().requests.push(Request::Stream { sub, read });
     }
     fn wait_durable(&mut self, seq: Seq) {
         self.outside.lock().requests.push(Request::Durable(seq));
@@ -223,6 +225,18 @@ enum Pending {
         loads: Vec<MoveLoad>,
         at: Duration,
     },
+    Stream {
+        sub: SubId,
+        read: StreamRead,
+        at: Duration,
+    },
+    /// A stream read done at `read_seq`; answered once that is durable.
+    StreamRead {
+        sub: SubId,
+        result: Result<StreamLoad, WireError>,
+        read_seq: Seq,
+        at: Duration,
+    },
 }
 
 impl Pending {
@@ -231,7 +245,9 @@ impl Pending {
             Pending::Loaded { at, .. }
             | Pending::Load { at, .. }
             | Pending::ReadLog { at, .. }
-            | Pending::Moves { at, .. } => *at,
+            | Pending::Moves { at, .. }
+            | Pending::Stream { at, .. }
+            | Pending::StreamRead { at, .. } => *at,
         }
     }
 }
@@ -254,6 +270,12 @@ struct Conn {
     /// Unsubscribes not answered yet: what comes for these contexts before
     /// the answer belongs to the old subscription, and a client drops it.
     closing: BTreeMap<String, u32>,
+    /// Stream subscriptions by wire name: the project their filter fixes.
+    streams: BTreeMap<String, Id>,
+    /// Stream subscriptions whose `subscribed` came (events may follow).
+    streams_live: BTreeSet<String>,
+    /// Stream unsubscribes not answered yet.
+    streams_closing: BTreeSet<String>,
     stalled: bool,
 }
 
@@ -263,6 +285,8 @@ struct Client {
     conn: Option<Conn>,
     /// Kept across connections, as a client's cache is, to resume with `since`.
     views: BTreeMap<String, View>,
+    /// The `tasks` stream filtered on a project: the tasks it holds, by project.
+    stream_views: BTreeMap<Id, View>,
     next_write: i64,
 }
 
@@ -274,6 +298,9 @@ struct Sim {
     base: Instant,
     schema: Arc<Schema>,
     channel: Arc<Channel>,
+    /// `tasks`: Task rows, routed by the `project` index.
+    stream: Arc<crate::stream::Stream>,
+    next_sub: SubId,
     store: ModelStore,
     hub: Hub,
     pending: Vec<Pending>,
@@ -303,6 +330,7 @@ struct Stats {
     slow_consumers: u64,
     moves: u64,
     hub_moves: u64,
+    events: u64,
 }
 
 fn schema() -> Arc<Schema> {
@@ -334,6 +362,11 @@ impl Sim {
         let schema = schema();
         let channel =
             Arc::new(Channel::builder("project", "Project").include("tasks.notes").build(&schema).expect("channel"));
+        let stream = crate::stream::Stream::builder("tasks", "Task")
+            .payload(crate::stream::Payload::Full)
+            .index_fields(["project"])
+            .build(&schema)
+            .expect("the tasks stream");
         let mut store =
             ModelStore { history: vec![Arc::new(BTreeMap::new())], log: Vec::new(), durable: 0, next_id: 1 };
         // Three projects with a task and a note each, durable before the start.
@@ -370,6 +403,7 @@ impl Sim {
                 codec: if rng.chance(50) { Codec::Json } else { Codec::MsgPack },
                 conn: None,
                 views: BTreeMap::new(),
+                stream_views: BTreeMap::new(),
                 next_write: 1,
             })
             .collect();
@@ -380,6 +414,8 @@ impl Sim {
             base,
             schema,
             channel,
+            stream: Arc::new(stream),
+            next_sub: 1,
             store,
             hub,
             pending: Vec::new(),
@@ -448,6 +484,10 @@ impl Sim {
                     let at = self.later();
                     self.pending.push(Pending::ReadLog { req, since, upto, at });
                 }
+                Request::Stream { sub, read } => {
+                    let at = self.later();
+                    self.pending.push(Pending::Stream { sub, read, at });
+                }
                 Request::Moves { seq, loads } => {
                     let at = self.later();
                     self.pending.push(Pending::Moves { seq, loads, at });
@@ -473,7 +513,9 @@ impl Sim {
             match self.rng.below(100) {
                 0..=19 => self.write(),
                 20..=34 => self.subscribe(),
-                35..=39 => self.unsubscribe(),
+                35..=36 => self.unsubscribe(),
+                37..=38 => self.stream_subscribe(),
+                39 => self.stream_unsubscribe(),
                 40..=44 => self.disconnect(),
                 45..=54 => self.connect(),
                 55..=59 => self.toggle_stall(),
@@ -530,6 +572,9 @@ impl Sim {
             live: BTreeSet::new(),
             writes: BTreeMap::new(),
             closing: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            streams_live: BTreeSet::new(),
+            streams_closing: BTreeSet::new(),
             stalled: false,
         });
         self.send(HubMsg::Connect { conn: id, user, outbox, codec, subs });
@@ -537,6 +582,10 @@ impl Sim {
         let held: Vec<String> = self.clients[c].views.keys().cloned().collect();
         for context in held {
             self.subscribe_to(c, context);
+        }
+        let streams: Vec<Id> = self.clients[c].stream_views.keys().copied().collect();
+        for project in streams {
+            self.stream_subscribe_to(c, project);
         }
     }
 
@@ -591,6 +640,51 @@ impl Sim {
         client.views.remove(&context);
         let id = conn.id;
         self.send(HubMsg::Unsubscribe { conn: id, context, rid: None });
+    }
+
+    fn stream_subscribe(&mut self) {
+        let Some(c) = self.connected() else { return self.advance() };
+        let projects: Vec<Id> = (1..=4).chain(self.store.of_type("Project")).collect();
+        let Some(&p) = self.rng.pick(&projects) else { return };
+        self.stream_subscribe_to(c, p);
+    }
+
+    /// Subscribes `tasks` filtered on `project`: resuming from the client's
+    /// seq when it holds that view, else with a snapshot.
+    fn stream_subscribe_to(&mut self, c: usize, project: Id) {
+        let id = self.next_sub;
+        self.next_sub += 1;
+        let client = &mut self.clients[c];
+        let Some(conn) = &mut client.conn else { return };
+        if conn.streams.values().any(|p| *p == project) {
+            return; // one subscription per filter keeps the views simple
+        }
+        let since = client.stream_views.get(&project).map(|v| (v.seq, Some("sim".to_owned())));
+        let filters = crate::stream::Filters::new().eq("project", json!(project));
+        let Some(entity) = self.schema.entity("Task") else { return };
+        let compiled = filters.compile(entity).expect("the filter compiles");
+        let route = crate::engine::streams::route_of(&self.stream, &compiled, true);
+        let all = crate::engine::streams::Actions::ALL;
+        let sub = crate::engine::streams::StreamSub::new(id, conn.id, self.stream.clone(), compiled, all, None, route);
+        let wire = sub.wire.to_string();
+        conn.streams.insert(wire.clone(), project);
+        let req = super::StreamSubscribeRequest { sub, rid: Some(json!(wire)), snapshot: since.is_none(), since };
+        self.send(HubMsg::StreamSubscribe(Box::new(req)));
+    }
+
+    fn stream_unsubscribe(&mut self) {
+        let Some(c) = self.connected() else { return self.advance() };
+        let client = &mut self.clients[c];
+        let Some(conn) = &mut client.conn else { return };
+        let held: Vec<String> = conn.streams.keys().cloned().collect();
+        let Some(wire) = self.rng.pick(&held).cloned() else { return };
+        if let Some(project) = conn.streams.remove(&wire) {
+            client.stream_views.remove(&project);
+        }
+        conn.streams_live.remove(&wire);
+        conn.streams_closing.insert(wire.clone());
+        let id = conn.id;
+        self.send(HubMsg::StreamUnsubscribe { conn: id, subscription: wire, rid: None });
     }
 
     // ---- writes ----------------------------------------------------------
@@ -825,6 +919,33 @@ impl Sim {
                 let durable = self.store.durable;
                 self.send(HubMsg::Loaded { context, result, durable });
             }
+            Pending::Stream { sub, read, .. } => {
+                let read_seq = self.store.last_seq();
+                let result = Ok(match read {
+                    StreamRead::Since(since) => StreamLoad::Log {
+                        since,
+                        entries: Some(self.store.log.iter().filter(|e| e.seq > since).cloned().collect()),
+                    },
+                    StreamRead::Snapshot { filters, .. } => StreamLoad::Snapshot(
+                        self.store
+                            .rows()
+                            .values()
+                            .filter(|r| &*r.ty == "Task" && filters.matches(r))
+                            .cloned()
+                            .collect(),
+                    ),
+                });
+                let at = self.later();
+                self.pending.push(Pending::StreamRead { sub, result, read_seq, at });
+            }
+            Pending::StreamRead { sub, result, read_seq, at } => {
+                if read_seq > self.store.durable {
+                    let at = at + Duration::from_millis(5);
+                    return self.pending.push(Pending::StreamRead { sub, result, read_seq, at });
+                }
+                let durable = self.store.durable;
+                self.send(HubMsg::StreamLoaded { sub, result, durable });
+            }
             Pending::ReadLog { req, since, upto, .. } => {
                 let entries = self.store.log.iter().filter(|e| e.seq > since && e.seq <= upto).cloned().collect();
                 self.send(HubMsg::Backfilled { req, upto, entries: Some(entries) });
@@ -918,6 +1039,8 @@ impl Sim {
         match &msg {
             ServerMessage::State(s) if closing(&s.context) => return,
             ServerMessage::Delta(d) if closing(&d.context) => return,
+            ServerMessage::Event(e) if self.stream_closing(c, &e.subscription) => return,
+            ServerMessage::Subscribed(s) if self.stream_closing(c, &s.subscription) => return,
             _ => {}
         }
         match msg {
@@ -1031,6 +1154,14 @@ impl Sim {
                     }
                 }
             }
+            ServerMessage::Subscribed(sub) => self.stream_subscribed(c, sub),
+            ServerMessage::Event(event) => self.stream_event(c, event),
+            ServerMessage::Unsubscribed(Unsubscribed { subscription: Some(wire), .. }) => {
+                let Some(conn) = &mut self.clients[c].conn else { return };
+                if !conn.streams_closing.remove(&wire) {
+                    self.fail(format_args!("stream {wire} unsubscribed, but the client did not ask"));
+                }
+            }
             ServerMessage::Unsubscribed(u) => {
                 let Some(context) = u.context else { return };
                 let client = &mut self.clients[c];
@@ -1052,6 +1183,9 @@ impl Sim {
                     }
                 }
             }
+            ServerMessage::Error(e) if e.context.is_none() && e.rid.is_some() => {
+                self.fail(format_args!("a stream subscribe refused: {:?}", e.error));
+            }
             ServerMessage::Error(e) => {
                 let Some(context) = e.context else {
                     self.fail(format_args!("an error with no context: {:?}", e.error));
@@ -1069,6 +1203,94 @@ impl Sim {
                 }
             }
             other => self.fail(format_args!("an unexpected message: {other:?}")),
+        }
+    }
+
+    fn stream_closing(&self, c: usize, wire: &str) -> bool {
+        self.clients[c].conn.as_ref().is_some_and(|k| k.streams_closing.contains(wire))
+    }
+
+    fn stream_subscribed(&mut self, c: usize, sub: crate::protocol::v1::Subscribed) {
+        self.stats.states += 1;
+        self.check_durable(sub.seq, "subscribed");
+        let client = &mut self.clients[c];
+        let Some(conn) = &mut client.conn else { return };
+        let Some(&project) = conn.streams.get(&sub.subscription) else {
+            self.fail(format_args!("subscribed to {}, which the client did not ask for", sub.subscription))
+        };
+        conn.streams_live.insert(sub.subscription.clone());
+        let view = client.stream_views.entry(project).or_default();
+        let resumed_at = view.seq;
+        match sub.snapshot {
+            Some(rows) => view.rows = rows.iter().map(|r| (r.key(), r.fields.clone())).collect(),
+            // A resume: the events after `since` follow.
+            None if resumed_at == sub.seq => {}
+            None => self.fail(format_args!(
+                "a resume of {} at {resumed_at} answered without a snapshot at {}",
+                sub.subscription, sub.seq
+            )),
+        }
+        if let Some(view) = self.clients[c].stream_views.get_mut(&project) {
+            view.seq = sub.seq;
+        }
+        self.check_stream_view(c, project, "after subscribed");
+    }
+
+    fn stream_event(&mut self, c: usize, event: crate::protocol::v1::Event) {
+        self.stats.events += 1;
+        self.check_durable(event.seq, "event");
+        let Some(conn) = &self.clients[c].conn else { return };
+        let Some(&project) = conn.streams.get(&event.subscription) else {
+            self.fail(format_args!("an event for {}, which the client does not hold", event.subscription))
+        };
+        if !conn.streams_live.contains(&event.subscription) {
+            self.fail(format_args!("an event for {} before its subscribed", event.subscription));
+        }
+        let view = self.clients[c].stream_views.get(&project).cloned().unwrap_or_default();
+        if event.prev != view.seq {
+            self.fail(format_args!(
+                "event {} of {} has prev {}, the view is at {}",
+                event.seq, event.subscription, event.prev, view.seq
+            ));
+        }
+        // A new commit: the one before it is complete, and nothing changed in between.
+        if event.seq > view.seq
+            && (self.stream_rows(project, view.seq) != view.rows
+                || self.stream_rows(project, event.seq - 1) != view.rows)
+        {
+            self.fail(format_args!(
+                "stream {} changed between seq {} and {} without an event",
+                event.subscription, view.seq, event.seq
+            ));
+        }
+        let key = RowKey::new("Task", event.id);
+        let fields = event.data.unwrap_or_default();
+        let Some(view) = self.clients[c].stream_views.get_mut(&project) else { return };
+        let fits = match event.action {
+            ChangeOp::Create => view.rows.insert(key, fields).is_none(),
+            ChangeOp::Update => view.rows.insert(key, fields).is_some(),
+            ChangeOp::Delete => view.rows.remove(&key).is_some(),
+        };
+        view.seq = event.seq;
+        if !fits {
+            self.fail(format_args!("event {:?} of Task#{} does not fit the view", event.action, event.id));
+        }
+    }
+
+    /// The tasks of `project` at `seq`, as the stream shows them.
+    fn stream_rows(&self, project: Id, seq: Seq) -> BTreeMap<RowKey, Fields> {
+        let rows = self.store.at(seq).values();
+        let of_project = |r: &&Row| &*r.ty == "Task" && r.get_i64("project") == Some(project);
+        rows.filter(of_project).map(|r| (r.key(), r.fields.clone())).collect()
+    }
+
+    fn check_stream_view(&self, c: usize, project: Id, when: &str) {
+        let view = &self.clients[c].stream_views[&project];
+        if self.stream_rows(project, view.seq) != view.rows {
+            self.fail(format_args!(
+                "{when}, client {c}'s tasks of project {project} at seq {} differ from the store",
+                view.seq
+            ));
         }
     }
 
@@ -1110,6 +1332,17 @@ impl Sim {
                 let now = self.store.context(project_of(&context), self.store.last_seq());
                 if now.as_ref() != Some(&view.rows) {
                     self.fail(format_args!("client {c}'s view of {context} is behind the store once settled"));
+                }
+            }
+            for (wire, project) in &conn.streams {
+                if !conn.streams_live.contains(wire) {
+                    self.fail(format_args!("client {c} holds stream {wire} but never got its subscribed"));
+                }
+                let view = &client.stream_views[project];
+                if self.stream_rows(*project, self.store.last_seq()) != view.rows {
+                    self.fail(format_args!(
+                        "client {c}'s tasks of project {project} are behind the store once settled"
+                    ));
                 }
             }
             if let Some((w, seq)) = conn.writes.first_key_value() {
@@ -1184,12 +1417,13 @@ fn hub_simulation_keeps_every_guarantee() {
         total.slow_consumers += s.slow_consumers;
         total.moves += s.moves;
         total.hub_moves += s.hub_moves;
+        total.events += s.events;
     }
     eprintln!("hub simulation: {} seeds, {total:?}", seeds.len());
     // The workload reached every path it is meant to exercise.
     if seeds.len() >= 100 {
         assert!(total.deltas > 0 && total.states > 0 && total.confirmed > 0, "{total:?}");
         assert!(total.refused > 0 && total.restarts > 0 && total.slow_consumers > 0, "{total:?}");
-        assert!(total.moves > 0 && total.hub_moves > 0, "{total:?}");
+        assert!(total.moves > 0 && total.hub_moves > 0 && total.events > 0, "{total:?}");
     }
 }

@@ -1,9 +1,10 @@
 //! The baseline: a bare tokio-tungstenite broadcast server, no engine.
 //!
-//! It speaks just enough of protocol v1 (JSON) for the harness's clients:
+//! It speaks just enough of protocol v1 for the harness's clients, in JSON
+//! text frames or MessagePack binary frames (as the first frame is):
 //! `hello` → `welcome`, `subscribe` → an empty `state`, and each `write` →
 //! a delta-shaped frame of the same shape (and so about the same size) as
-//! the engine's, encoded once and shared by every subscriber, plus a
+//! the engine's, encoded once per codec and shared by every subscriber, plus a
 //! `writeResponse` to the writer. No store, no checks: what is left is the
 //! cost of the transport and the broadcast, the ceiling the engine is
 //! measured against. Its WebSocket buffers are sized as the engine's
@@ -14,11 +15,13 @@
 use crate::client::BoxError;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use statecast_core::protocol::Codec;
+use statecast_core::transport::Frame;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, broadcast};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 /// Deltas a subscriber may fall behind before it is dropped (the engine's
 /// default outbox holds 1,024 frames).
@@ -28,14 +31,45 @@ struct Hub {
     /// The last seq; held while a delta is published so that a subscribe sees
     /// a seq and a receiver that agree.
     seq: Mutex<u64>,
-    tx: broadcast::Sender<Utf8Bytes>,
+    json: broadcast::Sender<Utf8Bytes>,
+    msgpack: broadcast::Sender<Bytes>,
+}
+
+/// A subscriber's end of the broadcast, in its codec.
+enum Sub {
+    Json(broadcast::Receiver<Utf8Bytes>),
+    MsgPack(broadcast::Receiver<Bytes>),
+}
+
+impl Sub {
+    async fn recv(&mut self) -> Result<Message, broadcast::error::RecvError> {
+        Ok(match self {
+            Sub::Json(rx) => Message::Text(rx.recv().await?),
+            Sub::MsgPack(rx) => Message::Binary(rx.recv().await?),
+        })
+    }
+    fn try_recv(&mut self) -> Option<Message> {
+        match self {
+            Sub::Json(rx) => rx.try_recv().ok().map(Message::Text),
+            Sub::MsgPack(rx) => rx.try_recv().ok().map(Message::Binary),
+        }
+    }
+}
+
+/// A message as a frame in `codec`.
+fn encode(codec: Codec, v: &Value) -> Result<Message, BoxError> {
+    Ok(match codec {
+        Codec::Json => Message::text(v.to_string()),
+        Codec::MsgPack => Message::Binary(codec.encode(v)?.data),
+    })
 }
 
 pub async fn run(addr: &str) -> Result<(), BoxError> {
     let listener = TcpListener::bind(addr).await?;
     println!("listening ws://{}/ws", listener.local_addr()?);
-    let (tx, _) = broadcast::channel(LAG_LIMIT);
-    let hub = Arc::new(Hub { seq: Mutex::new(0), tx });
+    let (json, _) = broadcast::channel(LAG_LIMIT);
+    let (msgpack, _) = broadcast::channel(LAG_LIMIT);
+    let hub = Arc::new(Hub { seq: Mutex::new(0), json, msgpack });
     loop {
         let (tcp, _) = listener.accept().await?;
         let hub = hub.clone();
@@ -54,27 +88,37 @@ async fn serve(tcp: TcpStream, hub: Arc<Hub>) -> Result<(), BoxError> {
         .write_buffer_size(statecast_transport_ws::DEFAULT_WRITE_BUFFER_SIZE);
     let ws = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await?;
     let (mut sink, mut stream) = ws.split();
-    let mut sub: Option<broadcast::Receiver<Utf8Bytes>> = None;
+    let mut sub: Option<Sub> = None;
+    let mut codec = Codec::Json;
     loop {
         tokio::select! {
             incoming = stream.next() => {
                 let Some(msg) = incoming else { return Ok(()) };
-                let Message::Text(text) = msg? else { continue };
-                let v: Value = serde_json::from_str(&text)?;
+                let v: Value = match msg? {
+                    Message::Text(text) => serde_json::from_str(&text)?,
+                    Message::Binary(data) => {
+                        codec = Codec::MsgPack;
+                        Codec::MsgPack.parse(&Frame::binary(data))?
+                    }
+                    _ => continue,
+                };
                 match v["type"].as_str() {
                     Some("hello") => {
                         let welcome = json!({"type": "welcome", "connectionId": "baseline", "user": {"id": 1},
                             "epoch": "baseline", "applied": []});
-                        sink.send(Message::text(welcome.to_string())).await?;
+                        sink.send(encode(codec, &welcome)?).await?;
                     }
                     Some("subscribe") => {
                         let anchor = v["anchorId"].as_i64().unwrap_or(1);
                         let seq = hub.seq.lock().await;
-                        sub = Some(hub.tx.subscribe());
+                        sub = Some(match codec {
+                            Codec::Json => Sub::Json(hub.json.subscribe()),
+                            Codec::MsgPack => Sub::MsgPack(hub.msgpack.subscribe()),
+                        });
                         let state = json!({"type": "state", "context": format!("job/{anchor}"), "channel": "job",
                             "anchorId": anchor, "epoch": "baseline", "seq": *seq, "instances": []});
                         drop(seq);
-                        sink.send(Message::text(state.to_string())).await?;
+                        sink.send(encode(codec, &state)?).await?;
                     }
                     Some("write") => {
                         let mut seq = hub.seq.lock().await;
@@ -90,23 +134,24 @@ async fn serve(tcp: TcpStream, hub: Arc<Hub>) -> Result<(), BoxError> {
                         }
                         let delta = json!({"type": "delta", "context": v["context"], "seq": n, "prev": n - 1,
                             "changes": [change]});
-                        // No receivers is fine: nobody subscribed yet.
-                        let _ = hub.tx.send(Utf8Bytes::from(delta.to_string()));
+                        // Encoded once per codec. No receivers is fine: nobody subscribed yet.
+                        let _ = hub.json.send(Utf8Bytes::from(delta.to_string()));
+                        let _ = hub.msgpack.send(Codec::MsgPack.encode(&delta)?.data);
                         drop(seq);
                         let resp = json!({"type": "writeResponse", "writeId": v["writeId"], "success": true, "seq": n});
-                        sink.send(Message::text(resp.to_string())).await?;
+                        sink.send(encode(codec, &resp)?).await?;
                     }
-                    Some("ping") => sink.send(Message::text(r#"{"type":"pong"}"#)).await?,
+                    Some("ping") => sink.send(encode(codec, &json!({"type": "pong"}))?).await?,
                     _ => {}
                 }
             }
             delta = recv(&mut sub) => {
                 match delta {
-                    Ok(bytes) => {
-                        sink.feed(Message::Text(bytes)).await?;
+                    Ok(message) => {
+                        sink.feed(message).await?;
                         // Batch: queue whatever else is ready, then flush once.
-                        while let Some(Ok(more)) = sub.as_mut().map(broadcast::Receiver::try_recv) {
-                            sink.feed(Message::Text(more)).await?;
+                        while let Some(more) = sub.as_mut().and_then(Sub::try_recv) {
+                            sink.feed(more).await?;
                         }
                         sink.flush().await?;
                     }
@@ -118,7 +163,7 @@ async fn serve(tcp: TcpStream, hub: Arc<Hub>) -> Result<(), BoxError> {
     }
 }
 
-async fn recv(sub: &mut Option<broadcast::Receiver<Utf8Bytes>>) -> Result<Utf8Bytes, broadcast::error::RecvError> {
+async fn recv(sub: &mut Option<Sub>) -> Result<Message, broadcast::error::RecvError> {
     match sub {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

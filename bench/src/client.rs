@@ -26,6 +26,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum Kind {
     /// WebSocket, JSON text frames.
     Ws,
+    /// WebSocket, MessagePack binary frames.
+    WsMsgpack,
     /// QUIC, MessagePack frames, certificate pinned by fingerprint.
     Quic,
 }
@@ -34,6 +36,7 @@ impl Kind {
     pub fn label(self) -> &'static str {
         match self {
             Kind::Ws => "WebSocket (JSON)",
+            Kind::WsMsgpack => "WebSocket (MessagePack)",
             Kind::Quic => "QUIC (MessagePack)",
         }
     }
@@ -141,14 +144,23 @@ impl Frame {
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 pub enum Client {
-    Ws(Box<Ws>),
+    /// With the codec its frames use (text JSON or binary MessagePack).
+    Ws(Box<Ws>, Codec),
     Quic(Connection),
 }
 
 /// The sending half of a split client.
 pub enum Tx {
-    Ws(SplitSink<Ws, Message>),
+    Ws(SplitSink<Ws, Message>, Codec),
     Quic(Outbox),
+}
+
+/// A message as a WebSocket frame in `codec`.
+fn ws_message(codec: Codec, v: &Value) -> Result<Message, BoxError> {
+    Ok(match codec {
+        Codec::Json => Message::text(v.to_string()),
+        Codec::MsgPack => Message::binary(Codec::MsgPack.encode(v)?.data),
+    })
 }
 
 /// The receiving half of a split client.
@@ -160,7 +172,7 @@ pub enum Rx {
 impl Tx {
     pub async fn send(&mut self, v: &Value) -> Result<(), BoxError> {
         match self {
-            Tx::Ws(ws) => ws.send(Message::text(v.to_string())).await?,
+            Tx::Ws(ws, codec) => ws.send(ws_message(*codec, v)?).await?,
             Tx::Quic(outbox) => outbox.send(Codec::MsgPack.encode(v)?).await?,
         }
         Ok(())
@@ -189,6 +201,9 @@ where
         };
         match next {
             Some(Ok(Message::Text(s))) => return Ok(Some(Frame::Json(s))),
+            Some(Ok(Message::Binary(b))) => {
+                return Ok(Some(Frame::MsgPack(statecast_core::transport::Frame::binary(b))));
+            }
             Some(Ok(Message::Close(_))) | None => return Err("connection closed".into()),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e.into()),
@@ -216,7 +231,7 @@ impl Client {
     /// given (another 127.x.y.z address, for more ephemeral ports).
     pub async fn connect_from(kind: Kind, target: &Target, source: Option<IpAddr>) -> Result<Self, BoxError> {
         match kind {
-            Kind::Ws => {
+            Kind::Ws | Kind::WsMsgpack => {
                 let addr = target.ws_addr()?;
                 let socket = TcpSocket::new_v4()?;
                 if let Some(ip) = source {
@@ -225,7 +240,8 @@ impl Client {
                 let tcp = socket.connect(addr).await?;
                 tcp.set_nodelay(true)?;
                 let (ws, _) = tokio_tungstenite::client_async(&target.ws_url, MaybeTlsStream::Plain(tcp)).await?;
-                Ok(Client::Ws(Box::new(ws)))
+                let codec = if kind == Kind::WsMsgpack { Codec::MsgPack } else { Codec::Json };
+                Ok(Client::Ws(Box::new(ws), codec))
             }
             Kind::Quic => {
                 let url = target.quic_url.as_deref().ok_or("the server does not serve QUIC")?;
@@ -238,9 +254,9 @@ impl Client {
 
     pub fn split(self) -> (Tx, Rx) {
         match self {
-            Client::Ws(ws) => {
+            Client::Ws(ws, codec) => {
                 let (tx, rx) = (*ws).split();
-                (Tx::Ws(tx), Rx::Ws(rx))
+                (Tx::Ws(tx, codec), Rx::Ws(rx))
             }
             Client::Quic(conn) => (Tx::Quic(conn.outbox), Rx::Quic(conn.incoming)),
         }
@@ -248,7 +264,7 @@ impl Client {
 
     pub async fn send(&mut self, v: Value) -> Result<(), BoxError> {
         match self {
-            Client::Ws(ws) => ws.send(Message::text(v.to_string())).await?,
+            Client::Ws(ws, codec) => ws.send(ws_message(*codec, &v)?).await?,
             Client::Quic(conn) => {
                 let frame = Codec::MsgPack.encode(&v)?;
                 conn.outbox.send(frame).await?;
@@ -260,7 +276,7 @@ impl Client {
     /// The next frame, still encoded; `Ok(None)` on timeout.
     pub async fn recv_frame(&mut self, t: Duration) -> Result<Option<Frame>, BoxError> {
         match self {
-            Client::Ws(ws) => recv_ws(ws.as_mut(), t).await,
+            Client::Ws(ws, _) => recv_ws(ws.as_mut(), t).await,
             Client::Quic(conn) => recv_quic(&mut conn.incoming, t).await,
         }
     }

@@ -259,7 +259,7 @@ impl Plan {
                     "revocation",
                     "read-classes",
                 ]),
-                transports: vec![Kind::Ws, Kind::Quic],
+                transports: vec![Kind::Ws, Kind::WsMsgpack, Kind::Quic],
                 stores: vec![server::StoreArg::Fjall, server::StoreArg::Sled, server::StoreArg::Sqlite],
                 seconds: 4,
                 subscribers: vec![1, 100, 1000, 5000],
@@ -680,48 +680,52 @@ async fn fanout_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(
             if n as u64 * rate > MAX_OFFERED {
                 let _ = writeln!(
                     summary,
-                    "| {n} | {rate} | skipped: {} deliveries/s offered, over the {MAX_OFFERED} cap |||||||",
+                    "| all | {n} | {rate} | skipped: {} deliveries/s offered, over the {MAX_OFFERED} cap |||||||",
                     n as u64 * rate
                 );
                 continue;
             }
-            let (mut a_runs, mut b_runs) = (Vec::new(), Vec::new());
-            for pair in 0..plan.pairs {
-                let srv = server::Server::start(bin, &store)?;
-                let a = fanout::run(&srv, Kind::Ws, n, rate, length, true).await?;
-                drop(srv);
-                eprintln!("fan-out A n={n} rate={rate} pair {pair}: {a:?}");
-                let base = server::Server::start_baseline()?;
-                let b = fanout::run(&base, Kind::Ws, n, rate, length, false).await?;
-                drop(base);
-                eprintln!("fan-out B n={n} rate={rate} pair {pair}: {b:?}");
-                fanout_row(report, "A statecast WS", n, rate, &a);
-                fanout_row(report, "B baseline WS", n, rate, &b);
-                a_runs.push(a);
-                b_runs.push(b);
+            // A/B in each WebSocket codec asked for (JSON, MessagePack).
+            for &kind in plan.transports.iter().filter(|k| matches!(k, Kind::Ws | Kind::WsMsgpack)) {
+                let codec = if kind == Kind::WsMsgpack { "MessagePack" } else { "JSON" };
+                let (mut a_runs, mut b_runs) = (Vec::new(), Vec::new());
+                for pair in 0..plan.pairs {
+                    let srv = server::Server::start(bin, &store)?;
+                    let a = fanout::run(&srv, kind, n, rate, length, true).await?;
+                    drop(srv);
+                    eprintln!("fan-out A {codec} n={n} rate={rate} pair {pair}: {a:?}");
+                    let base = server::Server::start_baseline()?;
+                    let b = fanout::run(&base, kind, n, rate, length, false).await?;
+                    drop(base);
+                    eprintln!("fan-out B {codec} n={n} rate={rate} pair {pair}: {b:?}");
+                    fanout_row(report, &format!("A statecast WS {codec}"), n, rate, &a);
+                    fanout_row(report, &format!("B baseline WS {codec}"), n, rate, &b);
+                    a_runs.push(a);
+                    b_runs.push(b);
+                }
+                let ratio = |f: &dyn Fn(&FanoutResult) -> f64, inverse: bool| {
+                    median(
+                        a_runs
+                            .iter()
+                            .zip(&b_runs)
+                            .map(|(a, b)| if inverse { f(b) / f(a).max(1e-9) } else { f(a) / f(b).max(1e-9) })
+                            .collect(),
+                    )
+                };
+                let _ = writeln!(
+                    summary,
+                    "| {codec} | {n} | {rate} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} | {:.1} / {:.1} | {:.2} |",
+                    median(a_runs.iter().map(|r| r.deliveries_per_sec).collect()),
+                    median(b_runs.iter().map(|r| r.deliveries_per_sec).collect()),
+                    ratio(&|r| r.deliveries_per_sec, false),
+                    median(a_runs.iter().map(|r| r.p99_ms).collect()),
+                    median(b_runs.iter().map(|r| r.p99_ms).collect()),
+                    ratio(&|r| r.p99_ms, false),
+                    median(a_runs.iter().map(FanoutResult::server_us_per_delivery).collect()),
+                    median(b_runs.iter().map(FanoutResult::server_us_per_delivery).collect()),
+                    ratio(&FanoutResult::server_us_per_delivery, true),
+                );
             }
-            let ratio = |f: &dyn Fn(&FanoutResult) -> f64, inverse: bool| {
-                median(
-                    a_runs
-                        .iter()
-                        .zip(&b_runs)
-                        .map(|(a, b)| if inverse { f(b) / f(a).max(1e-9) } else { f(a) / f(b).max(1e-9) })
-                        .collect(),
-                )
-            };
-            let _ = writeln!(
-                summary,
-                "| {n} | {rate} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} | {:.1} / {:.1} | {:.2} |",
-                median(a_runs.iter().map(|r| r.deliveries_per_sec).collect()),
-                median(b_runs.iter().map(|r| r.deliveries_per_sec).collect()),
-                ratio(&|r| r.deliveries_per_sec, false),
-                median(a_runs.iter().map(|r| r.p99_ms).collect()),
-                median(b_runs.iter().map(|r| r.p99_ms).collect()),
-                ratio(&|r| r.p99_ms, false),
-                median(a_runs.iter().map(FanoutResult::server_us_per_delivery).collect()),
-                median(b_runs.iter().map(FanoutResult::server_us_per_delivery).collect()),
-                ratio(&FanoutResult::server_us_per_delivery, true),
-            );
             for &kind in plan.transports.iter().filter(|k| **k == Kind::Quic) {
                 let srv = server::Server::start(bin, &store)?;
                 let q = fanout::run(&srv, kind, n, rate, length, true).await?;
@@ -734,8 +738,8 @@ async fn fanout_report(report: &mut String, bin: &Path, plan: &Plan) -> Result<(
         report,
         "\nMedians over the pairs; ratios are per pair (A/B), then the median. CPU ratio = baseline CPU per delivery \
          / Statecast CPU per delivery (1.0 = as cheap as the bare broadcast).\n\n\
-         | subscribers | writes/s | A deliveries/s | B deliveries/s | A/B deliveries | p99 ms A / B | A/B p99 | server CPU µs/delivery A / B | CPU efficiency B/A |\n\
-         |---|---|---|---|---|---|---|---|---|\n{summary}"
+         | codec | subscribers | writes/s | A deliveries/s | B deliveries/s | A/B deliveries | p99 ms A / B | A/B p99 | server CPU µs/delivery A / B | CPU efficiency B/A |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n{summary}"
     );
     Ok(())
 }

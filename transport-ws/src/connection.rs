@@ -184,6 +184,10 @@ where
     let write_timeout = settings.idle_timeout;
     // Reused for every batch of ready frames.
     let mut batch: Vec<M> = Vec::new();
+    // Made once: a future per turn of the loop registers and drops a waiter
+    // each time, and the loop turns once per delivery.
+    let peer_closed = shared.peer_closed.cancelled();
+    tokio::pin!(peer_closed);
     loop {
         let tick = async {
             match ping.as_mut() {
@@ -194,7 +198,7 @@ where
         tokio::select! {
             biased;
             end = &mut *reader => return WriteEnd::Reader(end.unwrap_or(ReadEnd::Gone)),
-            _ = shared.peer_closed.cancelled() => return WriteEnd::PeerClosing,
+            _ = &mut peer_closed => return WriteEnd::PeerClosing,
             _ = tick => {
                 if shared.is_idle(settings.idle_timeout) {
                     tracing::debug!("dropping a peer that stopped answering pings");

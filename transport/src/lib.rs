@@ -92,6 +92,17 @@ struct Queued {
     bytes: AtomicUsize,
     /// Wakes a sender waiting for room (client side).
     room: Notify,
+    /// Senders waiting for room: taking a frame wakes them only when there
+    /// are some (a wake takes a lock; the server's senders never wait).
+    waiting: AtomicUsize,
+}
+
+/// What goes through an outbox's queue: frames, then (once) the close, so a
+/// writer waiting for the next frame wakes for the close too.
+#[derive(Debug)]
+enum Item {
+    Frame(Frame),
+    Close,
 }
 
 impl Queued {
@@ -107,15 +118,19 @@ impl Queued {
         if !(fits_bytes || fits_parts) || !fits_frames {
             return false;
         }
-        self.frames.fetch_add(frames.len(), Ordering::AcqRel);
-        self.bytes.fetch_add(size, Ordering::AcqRel);
+        self.frames.fetch_add(frames.len(), Ordering::SeqCst);
+        self.bytes.fetch_add(size, Ordering::SeqCst);
         true
     }
 
     fn taken(&self, frame: &Frame) {
-        self.frames.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(frame.len(), Ordering::AcqRel);
-        self.room.notify_waiters();
+        self.frames.fetch_sub(1, Ordering::SeqCst);
+        self.bytes.fetch_sub(frame.len(), Ordering::SeqCst);
+        // A sender counts itself in before it checks for room (see `Outbox::send`):
+        // one that finds no room after these decrements is counted here.
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
     }
 }
 
@@ -132,7 +147,7 @@ pub enum SendError {
 /// in bytes ([`OutboxLimits`]).
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Frame>,
+    tx: mpsc::UnboundedSender<Item>,
     queued: Arc<Queued>,
     close: Arc<CloseSignal>,
 }
@@ -153,7 +168,7 @@ impl Outbox {
             return Err(SendError::Full);
         }
         for frame in frames {
-            if self.tx.send(frame.clone()).is_err() {
+            if self.tx.send(Item::Frame(frame.clone())).is_err() {
                 return Err(SendError::Closed);
             }
         }
@@ -162,17 +177,27 @@ impl Outbox {
 
     /// Queues a frame, waiting for room (client side, where waiting is right).
     pub async fn send(&self, frame: Frame) -> Result<(), SendError> {
-        loop {
-            let room = self.queued.room.notified();
-            match self.try_send_all(std::slice::from_ref(&frame)) {
-                Err(SendError::Full) => {}
-                done => return done,
-            }
-            tokio::select! {
-                _ = room => {}
-                _ = self.closed() => return Err(SendError::Closed),
+        match self.try_send_all(std::slice::from_ref(&frame)) {
+            Err(SendError::Full) => {}
+            done => return done,
+        }
+        self.queued.waiting.fetch_add(1, Ordering::SeqCst);
+        let sent = async {
+            loop {
+                let room = self.queued.room.notified();
+                match self.try_send_all(std::slice::from_ref(&frame)) {
+                    Err(SendError::Full) => {}
+                    done => return done,
+                }
+                tokio::select! {
+                    _ = room => {}
+                    _ = self.closed() => return Err(SendError::Closed),
+                }
             }
         }
+        .await;
+        self.queued.waiting.fetch_sub(1, Ordering::SeqCst);
+        sent
     }
 
     /// Bytes waiting to be written.
@@ -194,6 +219,8 @@ impl Outbox {
         drop(slot);
         self.close.mark_closed();
         self.close.notify.notify_waiters();
+        // Behind every frame queued so far; wakes a writer waiting for one.
+        let _ = self.tx.send(Item::Close);
     }
 
     /// Closes at once, dropping queued frames: for a peer that is not reading.
@@ -226,52 +253,61 @@ pub enum Outgoing {
 /// The transport's end of an outbox.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    rx: mpsc::UnboundedReceiver<Frame>,
+    rx: mpsc::UnboundedReceiver<Item>,
     queued: Arc<Queued>,
     close: Arc<CloseSignal>,
+    /// The close came out of the queue (in `try_next_frame`): `next` says it.
+    close_taken: bool,
 }
 
 impl OutboxReceiver {
     /// The next frame to write, or the close (after every queued frame was
     /// taken). `None` when every `Outbox` is gone.
     pub async fn next(&mut self) -> Option<Outgoing> {
-        if self.is_aborted() {
-            self.discard();
-            let reason = self.close.reason.lock().clone();
-            return reason.map(Outgoing::Close);
-        }
-        if let Some(frame) = self.take_ready() {
-            return Some(Outgoing::Frame(frame));
-        }
-        tokio::select! {
-            biased;
-            frame = self.rx.recv() => match frame {
-                Some(f) => {
-                    self.queued.taken(&f);
-                    Some(Outgoing::Frame(f))
+        if !self.is_aborted() && !self.close_taken {
+            // One wait for either: frames come before the close in the queue.
+            match self.rx.recv().await {
+                Some(Item::Frame(frame)) => {
+                    self.queued.taken(&frame);
+                    if !self.is_aborted() {
+                        return Some(Outgoing::Frame(frame));
+                    }
                 }
-                None => self.close.reason.lock().clone().map(Outgoing::Close),
-            },
-            _ = self.close.token.cancelled() => {
-                if !self.is_aborted() && let Some(frame) = self.take_ready() {
-                    return Some(Outgoing::Frame(frame));
-                }
-                self.discard();
-                let reason = self.close.reason.lock().clone();
-                Some(Outgoing::Close(reason.unwrap_or(CloseReason { code: close_code::NORMAL, reason: String::new() })))
+                Some(Item::Close) => self.close_taken = true,
+                // Every `Outbox` is gone without a close.
+                None => return self.close.reason.lock().clone().map(Outgoing::Close),
+            }
+        }
+        self.discard();
+        let reason = self.close.reason.lock().clone();
+        Some(Outgoing::Close(reason.unwrap_or(CloseReason { code: close_code::NORMAL, reason: String::new() })))
+    }
+
+    /// The next queued frame, if one is ready (a close taken is remembered).
+    fn take_ready(&mut self) -> Option<Frame> {
+        if self.close_taken {
+            return None;
+        }
+        match self.rx.try_recv().ok()? {
+            Item::Frame(frame) => {
+                self.queued.taken(&frame);
+                Some(frame)
+            }
+            Item::Close => {
+                self.close_taken = true;
+                None
             }
         }
     }
 
-    fn take_ready(&mut self) -> Option<Frame> {
-        let frame = self.rx.try_recv().ok()?;
-        self.queued.taken(&frame);
-        Some(frame)
-    }
-
     /// Drops what an aborted connection still queued, so its memory returns now.
     fn discard(&mut self) {
-        while self.take_ready().is_some() {}
+        while let Ok(item) = self.rx.try_recv() {
+            match item {
+                Item::Frame(frame) => self.queued.taken(&frame),
+                Item::Close => self.close_taken = true,
+            }
+        }
     }
 
     /// The next queued frame if one is ready now, without waiting: `None`
@@ -333,9 +369,17 @@ pub fn outbox_with(limits: OutboxLimits) -> (Outbox, OutboxReceiver) {
     let limits = OutboxLimits { frames: limits.frames.max(1), bytes: limits.bytes.max(1) };
     let (tx, rx) = mpsc::unbounded_channel();
     let close = Arc::new(CloseSignal::default());
-    let queued =
-        Arc::new(Queued { limits, frames: AtomicUsize::new(0), bytes: AtomicUsize::new(0), room: Notify::new() });
-    (Outbox { tx, queued: queued.clone(), close: close.clone() }, OutboxReceiver { rx, queued, close })
+    let queued = Arc::new(Queued {
+        limits,
+        frames: AtomicUsize::new(0),
+        bytes: AtomicUsize::new(0),
+        room: Notify::new(),
+        waiting: AtomicUsize::new(0),
+    });
+    (
+        Outbox { tx, queued: queued.clone(), close: close.clone() },
+        OutboxReceiver { rx, queued, close, close_taken: false },
+    )
 }
 
 /// Facts about a connection, for logs.

@@ -303,6 +303,12 @@ struct Sim {
     next_sub: SubId,
     store: ModelStore,
     hub: Hub,
+    /// Several processes on one store: commits come through the shared log.
+    shared: bool,
+    /// Shared log: the tailer handed the hub every commit up to here.
+    tail_sent: Seq,
+    /// The last seq the hub reported delivered.
+    delivered: Seq,
     pending: Vec<Pending>,
     /// The highest seq the hub asked to be told durable, not told yet.
     durable_wanted: Option<Seq>,
@@ -395,8 +401,12 @@ impl Sim {
         store.next_id = 100;
         let outside = Arc::new(parking_lot::Mutex::new(Outside::default()));
         let base = Instant::now();
-        let hub = Self::start_hub(&schema, &store, &outside, base);
         let mut rng = Rng(seed);
+        // A third of the runs: several processes on one database (PostgreSQL):
+        // a commit is durable once it returns, and every commit, this
+        // process's and the others', reaches the hub from the log's tailer.
+        let shared = rng.chance(30);
+        let hub = Self::start_hub(&schema, &store, &outside, base, shared);
         let clients = (0..2 + rng.below(4))
             .map(|i| Client {
                 user: Arc::new(User { id: i as Id + 1, name: format!("u{i}"), claims: Value::Null, expires_at: None }),
@@ -418,6 +428,9 @@ impl Sim {
             next_sub: 1,
             store,
             hub,
+            shared,
+            tail_sent: 1,
+            delivered: 1,
             pending: Vec::new(),
             durable_wanted: None,
             clients,
@@ -435,12 +448,13 @@ impl Sim {
         store: &ModelStore,
         outside: &Arc<parking_lot::Mutex<Outside>>,
         base: Instant,
+        shared: bool,
     ) -> Hub {
         let start = Start {
             schema: schema.clone(),
             epoch: "sim".into(),
             seq: store.durable,
-            shared_log: false,
+            shared_log: shared,
             on_bus: false,
             metrics: Arc::new(Metrics::default()),
             frame_limit: 1 << 20,
@@ -496,6 +510,7 @@ impl Sim {
                     self.durable_wanted = Some(self.durable_wanted.unwrap_or(0).max(seq));
                 }
                 Request::Delivered(seq) => {
+                    self.delivered = self.delivered.max(seq);
                     if seq > self.store.durable {
                         self.fail(format_args!(
                             "the hub reports seq {seq} delivered; durable is {}",
@@ -519,6 +534,7 @@ impl Sim {
                 40..=44 => self.disconnect(),
                 45..=54 => self.connect(),
                 55..=59 => self.toggle_stall(),
+                60..=71 if self.shared => self.tail(),
                 60..=71 => {
                     let fails = self.rng.chance(2);
                     self.flush(fails)
@@ -537,6 +553,7 @@ impl Sim {
         }
         for _ in 0..50 {
             self.flush(false);
+            self.tail();
             self.answer_durable();
             self.outside.lock().clock += Duration::from_millis(50);
             self.complete_due();
@@ -706,6 +723,13 @@ impl Sim {
         }
         let committed = self.store.commit(changes);
         self.stats.commits += 1;
+        if self.shared {
+            // The database's commit is durable when it returns.
+            self.store.durable = committed.seq;
+            if self.rng.chance(40) {
+                return; // another process's commit: only the tailer brings it
+            }
+        }
         let writer = match self.connected() {
             Some(c) if self.rng.chance(85) => {
                 let client = &mut self.clients[c];
@@ -727,7 +751,7 @@ impl Sim {
         // The writer reads the subtrees its commit moved while the store is
         // still at its seq; now and then that read "fails" and the hub reads
         // them itself (the path another process's commits take).
-        let moved = if self.rng.chance(80) { Some(self.moved_by(&committed)) } else { None };
+        let moved = if !self.shared && self.rng.chance(80) { Some(self.moved_by(&committed)) } else { None };
         self.send(HubMsg::Commit { committed, writer, started, moved });
     }
 
@@ -864,6 +888,23 @@ impl Sim {
         self.store.durable = self.store.last_seq();
     }
 
+    /// Shared log: the tailer hands the hub what was committed since its last read.
+    fn tail(&mut self) {
+        if !self.shared || self.tail_sent >= self.store.last_seq() {
+            return;
+        }
+        let through = self.store.last_seq();
+        let entries = self.store.log.iter().filter(|e| e.seq > self.tail_sent).cloned().collect();
+        self.tail_sent = through;
+        self.send(HubMsg::Tailed { entries, through });
+    }
+
+    /// A load's answer goes behind every commit its read may have seen:
+    /// durable ones (one process), delivered ones (a shared log).
+    fn settled(&self, read_seq: Seq) -> bool {
+        if self.shared { self.delivered >= read_seq } else { self.store.durable >= read_seq }
+    }
+
     /// Tells the hub the durability it waits for, once the store has it.
     fn answer_durable(&mut self) {
         if let Some(through) = self.durable_wanted
@@ -912,7 +953,7 @@ impl Sim {
                 self.pending.push(Pending::Loaded { context, result, read_seq, at });
             }
             Pending::Loaded { context, result, read_seq, at } => {
-                if read_seq > self.store.durable {
+                if !self.settled(read_seq) {
                     let at = at + Duration::from_millis(5);
                     return self.pending.push(Pending::Loaded { context, result, read_seq, at });
                 }
@@ -939,7 +980,7 @@ impl Sim {
                 self.pending.push(Pending::StreamRead { sub, result, read_seq, at });
             }
             Pending::StreamRead { sub, result, read_seq, at } => {
-                if read_seq > self.store.durable {
+                if !self.settled(read_seq) {
                     let at = at + Duration::from_millis(5);
                     return self.pending.push(Pending::StreamRead { sub, result, read_seq, at });
                 }
@@ -997,7 +1038,9 @@ impl Sim {
         }
         self.refused.clear();
         self.confirmed.clear();
-        self.hub = Self::start_hub(&self.schema, &self.store, &self.outside, self.base);
+        self.hub = Self::start_hub(&self.schema, &self.store, &self.outside, self.base, self.shared);
+        self.tail_sent = self.store.durable;
+        self.delivered = self.store.durable;
     }
 
     // ---- what the clients receive ----------------------------------------

@@ -538,7 +538,9 @@ async fn concurrent_writers_converge_with_every_subscriber() {
     }
 }
 
-#[tokio::test]
+// On tokio's paused clock: the session's expiry is a timer, and time jumps
+// to it as soon as everything waits, so the test takes no real seconds.
+#[tokio::test(start_paused = true)]
 async fn an_expiring_token_ends_the_session_unless_renewed() {
     let schema = Schema::builder().entity("Job", |t| {
         t.string("name");
@@ -883,13 +885,14 @@ async fn a_subscriber_that_stops_reading_is_dropped_not_buffered() {
     assert!(slow.outbox.is_closed() || slow.incoming.recv().await.is_none());
 }
 
-#[tokio::test]
+// On tokio's paused clock (see the token expiry test).
+#[tokio::test(start_paused = true)]
 async fn a_connection_that_never_says_hello_is_closed() {
     let config = EngineConfig { hello_timeout: Duration::from_millis(200), ..EngineConfig::default() };
     let engine = engine_with(config).await;
     let (server, mut client) = memory_pair(16);
     engine.accept(server);
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let answer = match tokio::time::timeout(Duration::from_secs(5), client.incoming.recv()).await {
         Ok(Some(Incoming::Frame(f))) => serde_json::from_slice::<Value>(&f.data).expect("json"),
         other => panic!("expected an error frame, got {other:?}"),

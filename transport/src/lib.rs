@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -88,8 +88,10 @@ impl CloseSignal {
 #[derive(Debug)]
 struct Queued {
     limits: OutboxLimits,
-    frames: AtomicUsize,
-    bytes: AtomicUsize,
+    /// Frames (the high bits, from [`FRAMES_SHIFT`]) and bytes (the low bits)
+    /// in one word: both ends change it for every frame, and on two cores
+    /// each change of a word the other core wrote last is costly.
+    queued: AtomicU64,
     /// Wakes a sender waiting for room (client side).
     room: Notify,
     /// Senders waiting for room: taking a frame wakes them only when there
@@ -109,8 +111,7 @@ impl Queued {
     /// Counts `frames` in when the bounds allow them (see [`OutboxLimits`]).
     fn admit(&self, frames: &[Frame]) -> bool {
         let size: usize = frames.iter().map(Frame::len).sum();
-        let queued_bytes = self.bytes.load(Ordering::Acquire);
-        let queued_frames = self.frames.load(Ordering::Acquire);
+        let (queued_frames, queued_bytes) = unpack(self.queued.load(Ordering::Acquire));
         let fits_bytes = queued_bytes == 0 || queued_bytes.saturating_add(size) <= self.limits.bytes;
         // A message in parts starts only while the queue is within its bound.
         let fits_parts = frames.len() > 1 && queued_bytes <= self.limits.bytes;
@@ -118,20 +119,30 @@ impl Queued {
         if !(fits_bytes || fits_parts) || !fits_frames {
             return false;
         }
-        self.frames.fetch_add(frames.len(), Ordering::SeqCst);
-        self.bytes.fetch_add(size, Ordering::SeqCst);
+        self.queued.fetch_add(pack(frames.len(), size), Ordering::SeqCst);
         true
     }
 
     fn taken(&self, frame: &Frame) {
-        self.frames.fetch_sub(1, Ordering::SeqCst);
-        self.bytes.fetch_sub(frame.len(), Ordering::SeqCst);
+        self.queued.fetch_sub(pack(1, frame.len()), Ordering::SeqCst);
         // A sender counts itself in before it checks for room (see `Outbox::send`):
         // one that finds no room after these decrements is counted here.
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.room.notify_waiters();
         }
     }
+}
+
+/// Where the frame count starts in [`Queued::queued`]: bytes get 40 bits
+/// (a terabyte), frames 24 (16 million), far above any bound an outbox has.
+const FRAMES_SHIFT: u32 = 40;
+
+fn pack(frames: usize, bytes: usize) -> u64 {
+    ((frames as u64) << FRAMES_SHIFT) + bytes as u64
+}
+
+fn unpack(word: u64) -> (usize, usize) {
+    ((word >> FRAMES_SHIFT) as usize, (word & ((1 << FRAMES_SHIFT) - 1)) as usize)
 }
 
 /// Why a frame could not be queued.
@@ -161,7 +172,9 @@ impl Outbox {
     /// Queues the parts of one message without waiting, all or none; a full
     /// queue is an error (slow consumer).
     pub fn try_send_all(&self, frames: &[Frame]) -> Result<(), SendError> {
-        if self.is_closed() {
+        // The queue's own closed state is left to `send` below: reading it
+        // here would touch a word the writer changes with every frame.
+        if self.close.is_closed() {
             return Err(SendError::Closed);
         }
         if !self.queued.admit(frames) {
@@ -202,7 +215,7 @@ impl Outbox {
 
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
-        self.queued.bytes.load(Ordering::Acquire)
+        unpack(self.queued.queued.load(Ordering::Acquire)).1
     }
 
     /// The bounds this outbox was made with.
@@ -366,16 +379,12 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
 
 /// Makes an outbox with the given bounds.
 pub fn outbox_with(limits: OutboxLimits) -> (Outbox, OutboxReceiver) {
-    let limits = OutboxLimits { frames: limits.frames.max(1), bytes: limits.bytes.max(1) };
+    // Within what `Queued::queued` counts (see `FRAMES_SHIFT`).
+    let limits = OutboxLimits { frames: limits.frames.clamp(1, 1 << 20), bytes: limits.bytes.clamp(1, 1 << 38) };
     let (tx, rx) = mpsc::unbounded_channel();
     let close = Arc::new(CloseSignal::default());
-    let queued = Arc::new(Queued {
-        limits,
-        frames: AtomicUsize::new(0),
-        bytes: AtomicUsize::new(0),
-        room: Notify::new(),
-        waiting: AtomicUsize::new(0),
-    });
+    let queued =
+        Arc::new(Queued { limits, queued: AtomicU64::new(0), room: Notify::new(), waiting: AtomicUsize::new(0) });
     (
         Outbox { tx, queued: queued.clone(), close: close.clone() },
         OutboxReceiver { rx, queued, close, close_taken: false },

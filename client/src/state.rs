@@ -151,6 +151,8 @@ struct Ctx {
     channel: String,
     anchor: Option<RowKey>,
     epoch: Option<String>,
+    /// The read rules' tag of the last state (`view`), sent back to resume.
+    view_tag: Option<String>,
     seq: Seq,
     loaded: bool,
     resync: bool,
@@ -278,6 +280,7 @@ impl ClientState {
             channel: Some(channel),
             anchor_id: Some(anchor),
             since: resume.as_ref().map(|(s, _)| *s),
+            view: resume.as_ref().and_then(|_| self.contexts.get(context)).and_then(|c| c.view_tag.clone()),
             epoch: resume.and_then(|(_, e)| e),
             rid: Some(Value::from(rid)),
             ..Subscribe::default()
@@ -944,6 +947,7 @@ impl ClientState {
             ctx.canonical.clear();
         }
         let last = parts.last().map(|p| (p.seq, p.epoch.clone())).unwrap_or_default();
+        let view = parts.first().and_then(|p| p.view.clone());
         let mut order = self.next_order;
         let mut rows = Vec::new();
         let mut removed = Vec::new();
@@ -974,6 +978,7 @@ impl ClientState {
         self.next_order = order;
         ctx.seq = last.0;
         ctx.epoch = Some(last.1);
+        ctx.view_tag = view;
         ctx.loaded = true;
         ctx.resync = false;
         // Every state lists the presence in full.

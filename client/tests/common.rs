@@ -41,6 +41,7 @@ pub fn state(context: &str, anchor: i64, seq: u64, rows: Vec<Arc<Row>>) -> State
         incremental: false,
         removed: vec![],
         presence: vec![],
+        view: None,
         part: None,
         last: None,
         rid: None,

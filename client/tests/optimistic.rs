@@ -260,3 +260,31 @@ fn a_reconnect_resends_in_order_and_applied_writes_retire() {
     c.apply_state(inc);
     assert!(!c.row("job/1", "Task", 1).expect("row").pending);
 }
+
+#[test]
+fn a_resume_sends_back_the_view_its_state_was_read_under() {
+    use statecast_core::protocol::v1::{ClientMessage, Welcome};
+    let mut c = loaded();
+    // A state read under read rules carries their tag; one without rules none.
+    let mut restricted = state("job/1", 1, 12, vec![row("Job", 1, 1, json!({"name": "one"}))]);
+    restricted.view = Some("4f7c2a91d03b6e58".into());
+    c.apply_state(restricted);
+    c.connection_lost();
+    let welcome: Welcome = serde_json::from_value(json!({"type": "welcome", "connectionId": "c",
+        "user": {"id": 1, "name": "ann"}, "schema": {"types": {}}, "epoch": "e", "applied": []}))
+    .expect("welcome");
+    c.connected(&welcome);
+    let resumes: Vec<(Option<i64>, Option<u64>, Option<String>)> = c
+        .take_control()
+        .into_iter()
+        .filter_map(|m| match m {
+            ClientMessage::Subscribe(s) => Some((s.anchor_id, s.since, s.view)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        resumes,
+        vec![(Some(1), Some(12), Some("4f7c2a91d03b6e58".into())), (Some(2), Some(10), None)],
+        "each context resumes from its seq, naming the rules its state was read under"
+    );
+}

@@ -205,6 +205,7 @@ impl Run<'_> {
                     incremental,
                     removed,
                     presence: Vec::new(),
+                    view: None,
                     part,
                     last,
                     rid: None,

@@ -73,6 +73,10 @@ pub struct Subscribe {
     pub since: Option<Seq>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
+    /// With `since`: the `view` of the state the client holds (see
+    /// [`State::view`]); a resume under other read rules gets a whole state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
     /// A stream subscription: the stream's name (the fields below are for streams only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<String>,
@@ -555,6 +559,13 @@ pub struct State {
     /// in the first part of a state sent in parts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub presence: Vec<PresenceEntry>,
+    /// An opaque tag of the read rules the state was built under (absent
+    /// when the subscriber reads the context in full). A client resuming
+    /// with `since` sends it back in `subscribe.view`: rules that changed
+    /// meanwhile, on any server process, then get a whole state, never an
+    /// incremental one that would keep rows no longer readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -60,6 +60,19 @@ fn client_messages() {
             ..Default::default()
         }))
     );
+    // A resume under read rules: the `view` of the state held comes back.
+    insta::assert_snapshot!(
+        "subscribe_since_view",
+        client(ClientMessage::Subscribe(Subscribe {
+            channel: Some("job".into()),
+            anchor_id: Some(1),
+            since: Some(17),
+            epoch: Some("e1".into()),
+            view: Some("4f7c2a91d03b6e58".into()),
+            rid: Some(json!(2)),
+            ..Default::default()
+        }))
+    );
     let filters = json!({"job": 1, "name__icontains": "bug"}).as_object().cloned();
     insta::assert_snapshot!(
         "subscribe_stream",
@@ -286,6 +299,25 @@ fn server_messages() {
             incremental: false,
             removed: vec![],
             presence: vec![],
+            view: None,
+            part: None,
+            last: None,
+            rid: None
+        }))
+    );
+    insta::assert_snapshot!(
+        "state_view",
+        encoded(&ServerMessage::State(State {
+            context: "job/1".into(),
+            channel: "job".into(),
+            anchor_id: 1,
+            epoch: "e1".into(),
+            seq: 17,
+            instances: vec![row()],
+            incremental: false,
+            removed: vec![],
+            presence: vec![],
+            view: Some("4f7c2a91d03b6e58".into()),
             part: None,
             last: None,
             rid: None
@@ -307,6 +339,7 @@ fn server_messages() {
                 user: PresenceUser { id: 2, name: "bob".into() },
                 data: json!({"editing": 2}),
             }],
+            view: None,
             part: None,
             last: None,
             rid: None
@@ -344,6 +377,7 @@ fn server_messages() {
             incremental: true,
             removed: vec![Removed { ty: "Task".into(), id: 3 }],
             presence: vec![],
+            view: None,
             part: Some(0),
             last: Some(true),
             rid: None

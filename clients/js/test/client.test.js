@@ -112,6 +112,30 @@ test('hello, welcome, subscribe and a write; a drop reconnects and resends with 
   client.close();
 });
 
+test('a resume names the read rules its state was read under (view)', async () => {
+  const client = newClient();
+  const connected = client.connect();
+  await until(() => FakeSocket.last()?.sent.length === 1, 'hello');
+  const ws1 = FakeSocket.last();
+  ws1.deliver(welcome());
+  await connected;
+  const job = client.subscribe('job', 1);
+  ws1.deliver({ ...state(5, [{ _type: 'Job', id: 1, _version: 1, name: 'Launch', project: 1, owner: 1 }]), view: 'a1b2c3d4e5f60718' });
+  await job.ready;
+  assert.equal(job.viewTag, 'a1b2c3d4e5f60718');
+  ws1.drop();
+  await until(() => FakeSocket.all.length === 2 && FakeSocket.last().sent.length === 1, 'the second hello');
+  const ws2 = FakeSocket.last();
+  ws2.deliver(welcome());
+  assert.deepEqual(ws2.sent.slice(1).map(noRid), [
+    { type: 'subscribe', channel: 'job', anchorId: 1, since: 5, epoch: EPOCH, view: 'a1b2c3d4e5f60718' },
+  ]);
+  // A whole state read in full: no tag any more, and none sent next time.
+  ws2.deliver(state(6, [{ _type: 'Job', id: 1, _version: 1, name: 'Launch', project: 1, owner: 1 }]));
+  assert.equal(job.viewTag, null);
+  client.close();
+});
+
 test('goaway: the client reconnects and resumes', async () => {
   const client = newClient();
   const connected = client.connect();

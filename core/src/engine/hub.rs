@@ -271,6 +271,8 @@ pub(crate) struct SubscribeRequest {
     pub rid: Rid,
     /// `since` and the epoch it belongs to.
     pub since: Option<(Seq, Option<String>)>,
+    /// With `since`: the `view` tag of the state the client holds.
+    pub view: Option<String>,
     /// What the user may read, when the channel's policy hides something from them.
     pub read: Option<Arc<ContextRules>>,
 }
@@ -851,7 +853,11 @@ impl Hub {
                 self.read_keys.clear();
             }
             let before = self.read_keys.insert((user, req.context.clone()), now.clone());
-            if before.is_some_and(|b| b != now) {
+            // The client names the rules its state was read under (`view`),
+            // which survives restarts and other processes; this process's
+            // memory covers a client that does not say.
+            let tag = req.read.as_ref().map(|r| r.tag.clone());
+            if before.is_some_and(|b| b != now) || (req.since.is_some() && req.view != tag) {
                 // The user's read rules changed since: an incremental state
                 // would leave rows no longer readable (or miss rows now
                 // readable) on the client. Whole, then.
@@ -1003,7 +1009,7 @@ impl Hub {
         if let Some(user) = self.conns.get(&conn).map(|e| e.user.id) {
             self.read_keys.insert((user, context.clone()), read.as_ref().map(|r| r.key.clone()));
         }
-        let req = SubscribeRequest { conn, channel, anchor_id, context, rid: None, since: None, read };
+        let req = SubscribeRequest { conn, channel, anchor_id, context, rid: None, since: None, view: None, read };
         let frames = self.state_frames(&req);
         self.send_frames(conn, &frames);
     }
@@ -1138,7 +1144,8 @@ fn class_state_frames(
     {
         let seq = class.last_seq;
         let state = ctx.state_message(epoch, instances, removed, true, req.rid.clone());
-        return split_state(codec, State { presence, seq, ..state }, limit).into();
+        let view = Some(class.rules.tag.clone());
+        return split_state(codec, State { presence, seq, view, ..state }, limit).into();
     }
     let shared = req.rid.is_none() && presence.is_empty();
     if shared && let Some(cached) = ctx.read.class_of(req.conn).and_then(|c| c.state_cache[codec.index()].clone()) {
@@ -1146,7 +1153,9 @@ fn class_state_frames(
     }
     let Some(class) = ctx.read.class_of(req.conn) else { return Arc::from([]) };
     let (instances, seq) = (ctx.class_rows(class), class.last_seq);
-    let state = State { presence, seq, ..ctx.state_message(epoch, instances, Vec::new(), false, req.rid.clone()) };
+    let view = Some(class.rules.tag.clone());
+    let state =
+        State { presence, seq, view, ..ctx.state_message(epoch, instances, Vec::new(), false, req.rid.clone()) };
     let frames: Arc<[Frame]> = split_state(codec, state, limit).into();
     if shared && let Some(class) = ctx.read.class_of_mut(req.conn) {
         class.state_cache[codec.index()] = Some(frames.clone());

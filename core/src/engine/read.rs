@@ -35,5 +35,5 @@ pub(crate) async fn context_rules(
         let _ = write!(key, "{ty}:{};", rule.key());
         by_type.insert(ty.to_owned(), compiled);
     }
-    Ok((!by_type.is_empty()).then(|| Arc::new(ContextRules { key, by_type })))
+    Ok((!by_type.is_empty()).then(|| Arc::new(ContextRules::new(key, by_type))))
 }

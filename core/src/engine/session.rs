@@ -339,6 +339,7 @@ impl Session {
                     context: name,
                     rid: sub.rid,
                     since: sub.since.map(|s| (s, sub.epoch)),
+                    view: sub.view,
                     read,
                 }));
             }

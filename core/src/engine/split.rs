@@ -120,6 +120,7 @@ mod tests {
             incremental: true,
             removed: vec![Removed { ty: "Task".into(), id: 99 }],
             presence: Vec::new(),
+            view: None,
             part: None,
             last: None,
             rid: None,

@@ -282,6 +282,7 @@ impl LiveContext {
             incremental,
             removed,
             presence: Vec::new(),
+            view: None,
             part: None,
             last: None,
             rid,

@@ -29,9 +29,18 @@ use super::ConnId;
 pub(crate) struct ContextRules {
     pub key: String,
     pub by_type: HashMap<String, CompiledReadRule>,
+    /// What states built under these rules carry as `view`: a hash of the
+    /// key, the same in every process and version (the key would show the
+    /// policy's filters to the client).
+    pub tag: String,
 }
 
 impl ContextRules {
+    pub fn new(key: String, by_type: HashMap<String, CompiledReadRule>) -> Self {
+        let tag = format!("{:016x}", fnv1a(key.as_bytes()));
+        ContextRules { key, by_type, tag }
+    }
+
     fn rule(&self, ty: &str) -> Option<&CompiledReadRule> {
         self.by_type.get(ty)
     }
@@ -79,6 +88,11 @@ impl ReadClass {
             self.left_from = s;
         }
     }
+}
+
+/// FNV-1a, 64 bits: tiny, and stable everywhere (the tag outlives a process).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// How many removals a class remembers for incremental states.
@@ -235,6 +249,9 @@ impl LiveContext {
         let readable = parent_seen && class.rules.can_read(row);
         let seen = class.visible.contains(key);
         match (readable, seen) {
+            // Revealed by an earlier change of this commit (a row that came
+            // into view brings the rows under it): already shown.
+            (true, true) if change.op == ChangeOp::Create && class.revealed.get(key) == Some(&seq) => {}
             (true, true) if change.op == ChangeOp::Create => out.push(self.shown_create(class, row)),
             (true, true) => {
                 let mut fields = change.fields.clone();
@@ -369,7 +386,7 @@ mod tests {
         let task = schema.entity("Task").expect("Task");
         let rule = ReadRule::rows_where(Filters::new().eq("private", false)).hide("notes");
         let by_type = HashMap::from([("Task".to_owned(), rule.compile(task).expect("rule"))]);
-        Arc::new(ContextRules { key: format!("Task:{}", rule.key()), by_type })
+        Arc::new(ContextRules::new(format!("Task:{}", rule.key()), by_type))
     }
 
     fn keys(changes: &[DeltaChange]) -> Vec<(String, i64, ChangeOp)> {

@@ -257,7 +257,18 @@ impl Pending {
 struct View {
     seq: Seq,
     rows: BTreeMap<RowKey, Fields>,
+    /// The read rules it is read under (see [`RULES`]).
+    rules: u8,
+    /// The `view` tag its last state carried (sent back to resume).
+    tag: Option<String>,
 }
+
+/// The read rules a simulated user may have, by number: 0 reads all; 1 reads
+/// the tasks whose title starts with "w5" (a hidden task hides its notes);
+/// 2 reads every task without its title; 3 the tasks whose title starts
+/// with "w", without it. Titles change all the time, so tasks come into
+/// view and leave it with their notes.
+const RULES: u8 = 4;
 
 struct Conn {
     id: ConnId,
@@ -276,6 +287,9 @@ struct Conn {
     streams_live: BTreeSet<String>,
     /// Stream unsubscribes not answered yet.
     streams_closing: BTreeSet<String>,
+    /// Contexts whose read rules the server was told changed: the state
+    /// without a rid that follows is read under these.
+    reclassing: BTreeMap<String, u8>,
     stalled: bool,
 }
 
@@ -288,6 +302,8 @@ struct Client {
     /// The `tasks` stream filtered on a project: the tasks it holds, by project.
     stream_views: BTreeMap<Id, View>,
     next_write: i64,
+    /// The read rules this user has now (see [`RULES`]).
+    rules: u8,
 }
 
 /// One simulated run.
@@ -415,6 +431,7 @@ impl Sim {
                 views: BTreeMap::new(),
                 stream_views: BTreeMap::new(),
                 next_write: 1,
+                rules: rng.below(u64::from(RULES)) as u8,
             })
             .collect();
         Sim {
@@ -540,6 +557,7 @@ impl Sim {
                     self.flush(fails)
                 }
                 72 => self.restart(),
+                73..=74 => self.reclass(),
                 _ => self.advance(),
             }
             self.answer_durable();
@@ -575,6 +593,11 @@ impl Sim {
     fn connect(&mut self) {
         let ids: Vec<usize> = (0..self.clients.len()).filter(|i| self.clients[*i].conn.is_none()).collect();
         let Some(&c) = self.rng.pick(&ids) else { return self.advance() };
+        if self.rng.chance(20) {
+            // Its role changed meanwhile: resuming with `since` must not
+            // keep what the old rules showed.
+            self.clients[c].rules = self.rng.below(u64::from(RULES)) as u8;
+        }
         let frames = 8 + self.rng.below(56) as usize;
         let (outbox, rx) = outbox_with(OutboxLimits::frames(frames));
         let id = self.next_conn;
@@ -592,6 +615,7 @@ impl Sim {
             streams: BTreeMap::new(),
             streams_live: BTreeSet::new(),
             streams_closing: BTreeSet::new(),
+            reclassing: BTreeMap::new(),
             stalled: false,
         });
         self.send(HubMsg::Connect { conn: id, user, outbox, codec, subs });
@@ -628,9 +652,12 @@ impl Sim {
     }
 
     fn subscribe_to(&mut self, c: usize, context: String) {
+        let read = self.read_rules(self.clients[c].rules);
         let client = &mut self.clients[c];
+        let rules = client.rules;
         let Some(conn) = &mut client.conn else { return };
         let since = client.views.get(&context).map(|v| (v.seq, Some("sim".to_owned())));
+        let view = client.views.get(&context).and_then(|v| v.tag.clone());
         conn.subs.lock().insert(context.clone());
         let anchor_id = context.trim_start_matches("project/").parse().expect("a project context");
         let req = SubscribeRequest {
@@ -638,9 +665,11 @@ impl Sim {
             channel: self.channel.clone(),
             anchor_id,
             context,
-            rid: None,
+            // The rid names the rules the state is read under.
+            rid: Some(json!(rules)),
             since,
-            read: None,
+            view,
+            read,
         };
         self.send(HubMsg::Subscribe(req));
     }
@@ -1090,8 +1119,28 @@ impl Sim {
             ServerMessage::State(state) => {
                 self.stats.states += 1;
                 self.check_durable(state.seq, "state");
+                let rules = match state.rid.as_ref().and_then(Value::as_u64) {
+                    Some(rules) => rules as u8,
+                    None => match self.clients[c].conn.as_mut().and_then(|k| k.reclassing.remove(&state.context)) {
+                        Some(rules) => rules,
+                        None => self.fail(format_args!("a state of {} with no rid, and no reclass", state.context)),
+                    },
+                };
+                let before = self.clients[c].views.get(&state.context).map(|v| v.rules);
+                if state.incremental && before.is_some_and(|b| b != rules) {
+                    self.fail(format_args!(
+                        "an incremental state of {} under rules {rules} onto a view read under {before:?}",
+                        state.context
+                    ));
+                }
+                let tag = self.read_rules(rules).map(|r| r.tag.clone());
+                if state.view != tag {
+                    self.fail(format_args!("a state under rules {rules} carries view {:?}, not {tag:?}", state.view));
+                }
                 let client = &mut self.clients[c];
                 let view = client.views.entry(state.context.clone()).or_default();
+                view.rules = rules;
+                view.tag = tag;
                 if !state.incremental {
                     view.rows.clear();
                 }
@@ -1122,7 +1171,7 @@ impl Sim {
                     ));
                 }
                 let project = project_of(&delta.context);
-                if self.store.context(project, delta.seq - 1).as_ref() != Some(&view.rows) {
+                if self.model_view(project, delta.seq - 1, view.rules).as_ref() != Some(&view.rows) {
                     self.fail(format_args!(
                         "{} changed between seq {} and {} without a delta",
                         delta.context, view.seq, delta.seq
@@ -1187,8 +1236,8 @@ impl Sim {
                 // Every change the commit made to a context held here came first.
                 for context in live {
                     let p = project_of(&context);
-                    let changed = self.store.context(p, seq) != self.store.context(p, seq - 1);
-                    let at = self.clients[c].views.get(&context).map_or(0, |v| v.seq);
+                    let (at, rules) = self.clients[c].views.get(&context).map_or((0, 0), |v| (v.seq, v.rules));
+                    let changed = self.model_view(p, seq, rules) != self.model_view(p, seq - 1, rules);
                     if changed && at < seq {
                         self.fail(format_args!(
                             "the answer to write {} (seq {seq}) came before its change to {context} (view at {at})",
@@ -1247,6 +1296,72 @@ impl Sim {
             }
             other => self.fail(format_args!("an unexpected message: {other:?}")),
         }
+    }
+
+    /// The engine's form of read rules `n` (see [`RULES`]).
+    fn read_rules(&self, n: u8) -> Option<Arc<super::ContextRules>> {
+        use crate::read_rule::ReadRule;
+        use crate::stream::{Filters, Lookup};
+        let title_starts = |prefix: &str| Filters::new().with("title", Lookup::StartsWith, prefix);
+        let rule = match n {
+            1 => ReadRule::rows_where(title_starts("w5")),
+            2 => ReadRule::all().hide("title"),
+            3 => ReadRule::rows_where(title_starts("w")).hide("title"),
+            _ => return None,
+        };
+        let task = self.schema.entity("Task").expect("Task");
+        let compiled = rule.compile(task).expect("the rule compiles");
+        let key = format!("Task:{};", rule.key());
+        Some(Arc::new(super::ContextRules::new(key, [("Task".to_owned(), compiled)].into())))
+    }
+
+    /// The context as a user under rules `n` reads it at `seq`, worked out
+    /// here on its own (not with the engine's rule code).
+    fn model_view(&self, project: Id, seq: Seq, n: u8) -> Option<BTreeMap<RowKey, Fields>> {
+        let mut rows = self.store.context(project, seq)?;
+        let title = |f: &Fields| f.get("title").and_then(Value::as_str).unwrap_or("").to_owned();
+        let reads = |f: &Fields| match n {
+            1 => title(f).starts_with("w5"),
+            3 => title(f).starts_with('w'),
+            _ => true,
+        };
+        let hidden: BTreeSet<Id> =
+            rows.iter().filter(|(k, f)| &*k.ty == "Task" && !reads(f)).map(|(k, _)| k.id).collect();
+        rows.retain(|k, f| match &*k.ty {
+            "Task" => !hidden.contains(&k.id),
+            "Note" => f.get("task").and_then(Value::as_i64).is_none_or(|t| !hidden.contains(&t)),
+            _ => true,
+        });
+        if n >= 2 {
+            for (k, f) in rows.iter_mut() {
+                if &*k.ty == "Task" {
+                    f.remove("title");
+                }
+            }
+        }
+        Some(rows)
+    }
+
+    /// A subscriber's rules change (what its policy reads changed): the
+    /// server gives it a whole state under the new rules.
+    fn reclass(&mut self) {
+        let Some(c) = self.connected() else { return self.advance() };
+        let Some(conn) = &self.clients[c].conn else { return };
+        let live: Vec<String> = conn
+            .live
+            .iter()
+            .filter(|x| !conn.reclassing.contains_key(*x) && !conn.closing.contains_key(*x))
+            .cloned()
+            .collect();
+        let Some(context) = self.rng.pick(&live).cloned() else { return };
+        let now = self.clients[c].views.get(&context).map_or(0, |v| v.rules);
+        let rules = (now + 1 + self.rng.below(u64::from(RULES) - 1) as u8) % RULES;
+        let read = self.read_rules(rules);
+        self.clients[c].rules = rules;
+        let Some(conn) = &mut self.clients[c].conn else { return };
+        conn.reclassing.insert(context.clone(), rules);
+        let id = conn.id;
+        self.send(HubMsg::Reclass { conn: id, context, read });
     }
 
     fn stream_closing(&self, c: usize, wire: &str) -> bool {
@@ -1351,7 +1466,7 @@ impl Sim {
 
     fn check_view(&self, c: usize, context: &str, when: &str) {
         let view = &self.clients[c].views[context];
-        let model = self.store.context(project_of(context), view.seq);
+        let model = self.model_view(project_of(context), view.seq, view.rules);
         if model.as_ref() != Some(&view.rows) {
             self.fail(format_args!(
                 "{when}, client {c}'s view of {context} at seq {} differs from the store:\n  view:  {:?}\n  store: {:?}",
@@ -1372,7 +1487,7 @@ impl Sim {
                     self.fail(format_args!("client {c} holds {context} but never got its state"));
                 }
                 let view = &client.views[&context];
-                let now = self.store.context(project_of(&context), self.store.last_seq());
+                let now = self.model_view(project_of(&context), self.store.last_seq(), view.rules);
                 if now.as_ref() != Some(&view.rows) {
                     self.fail(format_args!("client {c}'s view of {context} is behind the store once settled"));
                 }

@@ -332,6 +332,8 @@ export class Context {
     /** Why it closed: an `unsubscribed` reason, or the subscribe error. */
     this.closeReason = null;
     this.epoch = null;
+    /** The read rules' tag of the last state (its `view`; null when read in full), sent back to resume. */
+    this.viewTag = null;
     /** The seq of the last state or delta applied; null before the first state. */
     this.seq = null;
     /** Canonical rows in the server's order, by `rowKey`. */
@@ -844,6 +846,8 @@ export class Replica {
     if (ctx.seq !== null && ctx.epoch !== null) {
       frame.since = ctx.seq;
       frame.epoch = ctx.epoch;
+      // Rules that changed meanwhile (on any server) get a whole state.
+      if (ctx.viewTag !== null) frame.view = ctx.viewTag;
     }
     this.transmit(frame);
   }
@@ -992,6 +996,7 @@ export class Replica {
     }
     ctx.seq = msg.seq;
     ctx.epoch = msg.epoch ?? ctx.epoch;
+    ctx.viewTag = msg.view ?? null;
     ctx.status = 'ready';
     for (const w of this.queue) {
       if (w.response && w.response.seq <= msg.seq) w.retiredIn.add(ctx.name);

@@ -165,6 +165,8 @@ export class Context<E extends object = EntityMap> {
   /** The seq of the last state or delta applied (null before the first state). */
   readonly seq: number | null;
   readonly epoch: string | null;
+  /** The tag of the read rules the last state was read under (null when read in full); sent back when resuming. */
+  readonly viewTag: string | null;
   /** Resolves at the first state; rejects with the error if the subscription fails. */
   readonly ready: Promise<Context<E>>;
 

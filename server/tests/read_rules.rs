@@ -294,8 +294,14 @@ async fn a_restricted_subscriber_resumes_with_an_incremental_state_of_what_it_ma
     }
     // bob's second tab keeps his read class alive while the first is away.
     let (_bob_tab, _) = joined(&server, "bob", false).await;
-    let (bob, view) = joined(&server, "bob", true).await;
-    let (seq, epoch) = (view.seq, server.subscribed("carol", 1).await.1["epoch"].clone());
+    let mut bob = server.msgpack().await;
+    bob.hello("bob").await;
+    let bob_state = bob.subscribe("job", 1).await;
+    // The tag of bob's read rules: opaque, and not carol's (an admin reads all).
+    let tag = bob_state["view"].clone();
+    assert!(tag.as_str().is_some_and(|t| t.len() == 16), "{bob_state}");
+    assert!(server.subscribed("carol", 1).await.1.get("view").is_none());
+    let (seq, epoch) = (View::from_state(&bob_state).seq, bob_state["epoch"].clone());
     drop(bob);
 
     carol.write(save("job/1", "Task", secret_ids[0], json!({"assignee": 2}))).await.ok();
@@ -305,7 +311,16 @@ async fn a_restricted_subscriber_resumes_with_an_incremental_state_of_what_it_ma
 
     let mut back = server.json().await;
     back.hello("bob").await;
-    back.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1, "since": seq, "epoch": epoch})).await;
+    // Without the tag (or with another) the server can't trust the resume: whole.
+    for view in [Value::Null, json!("0123456789abcdef")] {
+        let resume =
+            json!({"type": "subscribe", "channel": "job", "anchorId": 1, "since": seq, "epoch": epoch, "view": view});
+        back.send(resume).await;
+        let whole = back.recv_type("state").await;
+        assert_eq!((whole.get("incremental"), &whole["view"]), (None, &tag), "{whole}");
+    }
+    back.send(json!({"type": "subscribe", "channel": "job", "anchorId": 1, "since": seq, "epoch": epoch, "view": tag}))
+        .await;
     let state = back.recv_type("state").await;
     assert_eq!(state["incremental"], true, "{state}");
     let names: Vec<&str> =

@@ -175,6 +175,8 @@ struct Args {
 enum SpreadArg {
     Shared,
     Own,
+    /// Every writer saves the same row (task 1 of `job/1`, as alice).
+    HotRow,
 }
 
 impl From<SpreadArg> for scenarios::Spread {
@@ -182,6 +184,7 @@ impl From<SpreadArg> for scenarios::Spread {
         match a {
             SpreadArg::Shared => scenarios::Spread::Shared,
             SpreadArg::Own => scenarios::Spread::Own,
+            SpreadArg::HotRow => scenarios::Spread::HotRow,
         }
     }
 }

@@ -36,11 +36,16 @@ pub(crate) enum Workload {
     /// saves its notes again and again: commits touch different rows of one
     /// context.
     Saves,
+    /// Alice saves task 1's notes again and again: every writer on one row.
+    HotRow,
 }
 
 /// Writer `i` writes into `job/{job}` through `target` back to back, one
 /// write in flight, for `length`: the answer latency of each, and how many
 /// were refused or went unanswered.
+/// The row every writer of [`Workload::HotRow`] saves (alice may, in the demo).
+const HOT_TASK: i64 = 1;
+
 pub(crate) async fn closed_loop_writes(
     kind: Kind,
     target: Target,
@@ -53,7 +58,7 @@ pub(crate) async fn closed_loop_writes(
     let Ok(mut w) = Client::connect(kind, &target).await else {
         return (h, refused, 1);
     };
-    let (user, user_id) = if i.is_multiple_of(2) { ("alice", 1) } else { ("bob", 2) };
+    let (user, user_id) = if i.is_multiple_of(2) || workload == Workload::HotRow { ("alice", 1) } else { ("bob", 2) };
     if w.hello(user).await.is_err() || w.subscribe("job", job).await.is_err() {
         return (h, refused, 1);
     }
@@ -63,7 +68,7 @@ pub(crate) async fn closed_loop_writes(
             "parentType": "Job", "parentId": job, "relationName": "tasks", "context": context,
             "data": {"name": format!("bench {i}-{write_id}"), "assignee": user_id}})
     };
-    let mut own_task = None;
+    let mut own_task = (workload == Workload::HotRow).then_some(HOT_TASK);
     if workload == Workload::Saves {
         match write_and_wait(&mut w, &create(1)).await {
             Some(answer) if answer.success == Some(true) => own_task = answer.instance_id,
@@ -137,6 +142,9 @@ pub enum Spread {
     /// Writer `i` in `job/{i+1}` (the server seeds `c` jobs): each commit
     /// reaches its writer only, plus the subscribers of that context.
     Own,
+    /// Every writer saves the same row, task 1 of `job/1`, as alice: the
+    /// commits take turns on it (and each reaches every writer).
+    HotRow,
 }
 
 impl Spread {
@@ -144,6 +152,7 @@ impl Spread {
         match self {
             Spread::Shared => "one shared",
             Spread::Own => "one per writer",
+            Spread::HotRow => "one row",
         }
     }
 }
@@ -160,7 +169,7 @@ pub async fn writes(
     length: Duration,
 ) -> Result<WritesResult, BoxError> {
     let jobs = match spread {
-        Spread::Shared => 1,
+        Spread::Shared | Spread::HotRow => 1,
         Spread::Own => c.clamp(1, MAX_DEMO_JOBS),
     };
     let srv = Server::start_with(bin, store, &["--demo-jobs", &jobs.max(2).to_string()])?;
@@ -190,7 +199,8 @@ pub async fn writes(
     let mut tasks = Vec::new();
     for i in 0..c {
         let job = (i % jobs) as i64 + 1;
-        tasks.push(tokio::spawn(closed_loop_writes(kind, srv.target.clone(), (i, job), length, Workload::Creates)));
+        let workload = if spread == Spread::HotRow { Workload::HotRow } else { Workload::Creates };
+        tasks.push(tokio::spawn(closed_loop_writes(kind, srv.target.clone(), (i, job), length, workload)));
     }
     let cpu_before = (proc_stats::cpu_seconds(srv.pid()), proc_stats::cpu_seconds(std::process::id()));
     let start = Instant::now();

@@ -4,7 +4,7 @@
 //! state changes, and what must happen outside goes out through [`HubIo`].
 //! It never awaits, spawns a task or reads the clock. The driver
 //! (`driver.rs`) runs these requests on tokio against the store and feeds
-//! each answer back as a message; the simulator (`sim.rs`) schedules them
+//! each answer back as a message; the simulator (`sim/`) schedules them
 //! on its own clock, with the delays and failures a seed picks.
 //!
 //! Frames themselves go straight into each connection's [`Outbox`]

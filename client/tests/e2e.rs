@@ -723,15 +723,6 @@ async fn presence_is_shown_to_the_others_and_shown_again_after_a_reconnect() {
     eventually("bob sees it cleared", || b.presence().is_empty()).await;
 }
 
-/// A small deterministic generator (splitmix64): a failing seed replays exactly.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// The Task rows of a view as `id → fields` (what a reader shows).
 fn task_rows(ctx: &statecast_client::Context) -> std::collections::BTreeMap<i64, Value> {
     ctx.view().into_iter().filter(|r| &*r.ty == "Task").map(|r| (r.id, Value::Object(r.fields))).collect()
@@ -743,7 +734,7 @@ async fn over_quic_a_readers_view_is_what_its_rules_let_it_read_over_random_flip
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64)
     });
     eprintln!("seed {seed} (replay with STATECAST_READ_SEED={seed})");
-    let mut rng = seed;
+    let mut rng = statecast_core::testkit::rng::SplitMix(seed);
     let server = Server::start();
     let mut cfg = ClientConfig::new(server.quic_url.clone(), "bob");
     cfg.quic_trust = Some(statecast_client::QuicTrust::Fingerprint(server.quic_fingerprint.clone()));
@@ -754,7 +745,7 @@ async fn over_quic_a_readers_view_is_what_its_rules_let_it_read_over_random_flip
     let c = carol.subscribe("job", 1).await.expect("carol");
     let mut ids = vec![1, 2];
     for step in 0..30 {
-        let mut below = |n: u64| splitmix(&mut rng) % n;
+        let mut below = |n: u64| rng.below(n);
         let assignee = match below(3) {
             0 => Value::Null,
             n => json!(n),

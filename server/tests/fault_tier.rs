@@ -28,24 +28,8 @@ const RUN: Duration = Duration::from_secs(5);
 /// How long a write may take to be answered, across restarts, before the run fails.
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// splitmix64: small, seedable, good enough to pick faults.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn ms(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
-    }
-}
+/// Seeded, to pick faults (a failing seed replays).
+use statecast_core::testkit::rng::SplitMix as Rng;
 
 /// What happened, in order, for the failure report.
 #[derive(Default)]

@@ -198,22 +198,8 @@ async fn streams_and_get_obey_the_read_rules_and_hide_fields() {
     }
 }
 
-/// A small deterministic generator (splitmix64): a failing seed replays exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// A failing seed replays exactly.
+use statecast_core::testkit::rng::SplitMix as Rng;
 
 #[tokio::test]
 async fn every_view_is_what_its_reader_may_read_over_random_flips() {

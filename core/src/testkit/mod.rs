@@ -3,5 +3,6 @@
 //! PostgreSQL helpers for the crates' end-to-end tests.
 
 pub mod pg;
+pub mod rng;
 pub mod store_suite;
 pub mod transport_suite;

@@ -19,6 +19,7 @@ impl Sim {
                 self.stats.slow_consumers += 1;
                 let id = conn.id;
                 self.clients[c].conn = None;
+                self.forget_presence(id);
                 return self.send(HubMsg::Disconnect { conn: id });
             }
             if conn.stalled {
@@ -42,6 +43,7 @@ impl Sim {
         match &msg {
             ServerMessage::State(s) if closing(&s.context) => return,
             ServerMessage::Delta(d) if closing(&d.context) => return,
+            ServerMessage::Presence(p) if closing(&p.context) => return,
             ServerMessage::Event(e) if self.stream_closing(c, &e.subscription) => return,
             ServerMessage::Subscribed(s) if self.stream_closing(c, &s.subscription) => return,
             _ => {}
@@ -84,6 +86,9 @@ impl Sim {
                 view.seq = state.seq;
                 if let Some(conn) = &mut client.conn {
                     conn.live.insert(state.context.clone());
+                    // Every state lists the others' presence in full.
+                    let shown = state.presence.iter().map(|e| (e.connection_id.clone(), e.data.clone())).collect();
+                    conn.presence.insert(state.context.clone(), shown);
                 }
                 self.check_view(c, &state.context, "after a state");
             }
@@ -183,6 +188,19 @@ impl Sim {
                 let Some(conn) = &mut self.clients[c].conn else { return };
                 if !conn.streams_closing.remove(&wire) {
                     self.fail(format_args!("stream {wire} unsubscribed, but the client did not ask"));
+                }
+            }
+            ServerMessage::Presence(p) => {
+                self.stats.presence += 1;
+                let Some(conn) = &mut self.clients[c].conn else { return };
+                if !conn.live.contains(&p.context) {
+                    self.fail(format_args!("presence in {}, which this connection has no state of", p.context));
+                }
+                let shown = conn.presence.entry(p.context).or_default();
+                if p.left || p.data.is_null() {
+                    shown.remove(&p.connection_id);
+                } else {
+                    shown.insert(p.connection_id, p.data);
                 }
             }
             ServerMessage::Unsubscribed(u) => {
@@ -355,6 +373,22 @@ impl Sim {
                 let now = self.model_view(project_of(&context), self.store.last_seq(), view.rules);
                 if now.as_ref() != Some(&view.rows) {
                     self.fail(format_args!("client {c}'s view of {context} is behind the store once settled"));
+                }
+            }
+            for context in &conn.live {
+                let others: BTreeMap<String, Value> = self
+                    .presence
+                    .get(context)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(id, _)| **id != conn.id)
+                    .map(|(id, data)| (format!("c{id}"), data.clone()))
+                    .collect();
+                if conn.presence.get(context).cloned().unwrap_or_default() != others {
+                    self.fail(format_args!(
+                        "client {c} sees presence {:?} in {context}, the others show {others:?}",
+                        conn.presence.get(context)
+                    ));
                 }
             }
             for (wire, project) in &conn.streams {

@@ -38,6 +38,8 @@ pub(super) struct Conn {
     pub(super) streams_live: BTreeSet<String>,
     /// Stream unsubscribes not answered yet.
     pub(super) streams_closing: BTreeSet<String>,
+    /// The presence this connection sees, by context and connection id.
+    pub(super) presence: BTreeMap<String, BTreeMap<String, Value>>,
     /// Contexts whose read rules the server was told changed: the state
     /// without a rid that follows is read under these.
     pub(super) reclassing: BTreeMap<String, u8>,
@@ -91,6 +93,7 @@ impl Sim {
             streams_live: BTreeSet::new(),
             streams_closing: BTreeSet::new(),
             reclassing: BTreeMap::new(),
+            presence: BTreeMap::new(),
             stalled: false,
         });
         self.send(HubMsg::Connect { conn: id, user, outbox, codec, subs });
@@ -108,7 +111,32 @@ impl Sim {
     pub(super) fn disconnect(&mut self) {
         let Some(c) = self.connected() else { return self.advance() };
         if let Some(conn) = self.clients[c].conn.take() {
+            self.forget_presence(conn.id);
             self.send(HubMsg::Disconnect { conn: conn.id });
+        }
+    }
+
+    /// A connection shows (or clears, with `null`) its presence in a context
+    /// whose state it has.
+    pub(super) fn set_presence(&mut self) {
+        let Some(c) = self.connected() else { return self.advance() };
+        let Some(conn) = &self.clients[c].conn else { return };
+        let live: Vec<String> = conn.live.iter().filter(|x| !conn.closing.contains_key(*x)).cloned().collect();
+        let Some(context) = self.rng.pick(&live).cloned() else { return };
+        let data = if self.rng.chance(20) { Value::Null } else { json!({"at": self.rng.below(100)}) };
+        let id = conn.id;
+        let shown = self.presence.entry(context.clone()).or_default();
+        match &data {
+            Value::Null => shown.remove(&id),
+            d => shown.insert(id, d.clone()),
+        };
+        self.send(HubMsg::Presence { conn: id, context, data });
+    }
+
+    /// The connection is gone: its presence leaves every context.
+    pub(super) fn forget_presence(&mut self, conn: ConnId) {
+        for shown in self.presence.values_mut() {
+            shown.remove(&conn);
         }
     }
 
@@ -157,9 +185,11 @@ impl Sim {
         let Some(context) = self.rng.pick(&held).cloned() else { return };
         conn.subs.lock().remove(&context);
         conn.live.remove(&context);
+        conn.presence.remove(&context);
         *conn.closing.entry(context.clone()).or_default() += 1;
         client.views.remove(&context);
         let id = conn.id;
+        self.presence.entry(context.clone()).or_default().remove(&id);
         self.send(HubMsg::Unsubscribe { conn: id, context, rid: None });
     }
 

@@ -87,6 +87,8 @@ struct Sim {
     durable_wanted: Option<Seq>,
     clients: Vec<Client>,
     next_conn: ConnId,
+    /// Who shows what presence in each context (the truth clients must see).
+    presence: BTreeMap<String, BTreeMap<ConnId, Value>>,
     /// Seqs refused to their writers since the last restart.
     refused: HashSet<Seq>,
     /// Seqs confirmed to their writers since the last restart.
@@ -110,6 +112,7 @@ struct Stats {
     moves: u64,
     hub_moves: u64,
     events: u64,
+    presence: u64,
 }
 
 impl Sim {
@@ -185,6 +188,7 @@ impl Sim {
             durable_wanted: None,
             clients,
             next_conn: 1,
+            presence: BTreeMap::new(),
             refused: HashSet::new(),
             confirmed: BTreeSet::new(),
             step: 0,
@@ -291,6 +295,7 @@ impl Sim {
                 }
                 72 => self.restart(),
                 73..=74 => self.reclass(),
+                75..=77 => self.set_presence(),
                 _ => self.advance(),
             }
             self.answer_durable();
@@ -379,12 +384,13 @@ fn hub_simulation_keeps_every_guarantee() {
         total.moves += s.moves;
         total.hub_moves += s.hub_moves;
         total.events += s.events;
+        total.presence += s.presence;
     }
     eprintln!("hub simulation: {} seeds, {total:?}", seeds.len());
     // The workload reached every path it is meant to exercise.
     if seeds.len() >= 100 {
         assert!(total.deltas > 0 && total.states > 0 && total.confirmed > 0, "{total:?}");
         assert!(total.refused > 0 && total.restarts > 0 && total.slow_consumers > 0, "{total:?}");
-        assert!(total.moves > 0 && total.hub_moves > 0 && total.events > 0, "{total:?}");
+        assert!(total.moves > 0 && total.hub_moves > 0 && total.events > 0 && total.presence > 0, "{total:?}");
     }
 }

@@ -269,6 +269,7 @@ impl Sim {
             client.conn = None;
         }
         self.refused.clear();
+        self.presence.clear();
         self.confirmed.clear();
         self.hub = Self::start_hub(&self.schema, &self.store, &self.outside, self.base, self.shared);
         self.tail_sent = self.store.durable;

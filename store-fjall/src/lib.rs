@@ -5,10 +5,14 @@
 //! several times cheaper in CPU than on sled (docs/BENCHMARKS.md).
 //!
 //! Journal writes stay in fjall's buffer until the store's flusher persists
-//! them (`PersistMode::SyncData`), so one fsync covers every commit since the
-//! last (group commit); the durability watermark only moves after it.
+//! them, so one fsync covers every commit since the last (group commit); the
+//! durability watermark only moves after it. The fsync runs outside fjall's
+//! journal lock (see [`journal`]), so commits go on while it runs.
+
+mod journal;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Slice};
+use journal::ActiveJournal;
 use statecast_core::store::StoreError;
 use statecast_store_kv::{KeyRange, KvBackend, KvIter, KvOp, KvStore, OpenError};
 use std::path::Path;
@@ -25,6 +29,7 @@ const KEYSPACE: &str = "statecast";
 pub struct FjallBackend {
     db: Database,
     keyspace: Keyspace,
+    journal: ActiveJournal,
 }
 
 fn backend(e: fjall::Error) -> StoreError {
@@ -43,7 +48,7 @@ fn items(iter: fjall::Iter) -> KvIter<'static, Slice> {
 
 impl KvBackend for FjallBackend {
     const NAME: &'static str = "fjall";
-    const SYNC_EXCLUDES_WRITES: bool = true;
+    const SYNC_EXCLUDES_WRITES: bool = false;
     type Bytes = Slice;
 
     fn open(path: &Path) -> Result<Self, OpenError> {
@@ -64,7 +69,7 @@ impl KvBackend for FjallBackend {
         })?;
         let keyspace =
             db.keyspace(KEYSPACE, KeyspaceCreateOptions::default).map_err(|e| OpenError::Failed(backend(e)))?;
-        Ok(Self { db, keyspace })
+        Ok(Self { db, keyspace, journal: ActiveJournal::new(path) })
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Slice>, StoreError> {
@@ -91,6 +96,10 @@ impl KvBackend for FjallBackend {
     }
 
     fn sync(&self) -> Result<(), String> {
-        self.db.persist(PersistMode::SyncData).map_err(|e| e.to_string())
+        // fjall's own `SyncData` fsyncs while it holds the journal, and every
+        // commit waits that long. Under the lock only the journal's buffer
+        // goes to the OS; the fsync of the file follows without it.
+        self.db.persist(PersistMode::Buffer).map_err(|e| e.to_string())?;
+        self.journal.sync().map_err(|e| format!("cannot fsync the fjall journal: {e}"))
     }
 }

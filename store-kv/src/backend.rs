@@ -36,8 +36,8 @@ pub trait KvBackend: Send + Sync + Sized + 'static {
     /// The engine's name in logs and errors (`sled`, `fjall`).
     const NAME: &'static str;
 
-    /// True when [`KvBackend::sync`] keeps [`KvBackend::apply`] waiting (fjall
-    /// holds its journal while it fsyncs): the store then holds commits off
+    /// True when [`KvBackend::sync`] keeps [`KvBackend::apply`] waiting (an
+    /// engine that holds its journal while it fsyncs): the store then holds commits off
     /// on its own lock during a sync, so no runtime thread blocks in `apply`.
     const SYNC_EXCLUDES_WRITES: bool;
 

@@ -20,9 +20,13 @@ pub enum PolicyError {
     Other(String),
 }
 
-/// Read access for hooks. Rows read through [`get`](Self::get) are noted with
-/// their versions, so the commit fails (and the checks run again) if any of
-/// them changes before it lands.
+/// Read access for hooks. Rows read through [`get`](Self::get) and
+/// [`referencing`](Self::referencing) are noted with their versions, so the
+/// commit fails (and the checks run again) if any of them changes or goes
+/// before it lands. A row that does not exist when it is read is not noted,
+/// so a row created meanwhile is not seen by this write: a hook that grants
+/// on a row's presence (a membership) is safe, one that denies on it (a ban)
+/// may let one write through that commits beside the ban's creation.
 pub struct PolicyContext<'a> {
     pub(crate) store: &'a dyn Store,
     pub(crate) user: &'a User,
@@ -48,9 +52,13 @@ impl<'a> PolicyContext<'a> {
         Ok(row)
     }
 
-    /// The rows of `child_ty` whose reference `field` points at `parent_id`.
+    /// The rows of `child_ty` whose reference `field` points at `parent_id`
+    /// (each noted for the commit's version check: a membership removed or
+    /// changed before the commit makes the write check again).
     pub async fn referencing(&self, child_ty: &str, field: &str, parent_id: Id) -> Result<Vec<Row>, PolicyError> {
-        Ok(self.store.children(child_ty, field, &[parent_id]).await?)
+        let rows = self.store.children(child_ty, field, &[parent_id]).await?;
+        self.noted.lock().extend(rows.iter().map(|r| (r.key(), r.version)));
+        Ok(rows)
     }
 
     pub(crate) fn take_noted(&self) -> Vec<(RowKey, Seq)> {

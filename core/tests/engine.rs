@@ -1151,3 +1151,73 @@ async fn server_values_are_set_for_system_writes_too() {
     assert!(mine.get("created_at").is_string(), "{mine:?}");
     assert_eq!(mine.get("created_by"), &json!(1));
 }
+
+/// A job's members may rename it. The first check waits at a gate the test
+/// opens, after it has read the members.
+struct GatedMembers {
+    reached: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+    gated: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Policy for GatedMembers {
+    async fn has_permission(&self, _: &PolicyContext<'_>, _: &Row) -> Result<bool, PolicyError> {
+        Ok(true)
+    }
+    async fn can_save(&self, cx: &PolicyContext<'_>, job: &Row, _: &Fields) -> Result<bool, PolicyError> {
+        let members = cx.referencing("Member", "job", job.id).await?;
+        if !self.gated.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.gate.acquire().await.expect("gate").forget();
+        }
+        Ok(members.iter().any(|m| m.get_i64("user") == Some(cx.user().id)))
+    }
+}
+
+#[tokio::test]
+async fn a_membership_removed_between_check_and_commit_refuses_the_write() {
+    let schema = Schema::builder()
+        .entity("Job", |t| {
+            t.string("name");
+        })
+        .entity("Member", |t| {
+            t.reference("job", "Job").on_delete(OnDelete::Cascade);
+            t.int("user");
+        })
+        .build()
+        .expect("schema");
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let policy = GatedMembers { reached: reached.clone(), gate: gate.clone(), gated: false.into() };
+    let channel =
+        Channel::builder("job", "Job").writable("Job", [Op::Save]).policy(policy).build(&schema).expect("channel");
+    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
+        .channel(channel)
+        .authenticator(DevTokens::new().with("ann", User::new(1, "ann")))
+        .build()
+        .expect("engine");
+    let seed = Write::batch([
+        Write::create("Job").id(1).set("name", "one"),
+        Write::create("Member").id(1).set("job", 1).set("user", 1),
+    ])
+    .write_id(1);
+    engine.write(Actor::System, seed).await.expect("seed");
+    let mut ann = Client::connect(&engine, "ann").await;
+    ann.subscribe(1).await;
+
+    ann.send(json!({"type": "write", "writeId": 1, "context": "job/1", "operation": "save",
+        "instanceType": "Job", "instanceId": 1, "data": {"name": "renamed"}}))
+        .await;
+    // ann's check has read her membership; it goes before her write commits.
+    tokio::time::timeout(Duration::from_secs(5), reached.notified()).await.expect("the check ran");
+    engine.write(Actor::System, Write::delete("Member", 1).write_id(2)).await.expect("remove ann");
+    gate.add_permits(1);
+
+    let r = ann.recv().await;
+    assert_eq!(r["type"], "writeResponse", "{r}");
+    assert_eq!(r["success"], false, "a write allowed only by a removed membership must not commit: {r}");
+    assert_eq!((r["error"]["code"].as_u64(), r["error"]["reason"].as_str()), (Some(403), Some("DENIED")), "{r}");
+    let state = Client::connect(&engine, "ann").await.subscribe(1).await;
+    assert_eq!(state["instances"][0]["name"], "one", "{state}");
+}

@@ -81,6 +81,7 @@ macro_rules! store_conformance_tests {
             scan_pages_through_a_type_in_id_order,
             applied_record_is_stored_and_duplicates_refused,
             purge_applied_marks_purged_write_ids,
+            exactly_once_records_follow_a_model,
             seq_strictly_increases,
             concurrent_commits_get_distinct_seqs,
             durable_watermark_reaches_last_seq,
@@ -702,6 +703,77 @@ pub async fn purge_applied_marks_purged_write_ids(f: Arc<dyn StoreFactory>) {
     assert_eq!(s.purge_applied(10_000).await.expect("purge"), 1);
     assert_eq!(s.purged_write_id(7, "c1").await.expect("purged"), Some(3));
     assert_eq!(s.applied(&key(7, "c1", 3)).await.expect("applied"), None);
+}
+
+/// Random commits with exactly-once keys (resends, writeIds out of order,
+/// several clients and users), purges and reopens, against a model: a commit
+/// of a recorded key is `Duplicate` with the first outcome, `applied` and
+/// `purged_write_id` answer as the model does, and a purged key commits again.
+pub async fn exactly_once_records_follow_a_model(f: Arc<dyn StoreFactory>) {
+    use crate::testkit::rng::SplitMix;
+    use std::collections::HashMap;
+    let mut s = open(&f).await;
+    let j = create(&s, "Job", job("j")).await;
+    let mut rng = SplitMix(0x5eed_0f_a991_1ed);
+    let mut applied: HashMap<AppliedKey, AppliedRecord> = HashMap::new();
+    let mut marks: HashMap<(Id, String), i64> = HashMap::new();
+    let mut now = 1_000u64;
+    let mut next_id: HashMap<(Id, String), i64> = HashMap::new();
+    let mut random_key = |rng: &mut SplitMix| {
+        let user = 1 + rng.below(3) as Id;
+        let client = ["tab-a", "tab-b", "c/ü"][rng.below(3) as usize].to_owned();
+        let next = next_id.entry((user, client.clone())).or_insert(1);
+        let write_id = match rng.below(10) {
+            // Mostly the client's next writeId, as a client sends them.
+            0..=5 => {
+                *next += 1;
+                *next - 1
+            }
+            // A resend or an older id, and now and then one far out or below zero.
+            6..=8 => rng.below(*next as u64 + 1) as i64,
+            _ => rng.below(1_000) as i64 - 500,
+        };
+        AppliedKey { user, client_id: client, write_id }
+    };
+    for step in 0..600 {
+        now += 1 + rng.below(20);
+        match rng.below(100) {
+            0..=59 => {
+                let key = random_key(&mut rng);
+                let mut t = tx(vec![upd("Job", j, json!({ "name": format!("step {step}") }))]);
+                t.applied = Some(key.clone());
+                t.now_ms = now;
+                match (s.commit(t).await, applied.get(&key)) {
+                    (Err(CommitError::Duplicate(got)), Some(rec)) => assert_eq!(&got, rec, "step {step}: {key:?}"),
+                    (Ok(c), None) => {
+                        applied.insert(key, AppliedRecord { seq: c.seq, created: c.created, at_ms: now });
+                    }
+                    (got, want) => panic!("step {step}: {key:?}: got {got:?}, the model has {want:?}"),
+                }
+            }
+            60..=79 => {
+                let key = random_key(&mut rng);
+                assert_eq!(s.applied(&key).await.expect("applied").as_ref(), applied.get(&key), "step {step}: {key:?}");
+                let mark = s.purged_write_id(key.user, &key.client_id).await.expect("purge mark");
+                assert_eq!(mark, marks.get(&(key.user, key.client_id.clone())).copied(), "step {step}: {key:?}");
+            }
+            80..=85 => {
+                let before = now.saturating_sub(500 + rng.below(3_000));
+                let gone: Vec<AppliedKey> =
+                    applied.iter().filter(|(_, r)| r.at_ms < before).map(|(k, _)| k.clone()).collect();
+                for key in &gone {
+                    applied.remove(key);
+                    let mark = marks.entry((key.user, key.client_id.clone())).or_insert(i64::MIN);
+                    *mark = (*mark).max(key.write_id);
+                }
+                assert_eq!(s.purge_applied(before).await.expect("purge"), gone.len() as u64, "step {step}");
+            }
+            _ if f.persistent() => s = reopen(&f, s).await,
+            _ => {}
+        }
+    }
+    assert!(applied.len() > 20, "the walk keeps records: {}", applied.len());
+    assert!(!marks.is_empty(), "the walk purges");
 }
 
 /// Every commit takes a seq above the previous one; `last_seq` follows.

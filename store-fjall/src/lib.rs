@@ -7,7 +7,7 @@
 //! Journal writes stay in fjall's buffer until the store's flusher persists
 //! them, so one fsync covers every commit since the last (group commit); the
 //! durability watermark only moves after it. The fsync runs outside fjall's
-//! journal lock (see [`journal`]), so commits go on while it runs.
+//! journal lock (see `journal.rs`), so commits go on while it runs.
 
 mod journal;
 

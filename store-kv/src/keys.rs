@@ -107,20 +107,6 @@ pub(crate) fn applied(key: &AppliedKey) -> Vec<u8> {
     k
 }
 
-/// `a/<user><client>`: every applied record of one client, in writeId order
-/// (the client id is length-prefixed, so no other client's keys share it).
-pub(crate) fn applied_of_client(user: Id, client_id: &str) -> Vec<u8> {
-    let mut k = b"a/".to_vec();
-    k.extend_from_slice(&client(user, client_id));
-    k
-}
-
-/// The writeId of an `a/` key: its last eight bytes.
-pub(crate) fn applied_write_id(k: &[u8]) -> Result<i64, StoreError> {
-    let start = k.len().checked_sub(8).ok_or_else(|| corrupt_key(k))?;
-    id_from(&k[start..])
-}
-
 pub(crate) fn applied_by_time(at_ms: u64, key: &AppliedKey) -> Vec<u8> {
     let mut k = with_prefix(APPLIED_BY_TIME, 8);
     k.extend_from_slice(&at_ms.to_be_bytes());

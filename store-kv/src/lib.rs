@@ -17,7 +17,6 @@
 //!   is never reused.
 
 mod backend;
-mod ceilings;
 mod codec;
 mod keys;
 #[cfg(feature = "testkit")]
@@ -95,9 +94,6 @@ struct Shared<B> {
     /// reservation: numbers of commits an earlier run began but whose log
     /// entry did not survive it. See [`Shared::applied`].
     torn: std::ops::RangeInclusive<Seq>,
-    /// What is known of each client's exactly-once records, so a new
-    /// writeId's lookups read nothing (see `ceilings.rs`).
-    clients: ceilings::ClientMarks,
 }
 
 /// A [`Store`] on an embedded key-value engine. See the crate docs.
@@ -200,7 +196,6 @@ impl<B: KvBackend> KvStore<B> {
             flushes: AtomicU64::new(0),
             fail_flushes: AtomicBool::new(false),
             torn: last + 1..=reserved,
-            clients: ceilings::ClientMarks::default(),
         });
         let flusher = runtime.spawn(run_flusher(shared.clone()));
         Ok(KvStore { shared, flusher: parking_lot::Mutex::new(Some(flusher)) })
@@ -334,13 +329,6 @@ impl<B: KvBackend> Shared<B> {
     }
 
     fn purge_mark(&self, user: Id, client_id: &str) -> Result<Option<i64>, StoreError> {
-        if let Some(known) = self.clients.purge_mark(user, client_id) {
-            return Ok(known);
-        }
-        self.read_purge_mark(user, client_id)
-    }
-
-    fn read_purge_mark(&self, user: Id, client_id: &str) -> Result<Option<i64>, StoreError> {
         let key = keys::purge_mark(user, client_id);
         match self.kv.get(&key)? {
             Some(v) => Ok(Some(keys::u64_value(&key, v.as_ref())? as i64)),
@@ -458,9 +446,6 @@ impl<B: KvBackend> PlanReader for Reader<'_, B> {
         }
     }
     async fn applied(&mut self, key: &AppliedKey) -> Result<Option<AppliedRecord>, StoreError> {
-        // Under the commit lock: what is read now stays true until a commit
-        // or a purge (which update it under the same lock).
-        self.0.learn_client(key)?;
         self.0.applied(key)
     }
 }
@@ -471,9 +456,6 @@ impl<B: KvBackend> Shared<B> {
         // reached the disk: none is reported as applied any more.
         if let Some(msg) = self.failure() {
             return Err(StoreError::flush_failed(msg.to_string()));
-        }
-        if self.clients.never_applied(key) {
-            return Ok(None);
         }
         let Some(v) = self.kv.get(&keys::applied(key))? else {
             return Ok(None);
@@ -490,22 +472,6 @@ impl<B: KvBackend> Shared<B> {
             return Ok(None);
         }
         Ok(Some(record))
-    }
-
-    /// Reads a client's highest recorded writeId and purge mark into
-    /// the client marks when they are not known yet. Call only with
-    /// the commit lock held.
-    fn learn_client(&self, key: &AppliedKey) -> Result<(), StoreError> {
-        if self.clients.knows(key.user, &key.client_id) {
-            return Ok(());
-        }
-        let highest = match self.kv.prefix(&keys::applied_of_client(key.user, &key.client_id)).next_back() {
-            Some(item) => Some(keys::applied_write_id(item?.0.as_ref())?),
-            None => None,
-        };
-        let purged = self.read_purge_mark(key.user, &key.client_id)?;
-        self.clients.learn(key.user, &key.client_id, highest, purged);
-        Ok(())
     }
 }
 
@@ -620,9 +586,6 @@ impl<B: KvBackend> Store for KvStore<B> {
         let plan = plan::plan(&shared.schema, &mut Reader(shared), &tx, seq).await?;
         let mut log_trimmed = state.log_trimmed;
         shared.apply_or_fail(shared.batch(&plan, &mut log_trimmed)?)?;
-        if let Some((key, _)) = &plan.applied {
-            shared.clients.recorded(key);
-        }
         state.log_trimmed = log_trimmed;
         state.next = seq + 1;
         shared.last_seq.store(seq, Ordering::SeqCst);
@@ -662,9 +625,6 @@ impl<B: KvBackend> Store for KvStore<B> {
             batch.push(KvOp::Put(keys::purge_mark(*user, client_id), write_id.to_be_bytes().to_vec()));
         }
         shared.kv.apply(batch)?;
-        for ((user, client_id), write_id) in &marks {
-            shared.clients.purged(*user, client_id, *write_id);
-        }
         drop(state);
         if count > 0 {
             tracing::debug!(count, before_ms, "purged applied records");

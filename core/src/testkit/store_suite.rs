@@ -714,7 +714,7 @@ pub async fn exactly_once_records_follow_a_model(f: Arc<dyn StoreFactory>) {
     use std::collections::HashMap;
     let mut s = open(&f).await;
     let j = create(&s, "Job", job("j")).await;
-    let mut rng = SplitMix(0x5eed_0f_a991_1ed);
+    let mut rng = SplitMix(0x0005_eed0_fa99_11ed);
     let mut applied: HashMap<AppliedKey, AppliedRecord> = HashMap::new();
     let mut marks: HashMap<(Id, String), i64> = HashMap::new();
     let mut now = 1_000u64;

@@ -111,6 +111,31 @@ mod tests {
         assert!(journal_holds(&active, &key));
     }
 
+    /// fjall rotates its journal at a memtable flush once it passed 64 MB:
+    /// the flusher must follow to the new file, or later commits would be
+    /// counted durable without an fsync of the journal that holds them.
+    #[test]
+    fn the_sync_follows_a_rotated_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = FjallBackend::open(dir.path()).map_err(|_| "open").expect("open fjall");
+        kv.apply(vec![KvOp::Put(b"before-rotation".to_vec(), b"v".to_vec())]).expect("apply");
+        kv.sync().expect("sync");
+        let first = kv.journal.active_path().expect("active journal");
+        let big = vec![7u8; 1 << 20];
+        for i in 0..66u32 {
+            kv.apply(vec![KvOp::Put(format!("filler-{i}").into_bytes(), big.clone())]).expect("apply");
+        }
+        kv.keyspace.rotate_memtable_and_wait().expect("flush the memtable");
+        let key = b"after-rotation".to_vec();
+        kv.apply(vec![KvOp::Put(key.clone(), b"v".to_vec())]).expect("apply");
+        kv.sync().expect("sync");
+        let active = kv.journal.active_path().expect("active journal");
+        assert_ne!(active, first, "fjall rotated its journal");
+        assert!(journal_holds(&active, &key), "{} lacks the batch after the rotation", active.display());
+        let synced = kv.journal.open.lock().expect("lock").as_ref().map(|(n, _)| *n);
+        assert_eq!(synced.map(|n| kv.journal.path_of(n)), Some(active), "the flusher synced the new journal");
+    }
+
     #[test]
     fn a_folder_without_a_journal_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");

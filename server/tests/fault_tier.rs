@@ -227,9 +227,13 @@ async fn writer(
 /// The subscriber: a view of job/1 kept from deltas, the `prev` chain checked,
 /// no refused value ever seen. Resubscribes after every restart.
 async fn subscriber(url: Url, stop: Arc<AtomicBool>, history: Arc<History>) -> Result<BTreeMap<i64, Value>, String> {
+    // The last restart may land just as the run stops: an attempt begun
+    // against the killed server fails then. Reconnecting may take until
+    // SETTLE after the stop, as a write's answer may.
+    let mut stopped_at: Option<Instant> = None;
     loop {
         let Some((mut c, _, state)) = session(&url, "bob", "fault-watcher", &[]).await else {
-            if stop.load(Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) && stopped_at.get_or_insert_with(Instant::now).elapsed() > SETTLE {
                 return Err("the subscriber could not reconnect at the end".into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

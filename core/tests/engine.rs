@@ -646,9 +646,9 @@ impl Policy for MembersOnly {
     }
 }
 
-#[tokio::test]
-async fn a_commit_that_removes_a_membership_revokes_its_subscriptions_live() {
-    let schema = Schema::builder()
+/// Jobs and their members (a user id per member).
+fn members_schema() -> Arc<Schema> {
+    Schema::builder()
         .entity("Job", |t| {
             t.string("name");
         })
@@ -657,7 +657,12 @@ async fn a_commit_that_removes_a_membership_revokes_its_subscriptions_live() {
             t.int("user");
         })
         .build()
-        .expect("schema");
+        .expect("schema")
+}
+
+#[tokio::test]
+async fn a_commit_that_removes_a_membership_revokes_its_subscriptions_live() {
+    let schema = members_schema();
     let channel = Channel::builder("job", "Job").policy(MembersOnly).build(&schema).expect("channel");
     let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
         .channel(channel)
@@ -1177,16 +1182,7 @@ impl Policy for GatedMembers {
 
 #[tokio::test]
 async fn a_membership_removed_between_check_and_commit_refuses_the_write() {
-    let schema = Schema::builder()
-        .entity("Job", |t| {
-            t.string("name");
-        })
-        .entity("Member", |t| {
-            t.reference("job", "Job").on_delete(OnDelete::Cascade);
-            t.int("user");
-        })
-        .build()
-        .expect("schema");
+    let schema = members_schema();
     let reached = Arc::new(tokio::sync::Notify::new());
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let policy = GatedMembers { reached: reached.clone(), gate: gate.clone(), gated: false.into() };

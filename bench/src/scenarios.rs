@@ -108,6 +108,8 @@ async fn write_and_wait(w: &mut Client, message: &serde_json::Value) -> Option<c
     w.send(message.clone()).await.ok()?;
     loop {
         match w.recv_frame(Duration::from_secs(10)).await {
+            // Every other frame is a delta (most of them, on a shared context).
+            Ok(Some(f)) if !f.mentions("writeResponse") => continue,
             Ok(Some(f)) => match f.decode() {
                 Ok(m) if m.ty == "writeResponse" => return Some(m),
                 _ => continue,

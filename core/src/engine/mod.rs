@@ -4,7 +4,7 @@
 
 mod commit_lock;
 mod hub;
-mod load;
+pub(crate) mod load;
 mod metrics;
 mod presence;
 mod read;

@@ -82,6 +82,7 @@ macro_rules! store_conformance_tests {
             applied_record_is_stored_and_duplicates_refused,
             purge_applied_marks_purged_write_ids,
             exactly_once_records_follow_a_model,
+            moved_subtrees_read_as_of_their_commit,
             seq_strictly_increases,
             concurrent_commits_get_distinct_seqs,
             durable_watermark_reaches_last_seq,
@@ -774,6 +775,95 @@ pub async fn exactly_once_records_follow_a_model(f: Arc<dyn StoreFactory>) {
     }
     assert!(applied.len() > 20, "the walk keeps records: {}", applied.len());
     assert!(!marks.is_empty(), "the walk purges");
+}
+
+/// A subtree moved by a commit, read later from a store that went on, comes
+/// back as it stood at that commit (what the hub needs when another process
+/// moved it): a random walk of renames, comments created, deleted and moved
+/// between tasks, and tasks moved, created and deleted. After every step,
+/// each of the last moves must read as it did right after its commit.
+pub async fn moved_subtrees_read_as_of_their_commit(f: Arc<dyn StoreFactory>) {
+    use crate::engine::load::{load_subtree, load_subtree_at};
+    use crate::testkit::rng::SplitMix;
+    let s = open(&f).await;
+    let channel = crate::channel::Channel::builder("job", "Job")
+        .include("tasks.comments")
+        .build(&test_schema())
+        .expect("the suite's channel is valid");
+    let [j1, j2, j3] = three_jobs(&s).await;
+    let mut tasks = Vec::new();
+    let mut comments = Vec::new();
+    for (i, j) in [j1, j1, j2, j2, j3].into_iter().enumerate() {
+        let t = create(&s, "Task", task(j, &format!("t{i}"))).await;
+        tasks.push(t);
+        for k in 0..2 {
+            comments.push(create(&s, "Comment", comment(t, &format!("c{i}.{k}"))).await);
+        }
+    }
+    let mut rng = SplitMix(0x5eed_0fa5_0f5e_ed00);
+    // (seq of the move, the moved task as it committed, its subtree right then)
+    let mut moves: Vec<(Seq, Row, Vec<Row>)> = Vec::new();
+    for step in 0..120 {
+        let ops = match rng.below(10) {
+            0..=2 => {
+                let (t, j) = (tasks[rng.below(tasks.len() as u64) as usize], [j1, j2, j3][rng.below(3) as usize]);
+                vec![upd("Task", t, json!({ "job": j, "name": format!("moved at {step}") }))]
+            }
+            3 => {
+                vec![upd("Task", tasks[rng.below(tasks.len() as u64) as usize], json!({ "name": format!("s{step}") }))]
+            }
+            4 | 5 if !comments.is_empty() => {
+                let c = comments[rng.below(comments.len() as u64) as usize];
+                vec![upd("Comment", c, json!({ "body": format!("edited at {step}") }))]
+            }
+            6 if !comments.is_empty() => {
+                let (c, t) = (
+                    comments[rng.below(comments.len() as u64) as usize],
+                    tasks[rng.below(tasks.len() as u64) as usize],
+                );
+                vec![upd("Comment", c, json!({ "task": t }))]
+            }
+            7 if comments.len() > 3 => {
+                vec![del("Comment", comments.swap_remove(rng.below(comments.len() as u64) as usize))]
+            }
+            8 if tasks.len() > 3 && rng.chance(30) => {
+                vec![del("Task", tasks.swap_remove(rng.below(tasks.len() as u64) as usize))]
+            }
+            8 => {
+                let t = create(&s, "Task", task([j1, j2][rng.below(2) as usize], &format!("new at {step}"))).await;
+                tasks.push(t);
+                continue;
+            }
+            _ => {
+                let t = tasks[rng.below(tasks.len() as u64) as usize];
+                comments.push(create(&s, "Comment", comment(t, &format!("new at {step}"))).await);
+                continue;
+            }
+        };
+        let committed = commit(&s, ops).await;
+        // A task deleted with its comments: forget the comments too.
+        for change in committed.changes.iter().filter(|c| c.after.is_none() && &*c.key.ty == "Comment") {
+            comments.retain(|&c| c != change.key.id);
+        }
+        let moved = committed.changes.iter().filter_map(|c| Some((c.before.as_ref()?, c.after.as_ref()?)));
+        for (_, after) in moved.filter(|(b, a)| &*a.ty == "Task" && b.get_i64("job") != a.get_i64("job")) {
+            let now = load_subtree(&*s, &channel, after).await.expect("subtree");
+            moves.push((committed.seq, after.clone(), now));
+        }
+        let first = moves.len().saturating_sub(8);
+        for (at, root, then) in &moves[first..] {
+            let got = load_subtree_at(&*s, &channel, root, *at).await.expect("subtree as of");
+            assert_eq!(&got, then, "step {step}: the subtree {} moved at seq {at} reads differently", root.key());
+        }
+    }
+    // The walk did change moved subtrees after their moves (else it proved nothing).
+    let mut differ = 0;
+    for (_, root, then) in &moves {
+        if load_subtree(&*s, &channel, root).await.expect("subtree") != *then {
+            differ += 1;
+        }
+    }
+    assert!(moves.len() >= 10 && differ >= 5, "{} moves, {differ} changed since", moves.len());
 }
 
 /// Every commit takes a seq above the previous one; `last_seq` follows.

@@ -8,7 +8,7 @@ use super::io::{HubIo, MoveLoad, Moved, StreamRead};
 use super::{Hub, HubMsg, HubSettings, LiveContext, MAX_REPLAY, Revalidate, SCAN_PAGE, SubscribeRequest};
 use crate::channel::Channel;
 use crate::engine::commit_lock::CommitLock;
-use crate::engine::load::{load_context, load_subtree};
+use crate::engine::load::{load_context, load_subtree_at};
 use crate::engine::metrics::Metrics;
 use crate::engine::revocation::Touched;
 use crate::engine::streams::SubId;
@@ -223,7 +223,7 @@ impl HubIo for TokioIo {
 
     fn load_moves(&mut self, seq: Seq, loads: Vec<MoveLoad>) {
         let store = self.store.clone();
-        self.answer(async move { HubMsg::MovesLoaded { seq, moved: load_moves(&*store, loads).await } });
+        self.answer(async move { HubMsg::MovesLoaded { seq, moved: load_moves(&*store, seq, loads).await } });
     }
 
     fn load_stream(&mut self, sub: SubId, read: StreamRead) {
@@ -397,11 +397,11 @@ async fn read_log(store: &dyn Store, since: Seq, upto: Seq) -> Option<Vec<LogEnt
     Some(entries)
 }
 
-/// Reads the subtrees a commit moved.
-async fn load_moves(store: &dyn Store, loads: Vec<MoveLoad>) -> Moved {
+/// Reads the subtrees commit `seq` moved, as they stood at that commit.
+async fn load_moves(store: &dyn Store, seq: Seq, loads: Vec<MoveLoad>) -> Moved {
     let mut moved = Moved::new();
     for MoveLoad { channel, name, row } in loads {
-        match load_subtree(store, &channel, &row).await {
+        match load_subtree_at(store, &channel, &row, seq).await {
             Ok(rows) => {
                 moved.insert((name, row.key()), rows);
             }

@@ -6,7 +6,7 @@ use crate::ids::{Id, Seq};
 use crate::read_rule::ReadRule;
 use crate::row::{Fields, Row, RowKey};
 use crate::schema::EntityType;
-use crate::store::{Store, StoreError};
+use crate::store::{ABSENT, ReferencingSet, Store, StoreError};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -20,22 +20,28 @@ pub enum PolicyError {
     Other(String),
 }
 
-/// Read access for hooks. Rows read through [`get`](Self::get) and
-/// [`referencing`](Self::referencing) are noted with their versions, so the
-/// commit fails (and the checks run again) if any of them changes or goes
-/// before it lands. A row that does not exist when it is read is not noted,
-/// so a row created meanwhile is not seen by this write: a hook that grants
-/// on a row's presence (a membership) is safe, one that denies on it (a ban)
-/// may let one write through that commits beside the ban's creation.
+/// Read access for hooks. What a write's hooks read is checked again when it
+/// commits, and the write runs its checks again if any of it changed:
+///
+/// - a row read through [`get`](Self::get) (with its version), or its
+///   absence: a row created meanwhile counts as a change;
+/// - the set of rows [`referencing`](Self::referencing) returned, and each of
+///   their versions: a row joining or leaving the set counts.
+///
+/// So a hook that grants on a row's presence (a membership) and one that
+/// denies on it (a ban) both hold at the commit. On PostgreSQL the commit
+/// re-reads these inside its transaction; a row another process creates
+/// while that transaction runs is not seen (no predicate locks).
 pub struct PolicyContext<'a> {
     pub(crate) store: &'a dyn Store,
     pub(crate) user: &'a User,
     pub(crate) noted: Mutex<Vec<(RowKey, Seq)>>,
+    pub(crate) noted_sets: Mutex<Vec<ReferencingSet>>,
 }
 
 impl<'a> PolicyContext<'a> {
     pub fn new(store: &'a dyn Store, user: &'a User) -> Self {
-        Self { store, user, noted: Mutex::new(Vec::new()) }
+        Self { store, user, noted: Mutex::new(Vec::new()), noted_sets: Mutex::new(Vec::new()) }
     }
 
     /// The user making the request.
@@ -43,26 +49,39 @@ impl<'a> PolicyContext<'a> {
         self.user
     }
 
-    /// Reads one row (noted for the commit's version check).
+    /// Reads one row (noted for the commit's check: its version, or that it
+    /// does not exist).
     pub async fn get(&self, ty: &str, id: Id) -> Result<Option<Row>, PolicyError> {
         let row = self.store.get(ty, id).await?;
-        if let Some(r) = &row {
-            self.noted.lock().push((r.key(), r.version));
-        }
+        let key = match &row {
+            Some(r) => (r.key(), r.version),
+            None => (RowKey::new(ty, id), ABSENT),
+        };
+        self.noted.lock().push(key);
         Ok(row)
     }
 
     /// The rows of `child_ty` whose reference `field` points at `parent_id`
-    /// (each noted for the commit's version check: a membership removed or
-    /// changed before the commit makes the write check again).
+    /// (noted for the commit's check: the set, and each row's version — a
+    /// membership added, removed or changed before the commit makes the
+    /// write check again).
     pub async fn referencing(&self, child_ty: &str, field: &str, parent_id: Id) -> Result<Vec<Row>, PolicyError> {
         let rows = self.store.children(child_ty, field, &[parent_id]).await?;
         self.noted.lock().extend(rows.iter().map(|r| (r.key(), r.version)));
+        let mut ids: Vec<Id> = rows.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let set = ReferencingSet { ty: child_ty.into(), field: field.to_owned(), parent: parent_id, ids };
+        self.noted_sets.lock().push(set);
         Ok(rows)
     }
 
     pub(crate) fn take_noted(&self) -> Vec<(RowKey, Seq)> {
         std::mem::take(&mut *self.noted.lock())
+    }
+
+    pub(crate) fn take_noted_sets(&self) -> Vec<ReferencingSet> {
+        std::mem::take(&mut *self.noted_sets.lock())
     }
 }
 

@@ -1217,3 +1217,103 @@ async fn a_membership_removed_between_check_and_commit_refuses_the_write() {
     let state = Client::connect(&engine, "ann").await.subscribe(1).await;
     assert_eq!(state["instances"][0]["name"], "one", "{state}");
 }
+
+/// How [`GatedBans`] looks a ban up.
+#[derive(Clone, Copy, Debug)]
+enum BanLookup {
+    /// `get("Member", 100 + user)`: a ban has a known id.
+    ById,
+    /// `referencing("Member", "job", job)`: any ban row of the job naming the user.
+    InJob,
+}
+
+/// Denies a save to a user with a ban (a `Member` row, in this schema), and
+/// holds the first check at a gate after its read, so a test can create a
+/// ban between the check and the commit.
+struct GatedBans {
+    lookup: BanLookup,
+    reached: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+    gated: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl Policy for GatedBans {
+    async fn has_permission(&self, _: &PolicyContext<'_>, _: &Row) -> Result<bool, PolicyError> {
+        Ok(true)
+    }
+    async fn can_save(&self, cx: &PolicyContext<'_>, job: &Row, _: &Fields) -> Result<bool, PolicyError> {
+        let me = cx.user().id;
+        let banned = match self.lookup {
+            BanLookup::ById => cx.get("Member", 100 + me).await?.is_some(),
+            BanLookup::InJob => {
+                cx.referencing("Member", "job", job.id).await?.iter().any(|m| m.get_i64("user") == Some(me))
+            }
+        };
+        if !self.gated.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.gate.acquire().await.expect("gate").forget();
+        }
+        Ok(!banned)
+    }
+}
+
+/// ann saves job 1 while a ban row for `banned` is created between her
+/// check and her commit: the commit must notice the new row and check again.
+/// Returns ann's answer and the job's name afterwards.
+async fn save_while_a_ban_is_created(lookup: BanLookup, banned: i64) -> (serde_json::Value, serde_json::Value) {
+    let schema = members_schema();
+    let reached = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let policy = GatedBans { lookup, reached: reached.clone(), gate: gate.clone(), gated: false.into() };
+    let channel =
+        Channel::builder("job", "Job").writable("Job", [Op::Save]).policy(policy).build(&schema).expect("channel");
+    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
+        .channel(channel)
+        .authenticator(DevTokens::new().with("ann", User::new(1, "ann")))
+        .build()
+        .expect("engine");
+    engine.write(Actor::System, Write::create("Job").id(1).set("name", "one").write_id(1)).await.expect("seed");
+    let mut ann = Client::connect(&engine, "ann").await;
+    ann.subscribe(1).await;
+
+    ann.send(json!({"type": "write", "writeId": 1, "context": "job/1", "operation": "save",
+        "instanceType": "Job", "instanceId": 1, "data": {"name": "renamed"}}))
+        .await;
+    tokio::time::timeout(Duration::from_secs(5), reached.notified()).await.expect("the check ran");
+    let ban = Write::create("Member").id(100 + banned).set("job", 1).set("user", banned).write_id(2);
+    engine.write(Actor::System, ban).await.expect("create the ban");
+    gate.add_permits(1);
+
+    // A committed write's own delta comes first.
+    let mut answer = ann.recv().await;
+    if answer["type"] == "delta" {
+        answer = ann.recv().await;
+    }
+    assert_eq!(answer["type"], "writeResponse", "{answer}");
+    let state = Client::connect(&engine, "ann").await.subscribe(1).await;
+    (answer, state["instances"][0]["name"].clone())
+}
+
+#[tokio::test]
+async fn a_ban_created_between_check_and_commit_refuses_the_write() {
+    for lookup in [BanLookup::ById, BanLookup::InJob] {
+        let (answer, name) = save_while_a_ban_is_created(lookup, 1).await;
+        assert_eq!(answer["success"], false, "{lookup:?}: a banned user's write must not commit: {answer}");
+        assert_eq!(
+            (answer["error"]["code"].as_u64(), answer["error"]["reason"].as_str()),
+            (Some(403), Some("DENIED")),
+            "{lookup:?}: {answer}"
+        );
+        assert_eq!(name, "one", "{lookup:?}");
+    }
+}
+
+#[tokio::test]
+async fn another_users_ban_created_meanwhile_lets_the_write_commit_after_a_second_check() {
+    for lookup in [BanLookup::ById, BanLookup::InJob] {
+        let (answer, name) = save_while_a_ban_is_created(lookup, 2).await;
+        assert_eq!(answer["success"], true, "{lookup:?}: {answer}");
+        assert_eq!(name, "renamed", "{lookup:?}");
+    }
+}

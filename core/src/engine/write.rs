@@ -292,6 +292,9 @@ async fn check(
         checker.noted.entry(key).or_insert(version);
     }
     tx.expect = checker.noted.into_iter().map(|(k, v)| (k.ty, k.id, v)).collect();
+    tx.expect_referencing = checker.cx.take_noted_sets();
+    tx.expect_referencing.sort_unstable_by(|a, b| (&a.ty, &a.field, a.parent).cmp(&(&b.ty, &b.field, b.parent)));
+    tx.expect_referencing.dedup();
     Ok(tx)
 }
 

@@ -151,13 +151,32 @@ pub struct AppliedKey {
 
 pub use statecast_protocol::applied::{AppliedRecord, CreatedId};
 
+/// The version [`Transaction::expect`] gives a row that must not exist
+/// (real rows have versions from 1: the seq that wrote them).
+pub const ABSENT: Seq = 0;
+
+/// The ids of the rows of `ty` whose reference `field` pointed at `parent`
+/// when a check read them (sorted, each once).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReferencingSet {
+    pub ty: Arc<str>,
+    pub field: String,
+    pub parent: Id,
+    pub ids: Vec<Id>,
+}
+
 /// A transaction for [`Store::commit`].
 #[derive(Clone, Debug, Default)]
 pub struct Transaction {
     pub ops: Vec<TxOp>,
     /// Rows read by the checks, with the versions they had: the commit fails
-    /// with [`CommitError::Conflict`] if any now differs (or is gone).
+    /// with [`CommitError::Conflict`] if any now differs (or is gone). Version
+    /// [`ABSENT`] expects the row not to exist (a check read it and found none).
     pub expect: Vec<(Arc<str>, Id, Seq)>,
+    /// Reference sets read by the checks (a hook's
+    /// [`referencing`](crate::PolicyContext::referencing)): the commit fails
+    /// with a conflict if a row joined or left one since.
+    pub expect_referencing: Vec<ReferencingSet>,
     /// Recorded under a unique key in the same transaction.
     pub applied: Option<AppliedKey>,
     /// Commit time (Unix milliseconds), used for `applied.at_ms`.

@@ -93,9 +93,18 @@ pub async fn plan<R: PlanReader>(
         };
         match row {
             Some(row) if row.version == *version => {}
+            None if *version == super::ABSENT => {}
             _ => {
                 return Err(CommitError::Conflict { ty: ty.to_string(), id: *id });
             }
+        }
+    }
+    for set in &tx.expect_referencing {
+        let mut ids = reader.referencing(&set.ty, &set.field, set.parent).await?;
+        ids.sort_unstable();
+        ids.dedup();
+        if ids != set.ids {
+            return Err(CommitError::Conflict { ty: set.ty.to_string(), id: set.parent });
         }
     }
     let mut p = Planner {

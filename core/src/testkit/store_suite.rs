@@ -72,6 +72,7 @@ macro_rules! store_conformance_tests {
             update_merges_fields_and_bumps_version,
             update_that_changes_nothing_has_no_change,
             expected_version_mismatch_commits_nothing,
+            expected_absences_and_reference_sets_are_checked_at_commit,
             missing_rows_and_invalid_transactions_commit_nothing,
             cascade_delete_lists_every_row_with_before_images,
             restrict_refuses_the_delete_and_deletes_nothing,
@@ -167,7 +168,7 @@ fn del(ty: &str, id: Id) -> TxOp {
 }
 
 fn tx(ops: Vec<TxOp>) -> Transaction {
-    Transaction { ops, expect: Vec::new(), applied: None, now_ms: crate::store::now_ms() }
+    Transaction { ops, applied: None, now_ms: crate::store::now_ms(), ..Transaction::default() }
 }
 
 async fn open(f: &Arc<dyn StoreFactory>) -> Arc<dyn Store> {
@@ -388,6 +389,46 @@ pub async fn expected_version_mismatch_commits_nothing(f: Arc<dyn StoreFactory>)
     let c3 = s.commit(t).await.expect("the expected version matches");
     assert_eq!(must_get(&s, "Job", 1).await.version, c3.seq);
     assert_eq!(create(&s, "User", user("u")).await, 1, "refused commits don't move counters");
+}
+
+/// A row expected absent ([`ABSENT`](crate::store::ABSENT)) must still be
+/// absent, and a reference set must still hold exactly its ids (a row joined
+/// or left it: conflict); a refused commit changes nothing.
+pub async fn expected_absences_and_reference_sets_are_checked_at_commit(f: Arc<dyn StoreFactory>) {
+    use crate::store::{ABSENT, ReferencingSet};
+    let s = open(&f).await;
+    let [j1, j2, _] = three_jobs(&s).await;
+    let t1 = create(&s, "Task", task(j1, "t1")).await;
+    let set = |ids: Vec<Id>| ReferencingSet { ty: "Task".into(), field: "job".into(), parent: j1, ids };
+    let attempt = |expect: Vec<(Arc<str>, Id, Seq)>, sets: Vec<ReferencingSet>| {
+        let mut t = tx(vec![upd("Job", j2, json!({ "name": "renamed" }))]);
+        t.expect = expect;
+        t.expect_referencing = sets;
+        t
+    };
+
+    // Absent and still absent; the set as it is: both commit.
+    s.commit(attempt(vec![("Task".into(), 999, ABSENT)], vec![set(vec![t1])])).await.expect("nothing changed");
+    let t2 = create(&s, "Task", task(j1, "t2")).await;
+    let job2 = must_get(&s, "Job", j2).await;
+    let seq = s.last_seq();
+    let refused = [
+        (attempt(vec![("Task".into(), t2, ABSENT)], vec![]), ("Task", t2)),
+        (attempt(vec![], vec![set(vec![t1])]), ("Task", j1)),
+        (attempt(vec![], vec![set(vec![])]), ("Task", j1)),
+    ];
+    for (t, (ty, id)) in refused {
+        match s.commit(t).await {
+            Err(CommitError::Conflict { ty: got_ty, id: got_id }) => assert_eq!((got_ty.as_str(), got_id), (ty, id)),
+            other => panic!("expected a conflict on {ty}#{id}, got {other:?}"),
+        }
+        assert_unchanged(&s, seq, std::slice::from_ref(&job2)).await;
+    }
+    s.commit(attempt(vec![], vec![set(vec![t1, t2])])).await.expect("the set as it is now");
+    // A row leaving the set (moved to another job) is a change too.
+    commit(&s, vec![upd("Task", t2, json!({ "job": j2 }))]).await;
+    assert!(matches!(s.commit(attempt(vec![], vec![set(vec![t1, t2])])).await, Err(CommitError::Conflict { .. })));
+    s.commit(attempt(vec![], vec![set(vec![t1])])).await.expect("the set after the move");
 }
 
 /// Updates and deletes of missing rows, and malformed transactions, commit nothing.

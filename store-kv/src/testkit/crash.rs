@@ -73,7 +73,7 @@ pub fn crash_child<B: KvBackend>() {
                 },
                 TxOp::Update { ty: "Job".into(), id: round, fields: obj(serde_json::json!({"name": format!("{n}")})) },
             ];
-            let tx = Transaction { ops, expect: Vec::new(), applied: Some(applied_key(round, n)), now_ms: 1 };
+            let tx = Transaction { ops, applied: Some(applied_key(round, n)), now_ms: 1, ..Transaction::default() };
             let c = store.commit(tx).await.expect("commit");
             writeln!(out, "COMMITTED {}", c.seq).expect("stdout");
             out.flush().expect("stdout");

@@ -1157,13 +1157,35 @@ async fn server_values_are_set_for_system_writes_too() {
     assert_eq!(mine.get("created_by"), &json!(1));
 }
 
-/// A job's members may rename it. The first check waits at a gate the test
-/// opens, after it has read the members.
-struct GatedMembers {
+/// Holds a write's first check at a gate the test opens, after the check's
+/// reads: the test changes the store between the check and the commit.
+#[derive(Clone)]
+struct CheckGate {
     reached: Arc<tokio::sync::Notify>,
     gate: Arc<tokio::sync::Semaphore>,
-    gated: std::sync::atomic::AtomicBool,
+    gated: Arc<std::sync::atomic::AtomicBool>,
 }
+
+impl CheckGate {
+    fn new() -> Self {
+        Self {
+            reached: Arc::new(tokio::sync::Notify::new()),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            gated: Arc::default(),
+        }
+    }
+
+    /// Called by the policy after its reads: the first check waits here.
+    async fn hold_first_check(&self) {
+        if !self.gated.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.reached.notify_one();
+            self.gate.acquire().await.expect("gate").forget();
+        }
+    }
+}
+
+/// A job's members may rename it.
+struct GatedMembers(CheckGate);
 
 #[async_trait::async_trait]
 impl Policy for GatedMembers {
@@ -1172,50 +1194,9 @@ impl Policy for GatedMembers {
     }
     async fn can_save(&self, cx: &PolicyContext<'_>, job: &Row, _: &Fields) -> Result<bool, PolicyError> {
         let members = cx.referencing("Member", "job", job.id).await?;
-        if !self.gated.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            self.reached.notify_one();
-            self.gate.acquire().await.expect("gate").forget();
-        }
+        self.0.hold_first_check().await;
         Ok(members.iter().any(|m| m.get_i64("user") == Some(cx.user().id)))
     }
-}
-
-#[tokio::test]
-async fn a_membership_removed_between_check_and_commit_refuses_the_write() {
-    let schema = members_schema();
-    let reached = Arc::new(tokio::sync::Notify::new());
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let policy = GatedMembers { reached: reached.clone(), gate: gate.clone(), gated: false.into() };
-    let channel =
-        Channel::builder("job", "Job").writable("Job", [Op::Save]).policy(policy).build(&schema).expect("channel");
-    let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
-        .channel(channel)
-        .authenticator(DevTokens::new().with("ann", User::new(1, "ann")))
-        .build()
-        .expect("engine");
-    let seed = Write::batch([
-        Write::create("Job").id(1).set("name", "one"),
-        Write::create("Member").id(1).set("job", 1).set("user", 1),
-    ])
-    .write_id(1);
-    engine.write(Actor::System, seed).await.expect("seed");
-    let mut ann = Client::connect(&engine, "ann").await;
-    ann.subscribe(1).await;
-
-    ann.send(json!({"type": "write", "writeId": 1, "context": "job/1", "operation": "save",
-        "instanceType": "Job", "instanceId": 1, "data": {"name": "renamed"}}))
-        .await;
-    // ann's check has read her membership; it goes before her write commits.
-    tokio::time::timeout(Duration::from_secs(5), reached.notified()).await.expect("the check ran");
-    engine.write(Actor::System, Write::delete("Member", 1).write_id(2)).await.expect("remove ann");
-    gate.add_permits(1);
-
-    let r = ann.recv().await;
-    assert_eq!(r["type"], "writeResponse", "{r}");
-    assert_eq!(r["success"], false, "a write allowed only by a removed membership must not commit: {r}");
-    assert_eq!((r["error"]["code"].as_u64(), r["error"]["reason"].as_str()), (Some(403), Some("DENIED")), "{r}");
-    let state = Client::connect(&engine, "ann").await.subscribe(1).await;
-    assert_eq!(state["instances"][0]["name"], "one", "{state}");
 }
 
 /// How [`GatedBans`] looks a ban up.
@@ -1227,15 +1208,8 @@ enum BanLookup {
     InJob,
 }
 
-/// Denies a save to a user with a ban (a `Member` row, in this schema), and
-/// holds the first check at a gate after its read, so a test can create a
-/// ban between the check and the commit.
-struct GatedBans {
-    lookup: BanLookup,
-    reached: Arc<tokio::sync::Notify>,
-    gate: Arc<tokio::sync::Semaphore>,
-    gated: std::sync::atomic::AtomicBool,
-}
+/// Denies a save to a user with a ban (a `Member` row, in this schema).
+struct GatedBans(BanLookup, CheckGate);
 
 #[async_trait::async_trait]
 impl Policy for GatedBans {
@@ -1244,28 +1218,27 @@ impl Policy for GatedBans {
     }
     async fn can_save(&self, cx: &PolicyContext<'_>, job: &Row, _: &Fields) -> Result<bool, PolicyError> {
         let me = cx.user().id;
-        let banned = match self.lookup {
+        let banned = match self.0 {
             BanLookup::ById => cx.get("Member", 100 + me).await?.is_some(),
             BanLookup::InJob => {
                 cx.referencing("Member", "job", job.id).await?.iter().any(|m| m.get_i64("user") == Some(me))
             }
         };
-        if !self.gated.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            self.reached.notify_one();
-            self.gate.acquire().await.expect("gate").forget();
-        }
+        self.1.hold_first_check().await;
         Ok(!banned)
     }
 }
 
-/// ann saves job 1 while a ban row for `banned` is created between her
-/// check and her commit: the commit must notice the new row and check again.
-/// Returns ann's answer and the job's name afterwards.
-async fn save_while_a_ban_is_created(lookup: BanLookup, banned: i64) -> (serde_json::Value, serde_json::Value) {
+/// ann (user 1) saves job 1 under `policy` (which holds her check at
+/// `gate`), after `seed`; `between` commits after her check and before her
+/// commit. Returns ann's answer and the job's name afterwards.
+async fn save_with_a_commit_between(
+    policy: impl Policy,
+    gate: CheckGate,
+    seed: Write,
+    between: Write,
+) -> (serde_json::Value, serde_json::Value) {
     let schema = members_schema();
-    let reached = Arc::new(tokio::sync::Notify::new());
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let policy = GatedBans { lookup, reached: reached.clone(), gate: gate.clone(), gated: false.into() };
     let channel =
         Channel::builder("job", "Job").writable("Job", [Op::Save]).policy(policy).build(&schema).expect("channel");
     let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
@@ -1273,17 +1246,16 @@ async fn save_while_a_ban_is_created(lookup: BanLookup, banned: i64) -> (serde_j
         .authenticator(DevTokens::new().with("ann", User::new(1, "ann")))
         .build()
         .expect("engine");
-    engine.write(Actor::System, Write::create("Job").id(1).set("name", "one").write_id(1)).await.expect("seed");
+    engine.write(Actor::System, seed.write_id(1)).await.expect("seed");
     let mut ann = Client::connect(&engine, "ann").await;
     ann.subscribe(1).await;
 
     ann.send(json!({"type": "write", "writeId": 1, "context": "job/1", "operation": "save",
         "instanceType": "Job", "instanceId": 1, "data": {"name": "renamed"}}))
         .await;
-    tokio::time::timeout(Duration::from_secs(5), reached.notified()).await.expect("the check ran");
-    let ban = Write::create("Member").id(100 + banned).set("job", 1).set("user", banned).write_id(2);
-    engine.write(Actor::System, ban).await.expect("create the ban");
-    gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(5), gate.reached.notified()).await.expect("the check ran");
+    engine.write(Actor::System, between.write_id(2)).await.expect("the commit between");
+    gate.gate.add_permits(1);
 
     // A committed write's own delta comes first.
     let mut answer = ann.recv().await;
@@ -1295,16 +1267,39 @@ async fn save_while_a_ban_is_created(lookup: BanLookup, banned: i64) -> (serde_j
     (answer, state["instances"][0]["name"].clone())
 }
 
+fn assert_denied(answer: &serde_json::Value, why: &str) {
+    assert_eq!(answer["success"], false, "{why}: {answer}");
+    let error = (answer["error"]["code"].as_u64(), answer["error"]["reason"].as_str());
+    assert_eq!(error, (Some(403), Some("DENIED")), "{why}: {answer}");
+}
+
+#[tokio::test]
+async fn a_membership_removed_between_check_and_commit_refuses_the_write() {
+    let gate = CheckGate::new();
+    let seed = Write::batch([
+        Write::create("Job").id(1).set("name", "one"),
+        Write::create("Member").id(1).set("job", 1).set("user", 1),
+    ]);
+    let (answer, name) =
+        save_with_a_commit_between(GatedMembers(gate.clone()), gate, seed, Write::delete("Member", 1)).await;
+    assert_denied(&answer, "a write allowed only by a removed membership must not commit");
+    assert_eq!(name, "one");
+}
+
+/// ann saves job 1 while a ban row for `banned` is created between her
+/// check and her commit.
+async fn save_while_a_ban_is_created(lookup: BanLookup, banned: i64) -> (serde_json::Value, serde_json::Value) {
+    let gate = CheckGate::new();
+    let seed = Write::create("Job").id(1).set("name", "one");
+    let ban = Write::create("Member").id(100 + banned).set("job", 1).set("user", banned);
+    save_with_a_commit_between(GatedBans(lookup, gate.clone()), gate, seed, ban).await
+}
+
 #[tokio::test]
 async fn a_ban_created_between_check_and_commit_refuses_the_write() {
     for lookup in [BanLookup::ById, BanLookup::InJob] {
         let (answer, name) = save_while_a_ban_is_created(lookup, 1).await;
-        assert_eq!(answer["success"], false, "{lookup:?}: a banned user's write must not commit: {answer}");
-        assert_eq!(
-            (answer["error"]["code"].as_u64(), answer["error"]["reason"].as_str()),
-            (Some(403), Some("DENIED")),
-            "{lookup:?}: {answer}"
-        );
+        assert_denied(&answer, &format!("{lookup:?}: a banned user's write must not commit"));
         assert_eq!(name, "one", "{lookup:?}");
     }
 }

@@ -108,7 +108,14 @@ test('alice shows a presence to bob; carol gets it in her state; a clear and a c
       return { elapsed: performance.now() - start, at: frames.map((f) => f.at), last: frames.at(-1)?.msg.data };
     });
     assert.deepEqual(burst.last, { x: 200 });
-    for (let i = 1; i < burst.at.length; i++) assert.ok(burst.at[i] - burst.at[i - 1] >= 45, `frames spaced: ${burst.at.map((t) => Math.round(t))}`);
+    // The times are taken when the frame event fires, a microtask after the
+    // client decided to send (its exact spacing is the unit test's, on a fake
+    // clock). A loaded machine can pause the page between the two and delay
+    // one frame's time, shortening one gap; so the check is on spans, which a
+    // single late time can shorten by at most one interval: any k + 1 frames
+    // span at least (k - 1) intervals.
+    const spaced = burst.at.every((t, j) => burst.at.slice(0, j).every((s, i) => t - s >= (j - i - 1) * 50));
+    assert.ok(spaced, `frames spaced: ${burst.at.map((t) => Math.round(t))}`);
     assert.ok(burst.at.length <= Math.ceil(burst.elapsed / 50) + 1, `${burst.at.length} frames in ${Math.round(burst.elapsed)} ms`);
     await bob.page.waitForFunction(() => window.job.presence().find((p) => p.user.name === 'alice')?.data?.x === 200);
 

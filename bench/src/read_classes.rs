@@ -71,7 +71,7 @@ pub async fn seed(dir: &Path, users: usize) -> Result<(), BoxError> {
 
 /// The tokens of `n` subscribers in `classes` read classes (0: all carol, no rules).
 fn tokens(n: usize, classes: usize) -> Result<Vec<String>, BoxError> {
-    let jwt = JwtHs256::new(JWT_SECRET.as_bytes());
+    let jwt = JwtHs256::new(JWT_SECRET.as_bytes())?;
     let ttl = Duration::from_secs(3600);
     if classes == 0 {
         let carol = jwt.issue(CAROL, "carol", ttl)?;
@@ -102,7 +102,7 @@ pub async fn run(
         let failed = subs.iter().filter(|s| s.is_err()).count();
         return Err(format!("{failed} of {n} subscribers could not subscribe, e.g.: {e}").into());
     }
-    let carol = JwtHs256::new(JWT_SECRET.as_bytes()).issue(CAROL, "carol", Duration::from_secs(3600))?;
+    let carol = JwtHs256::new(JWT_SECRET.as_bytes())?.issue(CAROL, "carol", Duration::from_secs(3600))?;
     fanout::run_with(&srv, Kind::Ws, subs, (&carol, TASK), rate, length, true, true).await
 }
 

@@ -20,6 +20,12 @@ pub enum AuthError {
     Malformed(String),
 }
 
+/// A secret [`JwtHs256`] can't use. An empty HMAC key is refused: anyone
+/// could sign tokens with it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unusable JWT secret: {0}")]
+pub struct BadSecret(String);
+
 /// Turns a token into a user.
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
@@ -83,7 +89,15 @@ impl JwtHs256 {
     /// Tokens signed with `secret`. `exp` is required and `nbf` checked when
     /// present; `iss` and `aud` are not checked until
     /// [`issuer`](Self::issuer) and [`audience`](Self::audience) name them.
-    pub fn new(secret: &[u8]) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`BadSecret`] when `secret` is empty.
+    pub fn new(secret: &[u8]) -> Result<Self, BadSecret> {
+        if secret.is_empty() {
+            return Err(BadSecret("it is empty".into()));
+        }
+        let unusable = |e: jsonwebtoken::errors::Error| BadSecret(e.to_string());
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_nbf = true;
@@ -91,11 +105,11 @@ impl JwtHs256 {
         // than every token that carries one being refused).
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
-        Self {
-            key: jsonwebtoken::DecodingKey::from_secret(secret),
-            encoding: jsonwebtoken::EncodingKey::from_secret(secret),
+        Ok(Self {
+            key: jsonwebtoken::DecodingKey::from_secret(secret).map_err(unusable)?,
+            encoding: jsonwebtoken::EncodingKey::from_secret(secret).map_err(unusable)?,
             validation,
-        }
+        })
     }
 
     /// Accepts only tokens whose `iss` is `issuer`.
@@ -159,16 +173,16 @@ mod tests {
 
     #[tokio::test]
     async fn jwt_round_trip_and_refusals() {
-        let auth = JwtHs256::new(b"secret");
+        let auth = JwtHs256::new(b"secret").expect("secret");
         let token = auth.issue(7, "gina", Duration::from_secs(60)).expect("issue");
         let user = auth.authenticate(&token).await.expect("valid");
         assert_eq!((user.id, user.name.as_str()), (7, "gina"));
         assert!(user.expires_at.is_some());
 
-        let other = JwtHs256::new(b"other");
+        let other = JwtHs256::new(b"other").expect("secret");
         assert_eq!(other.authenticate(&token).await, Err(AuthError::Invalid));
         assert!(auth.authenticate("garbage").await.is_err());
-        let expired = JwtHs256::new(b"secret");
+        let expired = JwtHs256::new(b"secret").expect("secret");
         let claims = Claims { sub: 7.into(), name: None, exp: 1, rest: Default::default() };
         let old = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &expired.encoding).expect("encode");
         assert_eq!(auth.authenticate(&old).await, Err(AuthError::Expired));
@@ -185,7 +199,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_exp_at_the_end_of_time_is_capped_not_a_panic() {
-        let auth = JwtHs256::new(b"secret");
+        let auth = JwtHs256::new(b"secret").expect("secret");
         let token = signed(&auth, serde_json::json!({"sub": 1, "exp": u64::MAX}));
         let user = auth.authenticate(&token).await.expect("valid");
         let left = user.time_left().expect("expires");
@@ -196,7 +210,7 @@ mod tests {
 
     #[tokio::test]
     async fn nbf_in_the_future_is_refused() {
-        let auth = JwtHs256::new(b"secret");
+        let auth = JwtHs256::new(b"secret").expect("secret");
         let early = signed(&auth, serde_json::json!({"sub": 1, "exp": in_secs(60), "nbf": in_secs(30)}));
         assert!(matches!(auth.authenticate(&early).await, Err(AuthError::Malformed(m)) if m.contains("nbf")));
         let due = signed(&auth, serde_json::json!({"sub": 1, "exp": in_secs(60), "nbf": in_secs(-1)}));
@@ -206,10 +220,10 @@ mod tests {
     #[tokio::test]
     async fn iss_and_aud_are_checked_only_when_configured() {
         let claims = serde_json::json!({"sub": 1, "exp": in_secs(60), "iss": "idp", "aud": "statecast"});
-        let open = JwtHs256::new(b"secret");
+        let open = JwtHs256::new(b"secret").expect("secret");
         assert!(open.authenticate(&signed(&open, claims.clone())).await.is_ok(), "an `aud` alone is no refusal");
 
-        let strict = JwtHs256::new(b"secret").issuer("idp").audience(&["statecast"]);
+        let strict = JwtHs256::new(b"secret").expect("secret").issuer("idp").audience(&["statecast"]);
         assert!(strict.authenticate(&signed(&strict, claims.clone())).await.is_ok());
         let mut other_iss = claims.clone();
         other_iss["iss"] = "elsewhere".into();
@@ -222,6 +236,12 @@ mod tests {
         let mut no_aud = claims;
         no_aud.as_object_mut().expect("object").remove("aud");
         assert!(strict.authenticate(&signed(&strict, no_aud)).await.is_err(), "a configured audience is required");
+    }
+
+    #[test]
+    fn an_empty_secret_is_refused() {
+        let refused = JwtHs256::new(b"").map(|_| ()).expect_err("an empty HMAC key");
+        assert!(refused.to_string().contains("empty"), "{refused}");
     }
 
     #[tokio::test]

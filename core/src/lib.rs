@@ -22,7 +22,7 @@ pub use statecast_transport as transport;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 
-pub use auth::{Authenticator, DevTokens, JwtHs256, User};
+pub use auth::{Authenticator, BadSecret, DevTokens, JwtHs256, User};
 pub use channel::{Channel, ChannelBuilder, Op};
 pub use engine::{Actor, ConnectionLimits, Engine, EngineBuilder, EngineConfig};
 pub use error::{ErrorReason, WireError};

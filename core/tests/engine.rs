@@ -547,14 +547,14 @@ async fn an_expiring_token_ends_the_session_unless_renewed() {
     });
     let schema = schema.build().expect("schema");
     let channel = Channel::builder("job", "Job").policy(TestPolicy).build(&schema).expect("channel");
-    let jwt = statecast_core::JwtHs256::new(b"0123456789abcdef0123456789abcdef");
+    let jwt = statecast_core::JwtHs256::new(b"0123456789abcdef0123456789abcdef").expect("secret");
     // `exp` has whole seconds: 2 s of life is at least 1 s from now.
     let short = jwt.issue(1, "ann", Duration::from_secs(2)).expect("token");
     let long = jwt.issue(1, "ann", Duration::from_secs(600)).expect("token");
     let other = jwt.issue(2, "ben", Duration::from_secs(600)).expect("token");
     let engine = Engine::builder(schema.clone(), Arc::new(MemoryStore::new(schema)))
         .channel(channel)
-        .authenticator(statecast_core::JwtHs256::new(b"0123456789abcdef0123456789abcdef"))
+        .authenticator(statecast_core::JwtHs256::new(b"0123456789abcdef0123456789abcdef").expect("secret"))
         .build()
         .expect("engine");
 

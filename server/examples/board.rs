@@ -120,9 +120,9 @@ pub async fn start(options: BoardOptions) -> Result<RunningServer, Box<dyn std::
     let auth: Arc<dyn Authenticator> = match (options.dev_tokens, options.jwt_secret) {
         (true, jwt) => {
             let dev = DevTokens::new().with("alice", User::new(1, "alice")).with("bob", User::new(2, "bob"));
-            Arc::new(ServerAuth::new(Some(dev), jwt.map(|s| JwtHs256::new(s.as_bytes()))))
+            Arc::new(ServerAuth::new(Some(dev), jwt.map(|s| JwtHs256::new(s.as_bytes())).transpose()?))
         }
-        (false, Some(secret)) => Arc::new(JwtHs256::new(secret.as_bytes())),
+        (false, Some(secret)) => Arc::new(JwtHs256::new(secret.as_bytes())?),
         (false, None) => return Err("set STATECAST_JWT_SECRET (32+ random bytes), or pass --dev for dev tokens".into()),
     };
     let store = FjallStore::open(&options.data_dir, schema.clone())?;

@@ -23,15 +23,18 @@ impl ServerAuth {
     pub fn for_config(config: &Config, dev_tokens: DevTokens) -> Self {
         Self {
             dev: config.mode.allows_dev_tokens().then_some(dev_tokens),
-            jwt: config.jwt_secret.as_ref().map(|s| {
-                let mut jwt = JwtHs256::new(s.expose());
+            // Config::load keeps no empty secret, the one JwtHs256 refuses;
+            // were one to get here, JWTs would be refused, never accepted unsigned.
+            jwt: config.jwt_secret.as_ref().and_then(|s| {
+                let mut jwt =
+                    JwtHs256::new(s.expose()).inspect_err(|e| tracing::error!(error = %e, "JWTs are refused")).ok()?;
                 if let Some(issuer) = &config.jwt_issuer {
                     jwt = jwt.issuer(issuer);
                 }
                 if !config.jwt_audience.is_empty() {
                     jwt = jwt.audience(&config.jwt_audience);
                 }
-                jwt
+                Some(jwt)
             }),
         }
     }
@@ -83,7 +86,8 @@ mod tests {
         assert!(!auth.accepts_jwt());
 
         let auth = ServerAuth::for_config(&config(Mode::Dev, Some(SECRET)), crate::demo::dev_tokens());
-        let token = JwtHs256::new(SECRET.as_bytes()).issue(9, "ivan", Duration::from_secs(60)).expect("issue");
+        let token =
+            JwtHs256::new(SECRET.as_bytes()).expect("secret").issue(9, "ivan", Duration::from_secs(60)).expect("issue");
         assert_eq!(auth.authenticate(&token).await.map(|u| u.id), Ok(9));
         assert_eq!(auth.authenticate("alice").await.map(|u| u.id), Ok(1));
     }
@@ -93,7 +97,10 @@ mod tests {
         let auth = ServerAuth::for_config(&config(Mode::Prod, Some(SECRET)), crate::demo::dev_tokens());
         assert!(!auth.accepts_dev_tokens());
         assert!(auth.authenticate("alice").await.is_err());
-        let token = JwtHs256::new(SECRET.as_bytes()).issue(1, "alice", Duration::from_secs(60)).expect("issue");
+        let token = JwtHs256::new(SECRET.as_bytes())
+            .expect("secret")
+            .issue(1, "alice", Duration::from_secs(60))
+            .expect("issue");
         assert_eq!(auth.authenticate(&token).await.map(|u| u.id), Ok(1));
     }
 }

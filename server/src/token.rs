@@ -56,7 +56,7 @@ pub fn issue(config: &Config, sub: i64, ttl: &str, name: Option<&str>) -> Result
     if !config.jwt_audience.is_empty() {
         claims["aud"] = config.jwt_audience.clone().into();
     }
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.expose());
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.expose()).map_err(|e| TokenError::Sign(e.to_string()))?;
     jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key)
         .map_err(|e| TokenError::Sign(e.to_string()))
 }
@@ -79,12 +79,15 @@ mod tests {
     async fn a_token_the_server_accepts() {
         let secret = "a-secret-of-at-least-32-bytes-long!!";
         let token = issue(&config(Some(secret), &[]), 7, "1h", Some("alice")).expect("token");
-        let user = JwtHs256::new(secret.as_bytes()).authenticate(&token).await.expect("accepted");
+        let user = JwtHs256::new(secret.as_bytes()).expect("secret").authenticate(&token).await.expect("accepted");
         assert_eq!((user.id, user.name.as_str()), (7, "alice"));
         let left = user.time_left().expect("exp");
         assert!(left > Duration::from_secs(3500) && left <= Duration::from_secs(3600), "{left:?}");
         let nameless = issue(&config(Some(secret), &[]), 8, "30m", None).expect("token");
-        assert_eq!(JwtHs256::new(secret.as_bytes()).authenticate(&nameless).await.expect("ok").name, "8");
+        assert_eq!(
+            JwtHs256::new(secret.as_bytes()).expect("secret").authenticate(&nameless).await.expect("ok").name,
+            "8"
+        );
     }
 
     #[tokio::test]
@@ -92,7 +95,7 @@ mod tests {
         let secret = "a-secret-of-at-least-32-bytes-long!!";
         let c = config(Some(secret), &["--jwt-issuer", "idp", "--jwt-audience", "board"]);
         let token = issue(&c, 1, "1h", None).expect("token");
-        let strict = JwtHs256::new(secret.as_bytes()).issuer("idp").audience(&["board"]);
+        let strict = JwtHs256::new(secret.as_bytes()).expect("secret").issuer("idp").audience(&["board"]);
         assert_eq!(strict.authenticate(&token).await.map(|u| u.id), Ok(1));
     }
 

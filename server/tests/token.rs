@@ -25,14 +25,16 @@ async fn prints_a_token_the_server_accepts() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let printed = text(&out.stdout);
     assert_eq!(printed.lines().count(), 1, "one line: {printed}");
-    let user = JwtHs256::new(SECRET.as_bytes()).authenticate(printed.trim()).await.expect("a valid token");
+    let user =
+        JwtHs256::new(SECRET.as_bytes()).expect("secret").authenticate(printed.trim()).await.expect("a valid token");
     assert_eq!((user.id, user.name.as_str()), (1, "alice"));
 
     // The variable --jwt-secret-env names, as when serving.
     let out =
         token(&["--jwt-secret-env", "MY_SECRET", "token", "--sub", "2", "--ttl", "30m"], Some(("MY_SECRET", SECRET)));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let user = JwtHs256::new(SECRET.as_bytes()).authenticate(text(&out.stdout).trim()).await.expect("valid");
+    let user =
+        JwtHs256::new(SECRET.as_bytes()).expect("secret").authenticate(text(&out.stdout).trim()).await.expect("valid");
     assert_eq!(user.id, 2);
 }
 

@@ -400,7 +400,11 @@ async fn repl(conn: Conn) -> ExitCode {
                     next_write_id = next_write_id.max(id + 1);
                 }
                 if let Err(e) = send(&link, &msg).await {
-                    return fail(1, &format!("can't send: {e}"));
+                    // The connection is closed: what the server said before
+                    // closing (a refused hello, say) may still be in the
+                    // inbox, and decides the exit code. Read it to the end.
+                    eprintln!("statecast: not sent: {e}");
+                    stdin_open = false;
                 }
             }
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
